@@ -1,0 +1,115 @@
+//! Perplexity with the GPTQ paper's protocol: tokenize the whole text once (no BOS),
+//! non-overlapping windows of `seqlen`, remainder dropped, each window scored from position 0,
+//! ppl = exp(Σ NLL / predicted tokens) with `seqlen − 1` predictions per window.
+
+use burn::prelude::*;
+use lmq_runtime::model::Llama;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::nll::nll_sum;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct PplOptions {
+    pub seqlen: usize,
+    /// Stop after this many windows (quick runs).
+    pub max_windows: Option<usize>,
+}
+
+/// The measured figures, including what is needed to compare against a reference run.
+#[derive(Debug, Clone, Serialize)]
+pub struct PplReport {
+    pub seqlen: usize,
+    /// Tokens in the whole text.
+    pub tokens: usize,
+    /// sha256 of all token ids as little-endian int32 (the reference's fingerprint).
+    pub ids_sha256: String,
+    pub windows: usize,
+    pub predicted_tokens: usize,
+    pub nll_sum: f64,
+    pub ppl: f64,
+    pub per_window_nll: Vec<f64>,
+    pub seconds: f64,
+}
+
+/// Why perplexity cannot be computed.
+#[derive(Debug, thiserror::Error)]
+pub enum PplError {
+    #[error("text has {tokens} tokens, fewer than one window of {seqlen}")]
+    TooShort { tokens: usize, seqlen: usize },
+    #[error("seqlen {seqlen} exceeds the model context {context}")]
+    SeqlenTooLong { seqlen: usize, context: usize },
+    #[error("seqlen must be at least 2")]
+    SeqlenTooShort,
+}
+
+/// sha256 of token ids as little-endian int32.
+pub fn ids_sha256(ids: &[u32]) -> String {
+    let mut h = Sha256::new();
+    for &id in ids {
+        h.update((id as i32).to_le_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+/// Σ NLL of `window[1..]` given its prefixes, from one forward pass.
+pub fn window_nll<B: Backend>(model: &Llama<B>, window: &[u32]) -> f64 {
+    let device = model.device();
+    let t = window.len();
+    let ids: Vec<i32> = window.iter().map(|&x| x as i32).collect();
+    let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, t]), &device);
+    let hidden = model.forward_hidden(input, None);
+    // The last position predicts nothing inside the window: skip its vocabulary projection.
+    let d = hidden.dims()[2];
+    let logits = model.logits(hidden.slice([0..1, 0..t - 1, 0..d]));
+    let vocab = logits.dims()[2];
+    let data = logits.into_data().into_vec::<f32>().expect("f32 logits");
+    nll_sum(&data, vocab, &window[1..])
+}
+
+/// Runs the protocol over `ids`; `on_window` is called after each window (progress).
+pub fn perplexity<B: Backend>(
+    model: &Llama<B>,
+    ids: &[u32],
+    opts: &PplOptions,
+    mut on_window: impl FnMut(usize, usize),
+) -> Result<PplReport, PplError> {
+    let started = std::time::Instant::now();
+    let context = model.rope.max_positions();
+    if opts.seqlen < 2 {
+        return Err(PplError::SeqlenTooShort);
+    }
+    if opts.seqlen > context {
+        return Err(PplError::SeqlenTooLong {
+            seqlen: opts.seqlen,
+            context,
+        });
+    }
+    let available = ids.len() / opts.seqlen;
+    if available == 0 {
+        return Err(PplError::TooShort {
+            tokens: ids.len(),
+            seqlen: opts.seqlen,
+        });
+    }
+    let windows = opts.max_windows.map_or(available, |m| m.min(available));
+    let mut per_window = Vec::with_capacity(windows);
+    for i in 0..windows {
+        per_window.push(window_nll(model, &ids[i * opts.seqlen..(i + 1) * opts.seqlen]));
+        on_window(i + 1, windows);
+    }
+    let nll: f64 = per_window.iter().sum();
+    let predicted = windows * (opts.seqlen - 1);
+    Ok(PplReport {
+        seqlen: opts.seqlen,
+        tokens: ids.len(),
+        ids_sha256: ids_sha256(ids),
+        windows,
+        predicted_tokens: predicted,
+        nll_sum: nll,
+        ppl: (nll / predicted as f64).exp(),
+        per_window_nll: per_window,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}

@@ -1,0 +1,71 @@
+//! Autoregressive generation with the KV cache: one prefill pass over the prompt, then one
+//! single-token pass per new token.
+
+use burn::prelude::*;
+
+use crate::model::Llama;
+use crate::sampling::{Sampler, SamplingParams};
+
+/// Why a generation request cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error("empty prompt")]
+    EmptyPrompt,
+    #[error("prompt of {prompt} tokens plus {max_new} new tokens exceeds the model context of {context}")]
+    TooLong {
+        prompt: usize,
+        max_new: usize,
+        context: usize,
+    },
+}
+
+/// Last-position logits of `[1, t, vocab]` as a plain vector.
+pub fn last_logits<B: Backend>(logits: Tensor<B, 3>) -> Vec<f32> {
+    let [_, t, v] = logits.dims();
+    logits
+        .slice([0..1, t - 1..t, 0..v])
+        .into_data()
+        .into_vec::<f32>()
+        .expect("f32 logits")
+}
+
+/// Generates up to `max_new` tokens after `prompt`, stopping early at any of `stop_ids`.
+/// Calls `on_token` as each token is chosen (for streaming). Returns the new tokens.
+pub fn generate<B: Backend>(
+    model: &Llama<B>,
+    prompt: &[u32],
+    max_new: usize,
+    params: SamplingParams,
+    stop_ids: &[u32],
+    mut on_token: impl FnMut(u32),
+) -> Result<Vec<u32>, GenerateError> {
+    if prompt.is_empty() {
+        return Err(GenerateError::EmptyPrompt);
+    }
+    let context = model.rope.max_positions();
+    if prompt.len() + max_new > context {
+        return Err(GenerateError::TooLong {
+            prompt: prompt.len(),
+            max_new,
+            context,
+        });
+    }
+    let device = model.device();
+    let mut cache = model.new_cache(prompt.len() + max_new);
+    let mut sampler = Sampler::new(params);
+    let ids: Vec<i32> = prompt.iter().map(|&x| x as i32).collect();
+    let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, prompt.len()]), &device);
+    let mut logits = last_logits(model.forward(input, Some(&mut cache)));
+    let mut out = Vec::with_capacity(max_new);
+    for _ in 0..max_new {
+        let next = sampler.sample(&logits);
+        out.push(next);
+        on_token(next);
+        if stop_ids.contains(&next) || out.len() == max_new {
+            break;
+        }
+        let input = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![next as i32], [1, 1]), &device);
+        logits = last_logits(model.forward(input, Some(&mut cache)));
+    }
+    Ok(out)
+}

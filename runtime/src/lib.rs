@@ -1,0 +1,16 @@
+//! The burn runtime: loading real checkpoints (GGUF, safetensors), the Llama/Qwen2 forward
+//! pass, KV cache, sampling and generation. Everything that executes a model lives here so
+//! that quantization, evals and the server share one definition of "the model".
+
+pub mod assets;
+// pub mod checkpoint; (enabled once the tokenizer lands)
+pub mod config;
+pub mod generate;
+pub mod gguf;
+pub mod model;
+pub mod sampling;
+pub mod tokenizer;
+pub mod weights;
+
+/// The default CPU backend (burn's flex: the fastest burn CPU backend here, see README).
+pub type Cpu = burn::backend::Flex;

@@ -1,0 +1,70 @@
+//! Grouped-query self-attention with rotary embeddings, a causal mask and an optional KV cache.
+
+use burn::prelude::*;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+
+use super::kv_cache::KvCache;
+use super::linear::Linear;
+use super::rope::Rope;
+
+/// The four projections of one attention block and its head geometry.
+#[derive(Debug, Clone)]
+pub struct Attention<B: Backend> {
+    pub q_proj: Linear<B>,
+    pub k_proj: Linear<B>,
+    pub v_proj: Linear<B>,
+    pub o_proj: Linear<B>,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// Splits `[b, t, heads*hd]` into `[b, heads, t, hd]`.
+fn split_heads<B: Backend>(x: Tensor<B, 3>, heads: usize, hd: usize) -> Tensor<B, 4> {
+    let [b, t, _] = x.dims();
+    x.reshape([b, t, heads, hd]).swap_dims(1, 2)
+}
+
+/// Repeats each key/value head `rep` times so every query head has its own.
+fn repeat_kv<B: Backend>(x: Tensor<B, 4>, rep: usize) -> Tensor<B, 4> {
+    if rep == 1 {
+        return x;
+    }
+    let [b, h, t, d] = x.dims();
+    x.unsqueeze_dim::<5>(2)
+        .expand([b, h, rep, t, d])
+        .reshape([b, h * rep, t, d])
+}
+
+impl<B: Backend> Attention<B> {
+    /// Attends `x` (`[b, t, hidden]`, first token at position `start`) to itself and to the
+    /// cached prefix, updating the cache of `layer` when one is given.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &Rope<B>,
+        start: usize,
+        cache: Option<(&mut KvCache<B>, usize)>,
+    ) -> Tensor<B, 3> {
+        let [b, t, _] = x.dims();
+        let q = split_heads(self.q_proj.forward(x.clone()), self.num_heads, self.head_dim);
+        let k = split_heads(self.k_proj.forward(x.clone()), self.num_kv_heads, self.head_dim);
+        let v = split_heads(self.v_proj.forward(x), self.num_kv_heads, self.head_dim);
+        let q = rope.apply(q, start);
+        let k = rope.apply(k, start);
+        let (k, v) = match cache {
+            Some((cache, layer)) => cache.append(layer, k, v),
+            None => (k, v),
+        };
+        let rep = self.num_heads / self.num_kv_heads;
+        let options = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: true,
+        };
+        let out = attention(q, repeat_kv(k, rep), repeat_kv(v, rep), None, None, options);
+        let out = out.swap_dims(1, 2).reshape([b, t, self.num_heads * self.head_dim]);
+        self.o_proj.forward(out)
+    }
+}

@@ -1,0 +1,179 @@
+//! The whole decoder: embeddings, N pre-norm blocks (attention + SwiGLU MLP), final norm and
+//! the (possibly tied) vocabulary projection.
+
+use std::path::Path;
+
+use burn::prelude::*;
+use burn::tensor::activation::silu;
+use burn::tensor::module::embedding;
+
+use super::attention::Attention;
+use super::kv_cache::KvCache;
+use super::linear::Linear;
+use super::norm::rms_norm;
+use super::rope::Rope;
+use crate::config::ModelConfig;
+use crate::weights::{load_checked, WeightError, WeightSource};
+
+/// A model that could not be built from its weights.
+pub type LoadError = WeightError;
+
+/// The gated MLP `down(silu(gate(x)) · up(x))`.
+#[derive(Debug, Clone)]
+pub struct Mlp<B: Backend> {
+    pub gate_proj: Linear<B>,
+    pub up_proj: Linear<B>,
+    pub down_proj: Linear<B>,
+}
+
+impl<B: Backend> Mlp<B> {
+    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let gate = silu(self.gate_proj.forward(x.clone()));
+        self.down_proj.forward(gate * self.up_proj.forward(x))
+    }
+}
+
+/// One decoder block.
+#[derive(Debug, Clone)]
+pub struct DecoderLayer<B: Backend> {
+    pub input_layernorm: Tensor<B, 1>,
+    pub self_attn: Attention<B>,
+    pub post_attention_layernorm: Tensor<B, 1>,
+    pub mlp: Mlp<B>,
+}
+
+/// A Llama-family causal language model.
+#[derive(Debug, Clone)]
+pub struct Llama<B: Backend> {
+    pub config: ModelConfig,
+    pub embed_tokens: Tensor<B, 2>,
+    pub layers: Vec<DecoderLayer<B>>,
+    pub norm: Tensor<B, 1>,
+    /// `None` when tied to `embed_tokens`.
+    pub lm_head: Option<Linear<B>>,
+    pub rope: Rope<B>,
+}
+
+struct Loader<'a, B: Backend> {
+    src: &'a dyn WeightSource,
+    origin: &'a Path,
+    device: &'a B::Device,
+}
+
+impl<B: Backend> Loader<'_, B> {
+    fn tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<B, D>, LoadError> {
+        let data = load_checked(self.src, self.origin, name, &shape)?;
+        Ok(Tensor::from_data(TensorData::new(data, shape), self.device))
+    }
+
+    fn linear(&self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear<B>, LoadError> {
+        Ok(Linear {
+            weight: self.tensor(&format!("{prefix}.weight"), [out, inp])?,
+            bias: if bias {
+                Some(self.tensor(&format!("{prefix}.bias"), [out])?)
+            } else {
+                None
+            },
+        })
+    }
+}
+
+impl<B: Backend> Llama<B> {
+    /// Builds the model from HF-named weights; `origin` names the checkpoint in errors.
+    pub fn load(
+        config: &ModelConfig,
+        src: &dyn WeightSource,
+        origin: &Path,
+        device: &B::Device,
+    ) -> Result<Self, LoadError> {
+        let c = config;
+        let l = Loader::<B> { src, origin, device };
+        let (d, hd) = (c.hidden_size, c.head_dim);
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let p = format!("model.layers.{i}");
+            let bias = c.attention_bias;
+            layers.push(DecoderLayer {
+                input_layernorm: l.tensor(&format!("{p}.input_layernorm.weight"), [d])?,
+                self_attn: Attention {
+                    q_proj: l.linear(&format!("{p}.self_attn.q_proj"), c.num_heads * hd, d, bias)?,
+                    k_proj: l.linear(&format!("{p}.self_attn.k_proj"), c.num_kv_heads * hd, d, bias)?,
+                    v_proj: l.linear(&format!("{p}.self_attn.v_proj"), c.num_kv_heads * hd, d, bias)?,
+                    o_proj: l.linear(&format!("{p}.self_attn.o_proj"), d, c.num_heads * hd, false)?,
+                    num_heads: c.num_heads,
+                    num_kv_heads: c.num_kv_heads,
+                    head_dim: hd,
+                },
+                post_attention_layernorm: l
+                    .tensor(&format!("{p}.post_attention_layernorm.weight"), [d])?,
+                mlp: Mlp {
+                    gate_proj: l.linear(&format!("{p}.mlp.gate_proj"), c.intermediate_size, d, false)?,
+                    up_proj: l.linear(&format!("{p}.mlp.up_proj"), c.intermediate_size, d, false)?,
+                    down_proj: l.linear(&format!("{p}.mlp.down_proj"), d, c.intermediate_size, false)?,
+                },
+            });
+        }
+        let lm_head = if c.tie_word_embeddings {
+            None
+        } else {
+            Some(l.linear("lm_head", c.vocab_size, d, false)?)
+        };
+        Ok(Self {
+            config: c.clone(),
+            embed_tokens: l.tensor("model.embed_tokens.weight", [c.vocab_size, d])?,
+            layers,
+            norm: l.tensor("model.norm.weight", [d])?,
+            lm_head,
+            rope: Rope::new(c.rope_theta, hd, c.max_position_embeddings, device),
+        })
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> B::Device {
+        self.embed_tokens.device()
+    }
+
+    /// Final hidden states `[b, t, hidden]` for `tokens` (`[b, t]`). With a cache, the tokens
+    /// continue the cached sequence and the cache is extended; without one they start at 0.
+    pub fn forward_hidden(&self, tokens: Tensor<B, 2, Int>, mut cache: Option<&mut KvCache<B>>) -> Tensor<B, 3> {
+        let t = tokens.dims()[1];
+        let start = cache.as_ref().map_or(0, |c| c.len());
+        assert!(
+            start + t <= self.rope.max_positions(),
+            "sequence of {} positions exceeds the model context {}",
+            start + t,
+            self.rope.max_positions()
+        );
+        let mut x = embedding(self.embed_tokens.clone(), tokens);
+        let eps = self.config.rms_norm_eps;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = rms_norm(x.clone(), &layer.input_layernorm, eps);
+            let layer_cache = cache.as_deref_mut().map(|c| (c, i));
+            x = x + layer.self_attn.forward(h, &self.rope, start, layer_cache);
+            let h = rms_norm(x.clone(), &layer.post_attention_layernorm, eps);
+            x = x + layer.mlp.forward(h);
+        }
+        if let Some(c) = cache {
+            c.advance(t);
+        }
+        rms_norm(x, &self.norm, eps)
+    }
+
+    /// Vocabulary logits `[b, t, vocab]` from final hidden states.
+    pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => hidden.matmul(self.embed_tokens.clone().transpose().unsqueeze::<3>()),
+        }
+    }
+
+    /// Logits for every position of `tokens`.
+    pub fn forward(&self, tokens: Tensor<B, 2, Int>, cache: Option<&mut KvCache<B>>) -> Tensor<B, 3> {
+        self.logits(self.forward_hidden(tokens, cache))
+    }
+
+    /// A cache sized for `capacity` positions of this model.
+    pub fn new_cache(&self, capacity: usize) -> KvCache<B> {
+        KvCache::new(self.config.num_layers, capacity.min(self.rope.max_positions()))
+    }
+}

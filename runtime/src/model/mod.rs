@@ -1,0 +1,13 @@
+//! The Llama-family decoder (Llama, Qwen2) on burn.
+
+mod attention;
+mod kv_cache;
+mod linear;
+mod llama;
+mod norm;
+mod rope;
+
+pub use kv_cache::KvCache;
+pub use linear::Linear;
+pub use llama::{Llama, LoadError};
+pub use rope::Rope;

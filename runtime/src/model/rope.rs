@@ -1,0 +1,64 @@
+//! Rotary position embeddings in the HF ("rotate half") layout, with cos/sin tables built the
+//! way transformers builds them (f32 inverse frequencies, f32 angles) so long windows agree
+//! with the reference to the last bits.
+
+use burn::prelude::*;
+
+/// Precomputed cos/sin tables `[max_positions, head_dim]`.
+#[derive(Debug, Clone)]
+pub struct Rope<B: Backend> {
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
+    head_dim: usize,
+}
+
+/// cos/sin tables as plain vectors, `[positions, head_dim]` row-major.
+pub fn rope_tables(theta: f64, head_dim: usize, positions: usize) -> (Vec<f32>, Vec<f32>) {
+    let half = head_dim / 2;
+    let inv_freq: Vec<f32> = (0..half)
+        .map(|i| (1.0 / theta.powf((2 * i) as f64 / head_dim as f64)) as f32)
+        .collect();
+    let mut cos = vec![0.0f32; positions * head_dim];
+    let mut sin = vec![0.0f32; positions * head_dim];
+    for p in 0..positions {
+        for (i, &f) in inv_freq.iter().enumerate() {
+            let angle = (p as f32 * f) as f64;
+            let (s, c) = angle.sin_cos();
+            for j in [i, i + half] {
+                cos[p * head_dim + j] = c as f32;
+                sin[p * head_dim + j] = s as f32;
+            }
+        }
+    }
+    (cos, sin)
+}
+
+impl<B: Backend> Rope<B> {
+    /// Builds tables for positions `0..positions`.
+    pub fn new(theta: f64, head_dim: usize, positions: usize, device: &B::Device) -> Self {
+        let (cos, sin) = rope_tables(theta, head_dim, positions);
+        let shape = [positions, head_dim];
+        Self {
+            cos: Tensor::from_data(TensorData::new(cos, shape), device),
+            sin: Tensor::from_data(TensorData::new(sin, shape), device),
+            head_dim,
+        }
+    }
+
+    /// Number of positions the tables cover.
+    pub fn max_positions(&self) -> usize {
+        self.cos.dims()[0]
+    }
+
+    /// Rotates `[batch, heads, tokens, head_dim]` whose first token sits at `start`.
+    pub fn apply(&self, x: Tensor<B, 4>, start: usize) -> Tensor<B, 4> {
+        let t = x.dims()[2];
+        let half = self.head_dim / 2;
+        let cos = self.cos.clone().slice([start..start + t]).unsqueeze::<4>();
+        let sin = self.sin.clone().slice([start..start + t]).unsqueeze::<4>();
+        let x1 = x.clone().narrow(3, 0, half);
+        let x2 = x.clone().narrow(3, half, half);
+        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+        x * cos + rotated * sin
+    }
+}

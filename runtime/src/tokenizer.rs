@@ -1,0 +1,1 @@
+//! Tokenizer from GGUF metadata (being written).

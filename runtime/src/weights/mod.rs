@@ -1,0 +1,77 @@
+//! Named f32 tensors in HF naming and layout (`[out, in]` for linears), whatever the file
+//! format: the model builder, the converter and the quantizer read weights through this one
+//! narrow trait instead of knowing about GGUF or safetensors.
+
+mod gguf_source;
+mod safetensors_dir;
+
+use std::path::{Path, PathBuf};
+
+pub use gguf_source::GgufSource;
+pub use safetensors_dir::SafetensorsDir;
+
+/// A checkpoint's tensors, by HF name.
+pub trait WeightSource: Send + Sync {
+    /// Names of every tensor, sorted.
+    fn names(&self) -> Vec<String>;
+    /// Shape in HF order (row-major, last dimension contiguous), if the tensor exists.
+    fn shape(&self, name: &str) -> Option<Vec<usize>>;
+    /// The tensor converted to f32, row-major.
+    fn load_f32(&self, name: &str) -> Result<Vec<f32>, WeightError>;
+}
+
+/// Why a weight could not be read; every variant names the file and the tensor or field.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightError {
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: invalid safetensors file: {reason}")]
+    Safetensors { path: PathBuf, reason: String },
+    #[error("{path}: tensor `{name}` not found")]
+    Missing { path: PathBuf, name: String },
+    #[error("{path}: tensor `{name}` has shape {actual:?}, expected {expected:?}")]
+    Shape {
+        path: PathBuf,
+        name: String,
+        actual: Vec<usize>,
+        expected: Vec<usize>,
+    },
+    #[error("{path}: tensor `{name}` has unsupported dtype {dtype}")]
+    Dtype {
+        path: PathBuf,
+        name: String,
+        dtype: String,
+    },
+    #[error(transparent)]
+    Gguf(#[from] crate::gguf::GgufError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{path}: {reason}")]
+    Other { path: PathBuf, reason: String },
+}
+
+/// Loads a tensor and checks its shape, so a mismatch names the tensor instead of panicking
+/// deep inside a matmul.
+pub fn load_checked(
+    src: &dyn WeightSource,
+    origin: &Path,
+    name: &str,
+    expected: &[usize],
+) -> Result<Vec<f32>, WeightError> {
+    let shape = src.shape(name).ok_or_else(|| WeightError::Missing {
+        path: origin.to_owned(),
+        name: name.to_owned(),
+    })?;
+    if shape != expected {
+        return Err(WeightError::Shape {
+            path: origin.to_owned(),
+            name: name.to_owned(),
+            actual: shape,
+            expected: expected.to_vec(),
+        });
+    }
+    src.load_f32(name)
+}

@@ -1,0 +1,167 @@
+//! HF checkpoint directories: `model.safetensors`, or shards listed in
+//! `model.safetensors.index.json`. Files are memory-mapped; each tensor is converted to f32
+//! only when asked for.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+
+use super::{WeightError, WeightSource};
+
+struct Shard {
+    path: PathBuf,
+    mmap: Mmap,
+}
+
+/// One HF checkpoint directory (single file or sharded).
+pub struct SafetensorsDir {
+    shards: Vec<Shard>,
+    /// tensor name -> (shard index, shape)
+    index: BTreeMap<String, (usize, Vec<usize>)>,
+}
+
+impl SafetensorsDir {
+    /// Opens every shard and validates its header against the file length.
+    pub fn open(dir: &Path) -> Result<Self, WeightError> {
+        let single = dir.join("model.safetensors");
+        let index_path = dir.join("model.safetensors.index.json");
+        let files: Vec<PathBuf> = if single.exists() {
+            vec![single]
+        } else if index_path.exists() {
+            shard_files(&index_path)?
+        } else {
+            return Err(WeightError::Other {
+                path: dir.to_owned(),
+                reason: "no model.safetensors or model.safetensors.index.json".into(),
+            });
+        };
+        let mut shards = Vec::new();
+        let mut index = BTreeMap::new();
+        for (i, path) in files.into_iter().enumerate() {
+            let file = File::open(&path).map_err(|source| WeightError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            // SAFETY: the map is read-only; a checkpoint modified while we run is a user error
+            // that at worst yields wrong numbers, as with any mmap-based loader.
+            let mmap = unsafe { Mmap::map(&file) }.map_err(|source| WeightError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let st = parse(&path, &mmap)?;
+            for (name, view) in st.tensors() {
+                index.insert(name, (i, view.shape().to_vec()));
+            }
+            shards.push(Shard { path, mmap });
+        }
+        Ok(Self { shards, index })
+    }
+}
+
+fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<SafeTensors<'a>, WeightError> {
+    if bytes.len() >= 8 {
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+        if n > bytes.len() as u64 - 8 {
+            return Err(WeightError::Safetensors {
+                path: path.to_owned(),
+                reason: format!(
+                    "header length {n} is larger than the file ({} bytes): truncated or not safetensors",
+                    bytes.len()
+                ),
+            });
+        }
+    }
+    SafeTensors::deserialize(bytes).map_err(|e| WeightError::Safetensors {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn shard_files(index_path: &Path) -> Result<Vec<PathBuf>, WeightError> {
+    let text = std::fs::read_to_string(index_path).map_err(|source| WeightError::Io {
+        path: index_path.to_owned(),
+        source,
+    })?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| WeightError::Other {
+        path: index_path.to_owned(),
+        reason: format!("not valid JSON: {e}"),
+    })?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| WeightError::Other {
+            path: index_path.to_owned(),
+            reason: "missing field `weight_map`".into(),
+        })?;
+    let mut files: Vec<String> = map
+        .values()
+        .filter_map(|f| f.as_str().map(str::to_owned))
+        .collect();
+    files.sort();
+    files.dedup();
+    let dir = index_path.parent().unwrap_or(Path::new("."));
+    Ok(files.into_iter().map(|f| dir.join(f)).collect())
+}
+
+/// Converts raw little-endian tensor bytes of a float dtype to f32.
+fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
+    Some(match dtype {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes(c.try_into().unwrap()).to_f32())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes(c.try_into().unwrap()).to_f32())
+            .collect(),
+        _ => return None,
+    })
+}
+
+impl WeightSource for SafetensorsDir {
+    fn names(&self) -> Vec<String> {
+        self.index.keys().cloned().collect()
+    }
+
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.index.get(name).map(|(_, s)| s.clone())
+    }
+
+    fn load_f32(&self, name: &str) -> Result<Vec<f32>, WeightError> {
+        let missing = || WeightError::Missing {
+            path: self.shards.first().map(|s| s.path.clone()).unwrap_or_default(),
+            name: name.to_owned(),
+        };
+        let (i, _) = self.index.get(name).ok_or_else(missing)?;
+        let shard = &self.shards[*i];
+        let st = parse(&shard.path, &shard.mmap)?;
+        let view = st.tensor(name).map_err(|_| missing())?;
+        to_f32(view.dtype(), view.data()).ok_or_else(|| WeightError::Dtype {
+            path: shard.path.clone(),
+            name: name.to_owned(),
+            dtype: format!("{:?}", view.dtype()),
+        })
+    }
+}
+
+impl SafetensorsDir {
+    /// Raw bytes and dtype of a tensor, for packed (integer) weights that must not be
+    /// converted to f32.
+    pub fn raw(&self, name: &str) -> Option<(Dtype, Vec<usize>, &[u8])> {
+        let (i, shape) = self.index.get(name)?;
+        let shard = &self.shards[*i];
+        let st = SafeTensors::deserialize(&shard.mmap).ok()?;
+        let view = st.tensor(name).ok()?;
+        let (dtype, range) = (view.dtype(), view.data().as_ptr_range());
+        let start = range.start as usize - shard.mmap.as_ptr() as usize;
+        let end = range.end as usize - shard.mmap.as_ptr() as usize;
+        Some((dtype, shape.clone(), &shard.mmap[start..end]))
+    }
+}
