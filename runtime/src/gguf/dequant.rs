@@ -228,7 +228,12 @@ impl Block for BlockQ2K {
         let (d, dmin) = (self.d.get(), self.dmin.get());
         // Each 128-element half reads 32 bytes of qs; sub-block s of that half takes bit pair
         // s / 2 of bytes 0..16 (even s) or 16..32 (odd s).
-        for (half, (qs, y_half)) in self.qs.chunks_exact(32).zip(out.chunks_exact_mut(128)).enumerate() {
+        for (half, (qs, y_half)) in self
+            .qs
+            .chunks_exact(32)
+            .zip(out.chunks_exact_mut(128))
+            .enumerate()
+        {
             for (s, y) in y_half.chunks_exact_mut(16).enumerate() {
                 let sc = self.scales[half * 8 + s];
                 let (dl, ml) = (d * (sc & 0x0F) as f32, dmin * (sc >> 4) as f32);
@@ -248,7 +253,11 @@ impl Block for BlockQ2K {
 fn q3k_scales(packed: &[u8; 12]) -> [i8; 16] {
     let mut scales = [0i8; 16];
     for (i, s) in scales.iter_mut().enumerate() {
-        let low = if i < 8 { packed[i] & 0x0F } else { packed[i - 8] >> 4 };
+        let low = if i < 8 {
+            packed[i] & 0x0F
+        } else {
+            packed[i - 8] >> 4
+        };
         let high = (packed[8 + i % 4] >> (2 * (i / 4))) & 3;
         *s = (low | (high << 4)) as i8;
     }
@@ -272,7 +281,12 @@ impl Block for BlockQ3K {
     fn decode(&self, out: &mut [f32]) {
         let d = self.d.get();
         let scales = q3k_scales(&self.scales);
-        for (half, (qs, y_half)) in self.qs.chunks_exact(32).zip(out.chunks_exact_mut(128)).enumerate() {
+        for (half, (qs, y_half)) in self
+            .qs
+            .chunks_exact(32)
+            .zip(out.chunks_exact_mut(128))
+            .enumerate()
+        {
             for (s, y) in y_half.chunks_exact_mut(16).enumerate() {
                 let dl = d * (scales[half * 8 + s] as i32 - 32) as f32;
                 let shift = 2 * (s / 2);
@@ -281,7 +295,11 @@ impl Block for BlockQ3K {
                 let off = 16 * (s % 2);
                 for (l, v) in y.iter_mut().enumerate() {
                     let low = ((qs[off + l] >> shift) & 3) as i32;
-                    let minus = if self.hmask[off + l] & hbit != 0 { 0 } else { 4 };
+                    let minus = if self.hmask[off + l] & hbit != 0 {
+                        0
+                    } else {
+                        4
+                    };
                     *v = dl * (low - minus) as f32;
                 }
             }
@@ -319,7 +337,12 @@ impl Block for BlockQ4K {
     const ELEMS: usize = QK_K;
     fn decode(&self, out: &mut [f32]) {
         let (d, dmin) = (self.d.get(), self.dmin.get());
-        for (pair, (qs, y)) in self.qs.chunks_exact(32).zip(out.chunks_exact_mut(64)).enumerate() {
+        for (pair, (qs, y)) in self
+            .qs
+            .chunks_exact(32)
+            .zip(out.chunks_exact_mut(64))
+            .enumerate()
+        {
             let (sc0, m0) = k4_scale_min(2 * pair, &self.scales);
             let (sc1, m1) = k4_scale_min(2 * pair + 1, &self.scales);
             let (d0, d1) = (d * sc0 as f32, d * sc1 as f32);
@@ -350,7 +373,12 @@ impl Block for BlockQ5K {
     const ELEMS: usize = QK_K;
     fn decode(&self, out: &mut [f32]) {
         let (d, dmin) = (self.d.get(), self.dmin.get());
-        for (pair, (qs, y)) in self.qs.chunks_exact(32).zip(out.chunks_exact_mut(64)).enumerate() {
+        for (pair, (qs, y)) in self
+            .qs
+            .chunks_exact(32)
+            .zip(out.chunks_exact_mut(64))
+            .enumerate()
+        {
             let (sc0, m0) = k4_scale_min(2 * pair, &self.scales);
             let (sc1, m1) = k4_scale_min(2 * pair + 1, &self.scales);
             let (d0, d1) = (d * sc0 as f32, d * sc1 as f32);
@@ -487,7 +515,9 @@ fn check_lengths(
     if !dtype.can_dequantize() {
         return Err(GgufError::Unsupported { dtype });
     }
-    let (elems, block_bytes) = dtype.block_layout().ok_or(GgufError::Unsupported { dtype })?;
+    let (elems, block_bytes) = dtype
+        .block_layout()
+        .ok_or(GgufError::Unsupported { dtype })?;
     if n_elements % elems != 0 {
         return Err(bad(format!(
             "{n_elements} elements is not a whole number of {elems}-element blocks"

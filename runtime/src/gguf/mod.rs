@@ -173,7 +173,10 @@ impl GgufFile {
     /// Opens and validates `path`: every count, string, offset and size is checked against
     /// the file length, so a corrupt file gives an error naming it rather than a panic.
     pub fn open(path: &Path) -> Result<Self, GgufError> {
-        let io_err = |source| GgufError::Io { path: path.to_path_buf(), source };
+        let io_err = |source| GgufError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let file = File::open(path).map_err(io_err)?;
         let len = file.metadata().map_err(io_err)?.len();
         if len < 24 {

@@ -126,7 +126,9 @@ impl<'a> Cursor<'a> {
     /// Reads an array value: element type, count, then the elements.
     fn array_value(&mut self, depth: usize, what: &str) -> Result<MetaValue, String> {
         if depth >= MAX_ARRAY_DEPTH {
-            return Err(format!("{what}: arrays nested deeper than {MAX_ARRAY_DEPTH}"));
+            return Err(format!(
+                "{what}: arrays nested deeper than {MAX_ARRAY_DEPTH}"
+            ));
         }
         let elem_ty = self.u32(what)?;
         let min_size = min_value_size(elem_ty)
@@ -146,8 +148,8 @@ fn min_value_size(ty: u32) -> Option<usize> {
         0 | 1 | 7 => 1,
         2 | 3 => 2,
         4..=6 => 4,
-        8 => 8,      // length prefix
-        9 => 4 + 8,  // element type + count
+        8 => 8,     // length prefix
+        9 => 4 + 8, // element type + count
         10..=12 => 8,
         _ => return None,
     })
@@ -165,7 +167,13 @@ pub(super) fn parse(buf: &[u8]) -> Result<Parsed, String> {
     let data_offset = align_up(cur.pos as u64, alignment)
         .ok_or_else(|| "data section offset overflows".to_string())?;
     place_tensors(&mut tensors, data_offset, buf.len() as u64)?;
-    Ok(Parsed { version, metadata, tensors, alignment, data_offset })
+    Ok(Parsed {
+        version,
+        metadata,
+        tensors,
+        alignment,
+        data_offset,
+    })
 }
 
 /// Checks the magic and returns the version (2 or 3).
@@ -225,14 +233,21 @@ fn tensor_info(cur: &mut Cursor, index: usize) -> Result<TensorInfo, String> {
     let what = format!("tensor '{name}'");
     let n_dims = cur.u32(&what)?;
     if n_dims > MAX_DIMS {
-        return Err(format!("{what} has {n_dims} dimensions (at most {MAX_DIMS})"));
+        return Err(format!(
+            "{what} has {n_dims} dimensions (at most {MAX_DIMS})"
+        ));
     }
     let dims = (0..n_dims)
         .map(|_| cur.u64(&what))
         .collect::<Result<Vec<u64>, String>>()?;
     let dtype = GgmlType::from_id(cur.u32(&what)?);
     let offset = cur.u64(&what)?;
-    let info = TensorInfo { name, dims, dtype, offset };
+    let info = TensorInfo {
+        name,
+        dims,
+        dtype,
+        offset,
+    };
     check_shape(&info)?;
     Ok(info)
 }
@@ -278,7 +293,11 @@ fn align_up(pos: u64, alignment: u64) -> Option<u64> {
 }
 
 /// Makes tensor offsets absolute and checks each tensor's data lies inside the file.
-fn place_tensors(tensors: &mut [TensorInfo], data_offset: u64, file_len: u64) -> Result<(), String> {
+fn place_tensors(
+    tensors: &mut [TensorInfo],
+    data_offset: u64,
+    file_len: u64,
+) -> Result<(), String> {
     for t in tensors {
         let start = data_offset.checked_add(t.offset);
         let end = start.and_then(|s| s.checked_add(t.n_bytes()));

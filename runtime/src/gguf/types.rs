@@ -115,22 +115,22 @@ impl GgmlType {
 /// them still open and their tensors can be sized and skipped.
 fn other_layout(id: u32) -> Option<(usize, usize)> {
     let layout = match id {
-        16 => (QK_K, 66),             // IQ2_XXS
-        17 => (QK_K, 74),             // IQ2_XS
-        18 => (QK_K, 98),             // IQ3_XXS
-        19 => (QK_K, 50),             // IQ1_S
-        20 => (32, 18),               // IQ4_NL
-        21 => (QK_K, 110),            // IQ3_S
-        22 => (QK_K, 82),             // IQ2_S
-        23 => (QK_K, 136),            // IQ4_XS
-        24 => (1, 1),                 // I8
-        25 => (1, 2),                 // I16
-        26 => (1, 4),                 // I32
-        27 | 28 => (1, 8),            // I64, F64
-        29 => (QK_K, 56),             // IQ1_M
-        34 => (QK_K, 54),             // TQ1_0
-        35 => (QK_K, 66),             // TQ2_0
-        39 => (32, 17),               // MXFP4
+        16 => (QK_K, 66),  // IQ2_XXS
+        17 => (QK_K, 74),  // IQ2_XS
+        18 => (QK_K, 98),  // IQ3_XXS
+        19 => (QK_K, 50),  // IQ1_S
+        20 => (32, 18),    // IQ4_NL
+        21 => (QK_K, 110), // IQ3_S
+        22 => (QK_K, 82),  // IQ2_S
+        23 => (QK_K, 136), // IQ4_XS
+        24 => (1, 1),      // I8
+        25 => (1, 2),      // I16
+        26 => (1, 4),      // I32
+        27 | 28 => (1, 8), // I64, F64
+        29 => (QK_K, 56),  // IQ1_M
+        34 => (QK_K, 54),  // TQ1_0
+        35 => (QK_K, 66),  // TQ2_0
+        39 => (32, 17),    // MXFP4
         _ => return None,
     };
     Some(layout)

@@ -3,11 +3,13 @@
 //! narrow trait instead of knowing about GGUF or safetensors.
 
 mod gguf_source;
+mod memory;
 mod safetensors_dir;
 
 use std::path::{Path, PathBuf};
 
 pub use gguf_source::GgufSource;
+pub use memory::{tiny_config, MemorySource};
 pub use safetensors_dir::SafetensorsDir;
 
 /// A checkpoint's tensors, by HF name.

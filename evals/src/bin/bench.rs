@@ -1,0 +1,100 @@
+//! `bench`: prefill and decode speed of a model on this machine, and peak memory, the figures
+//! the spine issue compares with llama.cpp's `llama-bench -p 512 -n 128`.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use burn::prelude::*;
+use clap::Parser;
+use lmq_runtime::checkpoint::Checkpoint;
+use lmq_runtime::Cpu;
+
+/// Time prefill of a P-token prompt and decode of N tokens (greedy), like llama-bench.
+#[derive(Parser, Debug)]
+#[command(name = "bench", version)]
+struct Args {
+    /// A .gguf file, an HF model directory, or a cached asset name.
+    #[arg(long, default_value = "smollm2")]
+    model: String,
+    /// Prompt tokens for the prefill figure.
+    #[arg(long, default_value_t = 512)]
+    prompt: usize,
+    /// Generated tokens for the decode figure.
+    #[arg(long, default_value_t = 128)]
+    decode: usize,
+    /// Repetitions (the best is reported, as machines here are shared and noisy).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+fn main() {
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    rayon::ThreadPoolBuilder::new().num_threads(args.threads).build_global()?;
+    let ckpt = Checkpoint::open(&args.model)?;
+    let device = Default::default();
+    let model = ckpt.load_model::<Cpu>(&device)?;
+    // A deterministic prompt of real text tokens.
+    let text = std::fs::read_to_string(lmq_evals::text::wiki2_path()).unwrap_or_else(|_| "hello world ".repeat(400));
+    let mut prompt = ckpt.tokenizer.encode(&text[..text.len().min(20_000)], false)?;
+    prompt.truncate(args.prompt);
+    anyhow::ensure!(prompt.len() == args.prompt, "not enough text for a {}-token prompt", args.prompt);
+
+    let (mut best_prefill, mut best_decode) = (0.0f64, 0.0f64);
+    for _ in 0..args.reps {
+        let mut cache = model.new_cache(args.prompt + args.decode + 1);
+        let ids: Vec<i32> = prompt.iter().map(|&x| x as i32).collect();
+        let input = Tensor::<Cpu, 2, Int>::from_data(TensorData::new(ids, [1, args.prompt]), &device);
+        let t0 = Instant::now();
+        let logits = lmq_runtime::generate::last_logits(model.forward(input, Some(&mut cache)));
+        best_prefill = best_prefill.max(args.prompt as f64 / t0.elapsed().as_secs_f64());
+        let mut next = lmq_runtime::sampling::argmax(&logits);
+        let t0 = Instant::now();
+        for _ in 0..args.decode {
+            let input = Tensor::<Cpu, 2, Int>::from_data(TensorData::new(vec![next as i32], [1, 1]), &device);
+            let logits = lmq_runtime::generate::last_logits(model.forward(input, Some(&mut cache)));
+            next = lmq_runtime::sampling::argmax(&logits);
+        }
+        best_decode = best_decode.max(args.decode as f64 / t0.elapsed().as_secs_f64());
+    }
+    let rss = peak_rss_mib();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"model": ckpt.path, "threads": args.threads, "prefill_tokens": args.prompt,
+                "decode_tokens": args.decode, "prefill_tok_s": best_prefill, "decode_tok_s": best_decode, "peak_rss_mib": rss})
+        );
+    } else {
+        println!("| model | threads | pp{} tok/s | tg{} tok/s | peak RSS MiB |", args.prompt, args.decode);
+        println!("|---|---|---|---|---|");
+        println!(
+            "| {} | {} | {:.1} | {:.1} | {:.0} |",
+            ckpt.path.file_name().unwrap_or_default().to_string_lossy(),
+            args.threads,
+            best_prefill,
+            best_decode,
+            rss
+        );
+    }
+    Ok(())
+}
