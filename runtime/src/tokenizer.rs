@@ -341,9 +341,13 @@ impl Tokenizer {
             .merges
             .iter()
             .enumerate()
-            .map(|(i, m)| split_merge(m).ok_or_else(|| {
-                TokenizerError::Build(format!("merge #{i} `{m}` is not two space-separated tokens"))
-            }))
+            .map(|(i, m)| {
+                split_merge(m).ok_or_else(|| {
+                    TokenizerError::Build(format!(
+                        "merge #{i} `{m}` is not two space-separated tokens"
+                    ))
+                })
+            })
             .collect::<Result<_, _>>()?;
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
@@ -386,9 +390,7 @@ impl Tokenizer {
             .filter(|(t, ty)| {
                 !t.is_empty() && matches!(**ty, TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED)
             })
-            .map(|(t, ty)| {
-                AddedToken::from(t.clone(), *ty == TOKEN_TYPE_CONTROL).normalized(false)
-            })
+            .map(|(t, ty)| AddedToken::from(t.clone(), *ty == TOKEN_TYPE_CONTROL).normalized(false))
             .collect();
         inner.add_special_tokens(&added);
 
@@ -413,8 +415,8 @@ impl Tokenizer {
             path: tokenizer_json.to_path_buf(),
             msg,
         };
-        let inner =
-            tokenizers::Tokenizer::from_file(tokenizer_json).map_err(|e| file_err(e.to_string()))?;
+        let inner = tokenizers::Tokenizer::from_file(tokenizer_json)
+            .map_err(|e| file_err(e.to_string()))?;
         let n = inner.get_vocab_size(true);
         let mut tokens = vec![String::new(); n];
         let mut token_types = vec![TOKEN_TYPE_NORMAL; n];
@@ -438,10 +440,12 @@ impl Tokenizer {
 
         let config_path = tokenizer_json.with_file_name("tokenizer_config.json");
         let config: Option<serde_json::Value> = match std::fs::read_to_string(&config_path) {
-            Ok(text) => Some(serde_json::from_str(&text).map_err(|e| TokenizerError::File {
-                path: config_path.clone(),
-                msg: e.to_string(),
-            })?),
+            Ok(text) => Some(
+                serde_json::from_str(&text).map_err(|e| TokenizerError::File {
+                    path: config_path.clone(),
+                    msg: e.to_string(),
+                })?,
+            ),
             Err(_) => None,
         };
         let field = |k: &str| config.as_ref().and_then(|c| c.get(k));
@@ -500,7 +504,11 @@ impl Tokenizer {
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.tokens.len()) {
             return Err(TokenizerError::Decode(
-                format!("token id {bad} is outside the vocabulary ({})", self.tokens.len()).into(),
+                format!(
+                    "token id {bad} is outside the vocabulary ({})",
+                    self.tokens.len()
+                )
+                .into(),
             ));
         }
         self.inner
@@ -596,7 +604,10 @@ fn post_processor(spec: &GgufTokenizerSpec) -> Result<PostProcessorWrapper, Toke
         let id = id.ok_or_else(|| {
             TokenizerError::Build(format!("add_{what}_token is set but there is no {what} id"))
         })?;
-        Ok((spec.tokens[id as usize].clone(), id))
+        let token = spec.tokens.get(id as usize).ok_or_else(|| {
+            TokenizerError::Build(format!("{what} id {id} is outside the vocabulary"))
+        })?;
+        Ok((token.clone(), id))
     };
     let bos = spec.add_bos.then(|| tok(spec.bos_id, "bos")).transpose()?;
     let eos = spec.add_eos.then(|| tok(spec.eos_id, "eos")).transpose()?;
@@ -715,7 +726,14 @@ mod tests {
     #[test]
     fn add_bos_follows_the_spec() {
         let mut spec = tiny_spec("gpt-2");
-        assert_eq!(Tokenizer::from_spec(&spec).unwrap().encode("t", true).unwrap().len(), 1);
+        assert_eq!(
+            Tokenizer::from_spec(&spec)
+                .unwrap()
+                .encode("t", true)
+                .unwrap()
+                .len(),
+            1
+        );
         spec.add_bos = true;
         let tok = Tokenizer::from_spec(&spec).unwrap();
         assert_eq!(tok.encode("t", true).unwrap()[0], 0);
@@ -724,7 +742,9 @@ mod tests {
 
     #[test]
     fn unknown_pre_is_an_error_listing_supported_ones() {
-        let err = Tokenizer::from_spec(&tiny_spec("nope")).unwrap_err().to_string();
+        let err = Tokenizer::from_spec(&tiny_spec("nope"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("nope") && err.contains("qwen2"), "{err}");
     }
 
@@ -738,7 +758,10 @@ mod tests {
         std::fs::write(&path, tok.to_json()).unwrap();
         let back = Tokenizer::from_file(&path).unwrap();
         let text = "the 12 <|endoftext|> é";
-        assert_eq!(back.encode(text, true).unwrap(), tok.encode(text, true).unwrap());
+        assert_eq!(
+            back.encode(text, true).unwrap(),
+            tok.encode(text, true).unwrap()
+        );
         assert_eq!(back.vocab_size(), tok.vocab_size());
         assert!(back.is_control(0));
     }

@@ -136,7 +136,7 @@ fn q8_0_and_q8_1() {
 #[test]
 fn q8_k_f32_scale() {
     let mut bytes = 0.01f32.to_le_bytes().to_vec();
-    bytes.extend((0..256).map(|i| (i as i32 - 128) as i8 as u8));
+    bytes.extend((0..256).map(|i: i32| (i - 128) as i8 as u8));
     bytes.extend([0u8; 32]);
     let want: Vec<f32> = (0..256).map(|i| (i as f32 - 128.0) * 0.01).collect();
     assert_close(&decode(GgmlType::Q8_K, &bytes, 256), &want);

@@ -518,7 +518,7 @@ fn check_lengths(
     let (elems, block_bytes) = dtype
         .block_layout()
         .ok_or(GgufError::Unsupported { dtype })?;
-    if n_elements % elems != 0 {
+    if !n_elements.is_multiple_of(elems) {
         return Err(bad(format!(
             "{n_elements} elements is not a whole number of {elems}-element blocks"
         )));

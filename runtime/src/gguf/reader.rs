@@ -76,7 +76,8 @@ impl<'a> Cursor<'a> {
         let fits = (self.remaining() / min_size.max(1)) as u64;
         if count > fits {
             return Err(format!(
-                "{what} {count} at offset {at} is impossible: the {} bytes left in the file hold at most {fits}",
+                "{what} {count} at offset {at} cannot fit in the {} bytes left \
+                 (room for at most {fits}): truncated or corrupt file",
                 self.remaining()
             ));
         }
@@ -89,7 +90,8 @@ impl<'a> Cursor<'a> {
         let len = self.u64(what)?;
         if len > self.remaining() as u64 {
             return Err(format!(
-                "{what}: string length {len} at offset {at} exceeds the {} bytes left in the file",
+                "{what}: string length {len} at offset {at} exceeds the {} bytes left \
+                 in the file: truncated or corrupt file",
                 self.remaining()
             ));
         }
@@ -266,7 +268,7 @@ fn check_shape(t: &TensorInfo) -> Result<(), String> {
         .filter(|&n| n <= i64::MAX as u64)
         .ok_or_else(|| format!("tensor '{}' shape {:?} overflows", t.name, t.dims))?;
     let ne0 = t.dims.first().copied().unwrap_or(1);
-    if n > 0 && ne0 % block_elems as u64 != 0 {
+    if n > 0 && !ne0.is_multiple_of(block_elems as u64) {
         return Err(format!(
             "tensor '{}' row length {ne0} is not a multiple of the {}-element {} block",
             t.name, block_elems, t.dtype

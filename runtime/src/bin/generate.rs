@@ -1,0 +1,81 @@
+//! `generate --model M --prompt TEXT`: a completion from the command line (greedy by default).
+
+use std::io::Write;
+
+use anyhow::Result;
+use clap::Parser;
+use lmq_runtime::checkpoint::Checkpoint;
+use lmq_runtime::generate::generate;
+use lmq_runtime::sampling::SamplingParams;
+use lmq_runtime::Cpu;
+
+/// Generate a continuation of a prompt.
+#[derive(Parser, Debug)]
+#[command(name = "generate", version)]
+struct Args {
+    /// A .gguf file, an HF model directory, or a cached asset name (smollm2, qwen-0.5b, qwen-1.5b).
+    #[arg(long)]
+    model: String,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value_t = 32)]
+    max_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print the generated token ids as JSON instead of text.
+    #[arg(long)]
+    ids: bool,
+}
+
+fn main() {
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let ckpt = Checkpoint::open(&args.model)?;
+    let model = ckpt.load_model::<Cpu>(&Default::default())?;
+    let prompt = ckpt.tokenizer.encode(&args.prompt, true)?;
+    let params = SamplingParams {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        seed: args.seed,
+    };
+    let stop = ckpt.config.eos_token_ids.clone();
+    let mut shown = 0usize;
+    let mut so_far = Vec::new();
+    let tok = &ckpt.tokenizer;
+    if !args.ids {
+        print!("{}", args.prompt);
+    }
+    let out = generate(&model, &prompt, args.max_tokens, params, &stop, |t| {
+        if args.ids {
+            return;
+        }
+        so_far.push(t);
+        // Print only whole characters: decode everything and emit the new suffix.
+        if let Ok(text) = tok.decode(&so_far, true) {
+            if text.len() > shown && !text.ends_with('\u{fffd}') {
+                print!("{}", &text[shown..]);
+                let _ = std::io::stdout().flush();
+                shown = text.len();
+            }
+        }
+    })?;
+    if args.ids {
+        println!("{}", serde_json::json!({"prompt_ids": prompt, "generated_ids": out}));
+    } else {
+        println!();
+    }
+    Ok(())
+}
