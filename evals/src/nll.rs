@@ -3,7 +3,11 @@
 
 /// Σ −log softmax(row)[target] over rows; `logits` is `[rows, vocab]` row-major.
 pub fn nll_sum(logits: &[f32], vocab: usize, targets: &[u32]) -> f64 {
-    assert_eq!(logits.len(), targets.len() * vocab, "logits/targets shape mismatch");
+    assert_eq!(
+        logits.len(),
+        targets.len() * vocab,
+        "logits/targets shape mismatch"
+    );
     logits
         .chunks_exact(vocab)
         .zip(targets)

@@ -3,7 +3,7 @@
 //! ppl = exp(Σ NLL / predicted tokens) with `seqlen − 1` predictions per window.
 
 use burn::prelude::*;
-use lmq_runtime::model::Llama;
+use lmq_runtime::model::{LinearBackend, Llama};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -54,7 +54,7 @@ pub fn ids_sha256(ids: &[u32]) -> String {
 }
 
 /// Σ NLL of `window[1..]` given its prefixes, from one forward pass.
-pub fn window_nll<B: Backend>(model: &Llama<B>, window: &[u32]) -> f64 {
+pub fn window_nll<B: LinearBackend>(model: &Llama<B>, window: &[u32]) -> f64 {
     let device = model.device();
     let t = window.len();
     let ids: Vec<i32> = window.iter().map(|&x| x as i32).collect();
@@ -69,7 +69,7 @@ pub fn window_nll<B: Backend>(model: &Llama<B>, window: &[u32]) -> f64 {
 }
 
 /// Runs the protocol over `ids`; `on_window` is called after each window (progress).
-pub fn perplexity<B: Backend>(
+pub fn perplexity<B: LinearBackend>(
     model: &Llama<B>,
     ids: &[u32],
     opts: &PplOptions,
@@ -96,7 +96,10 @@ pub fn perplexity<B: Backend>(
     let windows = opts.max_windows.map_or(available, |m| m.min(available));
     let mut per_window = Vec::with_capacity(windows);
     for i in 0..windows {
-        per_window.push(window_nll(model, &ids[i * opts.seqlen..(i + 1) * opts.seqlen]));
+        per_window.push(window_nll(
+            model,
+            &ids[i * opts.seqlen..(i + 1) * opts.seqlen],
+        ));
         on_window(i + 1, windows);
     }
     let nll: f64 = per_window.iter().sum();

@@ -10,10 +10,22 @@ use lmq_runtime::weights::tiny_config;
 
 fn evaluate(model: &Path) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_evaluate"))
-        .args(["--model", model.to_str().unwrap(), "--ppl", "wiki2", "--max-windows", "1", "--seqlen", "16"])
+        .args([
+            "--model",
+            model.to_str().unwrap(),
+            "--ppl",
+            "wiki2",
+            "--max-windows",
+            "1",
+            "--seqlen",
+            "16",
+        ])
         .output()
         .unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn assert_clean_error(code: i32, stderr: &str, must_contain: &[&str]) {

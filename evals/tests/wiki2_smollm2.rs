@@ -32,14 +32,23 @@ fn first_windows_of_512_match_transformers() {
     let model = ckpt.load_model::<Cpu>(&Default::default()).unwrap();
     let text = std::fs::read_to_string(wiki2_path()).unwrap();
     let ids = ckpt.tokenizer.encode(&text, false).unwrap();
-    let opts = PplOptions { seqlen: 512, max_windows: Some(3) };
+    let opts = PplOptions {
+        seqlen: 512,
+        max_windows: Some(3),
+    };
     let report = perplexity(&model, &ids, &opts, |_, _| {}).unwrap();
 
-    assert_eq!(report.tokens, reference["n_tokens"].as_u64().unwrap() as usize);
+    assert_eq!(
+        report.tokens,
+        reference["n_tokens"].as_u64().unwrap() as usize
+    );
     assert_eq!(report.ids_sha256, reference["ids_sha256"].as_str().unwrap());
     assert_eq!(report.predicted_tokens, 3 * 511);
     for (i, (got, want)) in report.per_window_nll.iter().zip(&want).enumerate() {
         let rel = (got - want).abs() / want;
-        assert!(rel < WINDOW_NLL_REL_TOL, "window {i}: {got} vs transformers {want} (rel {rel:.2e})");
+        assert!(
+            rel < WINDOW_NLL_REL_TOL,
+            "window {i}: {got} vs transformers {want} (rel {rel:.2e})"
+        );
     }
 }

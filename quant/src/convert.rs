@@ -21,7 +21,12 @@ pub struct ConvertOptions {
 }
 
 /// Converts `ckpt` into `out`, atomically. Returns the final directory.
-pub fn convert(ckpt: &Checkpoint, out: &Path, opts: &ConvertOptions, mut progress: impl FnMut(&str)) -> Result<PathBuf> {
+pub fn convert(
+    ckpt: &Checkpoint,
+    out: &Path,
+    opts: &ConvertOptions,
+    mut progress: impl FnMut(&str),
+) -> Result<PathBuf> {
     let staging = StagingDir::new(out, opts.force)?;
     let dir = staging.path();
     let st_dtype = match opts.dtype {

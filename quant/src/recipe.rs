@@ -92,7 +92,8 @@ mod tests {
 
     #[test]
     fn unknown_key_names_file_line_and_key() {
-        let err = Recipe::parse("output:\n  dtype: f32\n  dtyp: bf16\n", Path::new("r.yaml")).unwrap_err();
+        let err = Recipe::parse("output:\n  dtype: f32\n  dtyp: bf16\n", Path::new("r.yaml"))
+            .unwrap_err();
         let msg = err.to_string();
         assert!(msg.starts_with("r.yaml: "), "{msg}");
         assert!(msg.contains("dtyp") && msg.contains("line 3"), "{msg}");

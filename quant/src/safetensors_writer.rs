@@ -75,7 +75,12 @@ pub fn write_streaming(
     for s in specs {
         let bytes = bytes_of(s)?;
         let n = s.shape.iter().product::<usize>() * s.dtype.size();
-        anyhow::ensure!(bytes.len() == n, "tensor `{}`: produced {} bytes, expected {n}", s.name, bytes.len());
+        anyhow::ensure!(
+            bytes.len() == n,
+            "tensor `{}`: produced {} bytes, expected {n}",
+            s.name,
+            bytes.len()
+        );
         w.write_all(&bytes)?;
     }
     w.flush()?;

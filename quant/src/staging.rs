@@ -111,6 +111,9 @@ mod tests {
         std::fs::write(s.path().join("a"), b"x").unwrap();
         s.commit().unwrap();
         assert_eq!(std::fs::read(target.join("a")).unwrap(), b"x");
-        assert!(matches!(StagingDir::new(&target, false), Err(StagingError::Exists(_))));
+        assert!(matches!(
+            StagingDir::new(&target, false),
+            Err(StagingError::Exists(_))
+        ));
     }
 }

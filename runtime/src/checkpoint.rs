@@ -3,11 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::prelude::Backend;
-
 use crate::assets::{self, Asset};
 use crate::config::ModelConfig;
-use crate::model::Llama;
+use crate::model::{LinearBackend, Llama};
 use crate::tokenizer::{GgufTokenizerSpec, Tokenizer};
 use crate::weights::{GgufSource, SafetensorsDir, WeightError, WeightSource};
 
@@ -97,7 +95,15 @@ impl Checkpoint {
     }
 
     /// Builds the burn model on `device`.
-    pub fn load_model<B: Backend>(&self, device: &B::Device) -> Result<Llama<B>, CheckpointError> {
-        Ok(Llama::load(&self.config, self.weights.as_ref(), &self.path, device)?)
+    pub fn load_model<B: LinearBackend>(
+        &self,
+        device: &B::Device,
+    ) -> Result<Llama<B>, CheckpointError> {
+        Ok(Llama::load(
+            &self.config,
+            self.weights.as_ref(),
+            &self.path,
+            device,
+        )?)
     }
 }

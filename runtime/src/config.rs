@@ -146,7 +146,11 @@ impl ModelConfig {
             .ok_or_else(|| field("rms_norm_eps"))?;
         let eos_token_ids = match v.get("eos_token_id") {
             Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-            Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|x| x.as_u64())
+                .map(|x| x as u32)
+                .collect(),
             _ => Vec::new(),
         };
         let cfg = ModelConfig {
@@ -166,7 +170,9 @@ impl ModelConfig {
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
             attention_bias: arch == Arch::Qwen2
-                || v.get("attention_bias").and_then(Value::as_bool).unwrap_or(false),
+                || v.get("attention_bias")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
             bos_token_id: v
                 .get("bos_token_id")
                 .and_then(Value::as_u64)
@@ -238,7 +244,8 @@ impl ModelConfig {
             path: path.to_owned(),
             what,
         };
-        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
+        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0
+        {
             return Err(bad(format!(
                 "head counts: {} attention heads, {} key/value heads",
                 self.num_heads, self.num_kv_heads
@@ -322,6 +329,8 @@ mod tests {
         let mut v = smol_json();
         v["num_key_value_heads"] = json!(4);
         let err = ModelConfig::from_hf_json(&v, Path::new("c.json")).unwrap_err();
-        assert!(err.to_string().contains("9 attention heads, 4 key/value heads"));
+        assert!(err
+            .to_string()
+            .contains("9 attention heads, 4 key/value heads"));
     }
 }

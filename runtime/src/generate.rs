@@ -3,7 +3,7 @@
 
 use burn::prelude::*;
 
-use crate::model::Llama;
+use crate::model::{LinearBackend, Llama};
 use crate::sampling::{Sampler, SamplingParams};
 
 /// Why a generation request cannot run.
@@ -31,7 +31,7 @@ pub fn last_logits<B: Backend>(logits: Tensor<B, 3>) -> Vec<f32> {
 
 /// Generates up to `max_new` tokens after `prompt`, stopping early at any of `stop_ids`.
 /// Calls `on_token` as each token is chosen (for streaming). Returns the new tokens.
-pub fn generate<B: Backend>(
+pub fn generate<B: LinearBackend>(
     model: &Llama<B>,
     prompt: &[u32],
     max_new: usize,
@@ -64,7 +64,8 @@ pub fn generate<B: Backend>(
         if stop_ids.contains(&next) || out.len() == max_new {
             break;
         }
-        let input = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![next as i32], [1, 1]), &device);
+        let input =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(vec![next as i32], [1, 1]), &device);
         logits = last_logits(model.forward(input, Some(&mut cache)));
     }
     Ok(out)

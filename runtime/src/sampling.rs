@@ -114,10 +114,18 @@ mod tests {
     #[test]
     fn top_k_and_top_p_restrict_support() {
         let logits = [1.0, 4.0, 3.0, 2.0];
-        let p = SamplingParams { temperature: 1.0, top_k: 2, ..Default::default() };
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_k: 2,
+            ..Default::default()
+        };
         let d = filtered_distribution(&logits, &p);
         assert_eq!(d.iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 2]);
-        let p = SamplingParams { temperature: 1.0, top_p: 0.5, ..Default::default() };
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_p: 0.5,
+            ..Default::default()
+        };
         let d = filtered_distribution(&logits, &p);
         assert_eq!(d.len(), 1); // p(token 1) = 0.64 already reaches 0.5
     }
@@ -125,7 +133,11 @@ mod tests {
     #[test]
     fn same_seed_same_samples_and_frequencies_follow_softmax() {
         let logits = [0.0f32, (2.0f32).ln(), (3.0f32).ln()]; // probs 1/6, 2/6, 3/6
-        let params = SamplingParams { temperature: 1.0, seed: 7, ..Default::default() };
+        let params = SamplingParams {
+            temperature: 1.0,
+            seed: 7,
+            ..Default::default()
+        };
         let (mut a, mut b) = (Sampler::new(params.clone()), Sampler::new(params));
         let mut counts = [0usize; 3];
         for _ in 0..60_000 {
@@ -135,7 +147,10 @@ mod tests {
         }
         for (i, &c) in counts.iter().enumerate() {
             let expected = 60_000.0 * (i + 1) as f64 / 6.0;
-            assert!((c as f64 - expected).abs() < 5.0 * expected.sqrt(), "{counts:?}");
+            assert!(
+                (c as f64 - expected).abs() < 5.0 * expected.sqrt(),
+                "{counts:?}"
+            );
         }
     }
 }

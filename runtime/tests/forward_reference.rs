@@ -20,7 +20,12 @@ struct Ref<'a> {
 
 impl Ref<'_> {
     fn t(&self, name: &str) -> Vec<f64> {
-        self.w.load_f32(name).unwrap().into_iter().map(f64::from).collect()
+        self.w
+            .load_f32(name)
+            .unwrap()
+            .into_iter()
+            .map(f64::from)
+            .collect()
     }
 
     /// y[t][o] = Σ_i x[t][i] W[o][i] + b[o]
@@ -28,9 +33,17 @@ impl Ref<'_> {
         let w = self.t(&format!("{name}.weight"));
         let shape = self.w.shape(&format!("{name}.weight")).unwrap();
         let (out, inp) = (shape[0], shape[1]);
-        let b = if bias { self.t(&format!("{name}.bias")) } else { vec![0.0; out] };
+        let b = if bias {
+            self.t(&format!("{name}.bias"))
+        } else {
+            vec![0.0; out]
+        };
         x.iter()
-            .map(|row| (0..out).map(|o| b[o] + (0..inp).map(|i| row[i] * w[o * inp + i]).sum::<f64>()).collect())
+            .map(|row| {
+                (0..out)
+                    .map(|o| b[o] + (0..inp).map(|i| row[i] * w[o * inp + i]).sum::<f64>())
+                    .collect()
+            })
             .collect()
     }
 
@@ -63,7 +76,10 @@ impl Ref<'_> {
         let c = self.c;
         let d = c.hidden_size;
         let emb = self.t("model.embed_tokens.weight");
-        let mut x: Vec<Vec<f64>> = tokens.iter().map(|&t| emb[t as usize * d..(t as usize + 1) * d].to_vec()).collect();
+        let mut x: Vec<Vec<f64>> = tokens
+            .iter()
+            .map(|&t| emb[t as usize * d..(t as usize + 1) * d].to_vec())
+            .collect();
         let (hd, nh, nkv) = (c.head_dim, c.num_heads, c.num_kv_heads);
         for l in 0..c.num_layers {
             let p = format!("model.layers.{l}");
@@ -81,7 +97,10 @@ impl Ref<'_> {
                     let kvh = head / (nh / nkv);
                     let scores: Vec<f64> = (0..=tq)
                         .map(|tk| {
-                            (0..hd).map(|i| q[tq][head * hd + i] * k[tk][kvh * hd + i]).sum::<f64>() / (hd as f64).sqrt()
+                            (0..hd)
+                                .map(|i| q[tq][head * hd + i] * k[tk][kvh * hd + i])
+                                .sum::<f64>()
+                                / (hd as f64).sqrt()
                         })
                         .collect();
                     let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -95,20 +114,33 @@ impl Ref<'_> {
                 }
             }
             let o = self.linear(&attn, &format!("{p}.self_attn.o_proj"), false);
-            x.iter_mut().zip(&o).for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
+            x.iter_mut()
+                .zip(&o)
+                .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
             let h = self.rms(&x, &format!("{p}.post_attention_layernorm.weight"));
             let g = self.linear(&h, &format!("{p}.mlp.gate_proj"), false);
             let u = self.linear(&h, &format!("{p}.mlp.up_proj"), false);
             let act: Vec<Vec<f64>> = g
                 .iter()
                 .zip(&u)
-                .map(|(g, u)| g.iter().zip(u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect())
+                .map(|(g, u)| {
+                    g.iter()
+                        .zip(u)
+                        .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+                        .collect()
+                })
                 .collect();
             let dn = self.linear(&act, &format!("{p}.mlp.down_proj"), false);
-            x.iter_mut().zip(&dn).for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
+            x.iter_mut()
+                .zip(&dn)
+                .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
         }
         let h = self.rms(&x, "model.norm.weight");
-        let head = if c.tie_word_embeddings { "model.embed_tokens" } else { "lm_head" };
+        let head = if c.tie_word_embeddings {
+            "model.embed_tokens"
+        } else {
+            "lm_head"
+        };
         self.linear(&h, head, false)
     }
 }
@@ -119,13 +151,24 @@ fn load(c: &ModelConfig, w: &MemorySource) -> Llama<Cpu> {
 
 fn logits_of(model: &Llama<Cpu>, tokens: &[u32]) -> Vec<f32> {
     let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
-    let input = Tensor::<Cpu, 2, Int>::from_data(TensorData::new(ids, [1, tokens.len()]), &Default::default());
-    model.forward(input, None).into_data().into_vec::<f32>().unwrap()
+    let input = Tensor::<Cpu, 2, Int>::from_data(
+        TensorData::new(ids, [1, tokens.len()]),
+        &Default::default(),
+    );
+    model
+        .forward(input, None)
+        .into_data()
+        .into_vec::<f32>()
+        .unwrap()
 }
 
 fn max_rel(a: &[f32], b: &[f64]) -> f64 {
     let scale = b.iter().map(|x| x.abs()).fold(0.0, f64::max);
-    a.iter().zip(b).map(|(&x, &y)| (x as f64 - y).abs()).fold(0.0, f64::max) / scale
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y).abs())
+        .fold(0.0, f64::max)
+        / scale
 }
 
 const TOKENS: [u32; 11] = [1, 7, 3, 49, 0, 22, 22, 5, 31, 8, 17];
@@ -162,10 +205,21 @@ fn kv_cache_decoding_matches_full_forward() {
         let mut pos = 0;
         for chunk in [4usize, 1, 1, 1, 1, 3] {
             let ids: Vec<i32> = TOKENS[pos..pos + chunk].iter().map(|&t| t as i32).collect();
-            let input = Tensor::<Cpu, 2, Int>::from_data(TensorData::new(ids, [1, chunk]), &Default::default());
-            let got = model.forward(input, Some(&mut cache)).into_data().into_vec::<f32>().unwrap();
+            let input = Tensor::<Cpu, 2, Int>::from_data(
+                TensorData::new(ids, [1, chunk]),
+                &Default::default(),
+            );
+            let got = model
+                .forward(input, Some(&mut cache))
+                .into_data()
+                .into_vec::<f32>()
+                .unwrap();
             let want = &full[pos * v..(pos + chunk) * v];
-            let err = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            let err = got
+                .iter()
+                .zip(want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
             assert!(err < 1e-4, "{arch:?} chunk at {pos}: max abs diff {err}");
             pos += chunk;
         }

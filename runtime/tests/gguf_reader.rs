@@ -267,6 +267,7 @@ fn round_trip_metadata_and_tensors() {
         (vec![3, 2], GgmlType::F32, 6, 24)
     );
     assert_eq!(t.offset % 64, 0);
+    assert_eq!(t.shape(), vec![2, 3]);
     assert_eq!(g.tensor_bytes(t), &w.tensors[0].data[..]);
     assert_eq!(
         g.tensor_f32("t.f32").unwrap(),

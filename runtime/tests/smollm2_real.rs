@@ -10,12 +10,18 @@ use lmq_runtime::sampling::SamplingParams;
 use lmq_runtime::Cpu;
 
 fn reference(name: &str) -> serde_json::Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../evals/reference").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../evals/reference")
+        .join(name);
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 #[test]
@@ -25,18 +31,37 @@ fn greedy_continuation_equals_transformers() {
     let model = ckpt.load_model::<Cpu>(&Default::default()).unwrap();
     let reference = reference("smollm2-greedy-capital.json");
 
-    let prompt = ckpt.tokenizer.encode("The capital of France is", true).unwrap();
+    let prompt = ckpt
+        .tokenizer
+        .encode("The capital of France is", true)
+        .unwrap();
     assert_eq!(prompt, ids(&reference["prompt_ids"]));
 
     // transformers generated 32 tokens without stopping at EOS: so do we.
     let want = ids(&reference["greedy_no_eos_stop"]["generated_ids"]);
-    let got = generate(&model, &prompt, want.len(), SamplingParams::default(), &[], |_| {}).unwrap();
+    let got = generate(
+        &model,
+        &prompt,
+        want.len(),
+        SamplingParams::default(),
+        &[],
+        |_| {},
+    )
+    .unwrap();
     assert_eq!(got, want);
     let text = ckpt.tokenizer.decode(&got, true).unwrap();
     assert!(text.starts_with(" Paris."), "{text:?}");
 
     // With EOS as a stop token, generation ends where transformers' generate() ended.
     let stop = ckpt.config.eos_token_ids.clone();
-    let got = generate(&model, &prompt, 32, SamplingParams::default(), &stop, |_| {}).unwrap();
+    let got = generate(
+        &model,
+        &prompt,
+        32,
+        SamplingParams::default(),
+        &stop,
+        |_| {},
+    )
+    .unwrap();
     assert_eq!(got, ids(&reference["generate"]["generated_ids"]));
 }

@@ -59,8 +59,17 @@ pub fn fetch(names: &[String], paths_only: bool) -> Result<()> {
 pub fn list() {
     println!("cache: {}", assets::cache_dir().display());
     for asset in Asset::ALL {
-        let state = if assets::cached(asset).is_some() { "cached " } else { "missing" };
-        println!("{:<14} {state} {}  ({})", asset.name(), asset.path().display(), asset.description());
+        let state = if assets::cached(asset).is_some() {
+            "cached "
+        } else {
+            "missing"
+        };
+        println!(
+            "{:<14} {state} {}  ({})",
+            asset.name(),
+            asset.path().display(),
+            asset.description()
+        );
     }
 }
 

@@ -5,7 +5,11 @@ mod fetch;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "xtask", about = "lmq project automation", disable_help_subcommand = true)]
+#[command(
+    name = "xtask",
+    about = "lmq project automation",
+    disable_help_subcommand = true
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -31,8 +35,17 @@ enum Cmd {
     List,
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().cmd {
+fn main() {
+    // Print the error chain only: the failures here are about the network or the cache, and a
+    // backtrace (anyhow captures one when RUST_BACKTRACE is set) would bury the pip output.
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
         Cmd::Fetch { names, paths_only } => fetch::fetch(&names, paths_only),
         Cmd::CacheDir => {
             println!("{}", lmq_runtime::assets::cache_dir().display());

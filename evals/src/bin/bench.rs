@@ -50,28 +50,41 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<()> {
-    rayon::ThreadPoolBuilder::new().num_threads(args.threads).build_global()?;
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(args.threads)
+        .build_global()?;
     let ckpt = Checkpoint::open(&args.model)?;
     let device = Default::default();
     let model = ckpt.load_model::<Cpu>(&device)?;
     // A deterministic prompt of real text tokens.
-    let text = std::fs::read_to_string(lmq_evals::text::wiki2_path()).unwrap_or_else(|_| "hello world ".repeat(400));
-    let mut prompt = ckpt.tokenizer.encode(&text[..text.len().min(20_000)], false)?;
+    let text = std::fs::read_to_string(lmq_evals::text::wiki2_path())
+        .unwrap_or_else(|_| "hello world ".repeat(400));
+    let mut prompt = ckpt
+        .tokenizer
+        .encode(&text[..text.len().min(20_000)], false)?;
     prompt.truncate(args.prompt);
-    anyhow::ensure!(prompt.len() == args.prompt, "not enough text for a {}-token prompt", args.prompt);
+    anyhow::ensure!(
+        prompt.len() == args.prompt,
+        "not enough text for a {}-token prompt",
+        args.prompt
+    );
 
     let (mut best_prefill, mut best_decode) = (0.0f64, 0.0f64);
     for _ in 0..args.reps {
         let mut cache = model.new_cache(args.prompt + args.decode + 1);
         let ids: Vec<i32> = prompt.iter().map(|&x| x as i32).collect();
-        let input = Tensor::<Cpu, 2, Int>::from_data(TensorData::new(ids, [1, args.prompt]), &device);
+        let input =
+            Tensor::<Cpu, 2, Int>::from_data(TensorData::new(ids, [1, args.prompt]), &device);
         let t0 = Instant::now();
         let logits = lmq_runtime::generate::last_logits(model.forward(input, Some(&mut cache)));
         best_prefill = best_prefill.max(args.prompt as f64 / t0.elapsed().as_secs_f64());
         let mut next = lmq_runtime::sampling::argmax(&logits);
         let t0 = Instant::now();
         for _ in 0..args.decode {
-            let input = Tensor::<Cpu, 2, Int>::from_data(TensorData::new(vec![next as i32], [1, 1]), &device);
+            let input = Tensor::<Cpu, 2, Int>::from_data(
+                TensorData::new(vec![next as i32], [1, 1]),
+                &device,
+            );
             let logits = lmq_runtime::generate::last_logits(model.forward(input, Some(&mut cache)));
             next = lmq_runtime::sampling::argmax(&logits);
         }
@@ -85,7 +98,10 @@ fn run(args: Args) -> Result<()> {
                 "decode_tokens": args.decode, "prefill_tok_s": best_prefill, "decode_tok_s": best_decode, "peak_rss_mib": rss})
         );
     } else {
-        println!("| model | threads | pp{} tok/s | tg{} tok/s | peak RSS MiB |", args.prompt, args.decode);
+        println!(
+            "| model | threads | pp{} tok/s | tg{} tok/s | peak RSS MiB |",
+            args.prompt, args.decode
+        );
         println!("|---|---|---|---|---|");
         println!(
             "| {} | {} | {:.1} | {:.1} | {:.0} |",

@@ -45,7 +45,9 @@ fn main() {
 
 fn run(args: Args) -> Result<()> {
     if let Some(n) = args.threads {
-        rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()?;
     }
     let ckpt = Checkpoint::open(&args.model)?;
     let text_path: PathBuf = text::resolve(&args.ppl);
@@ -56,8 +58,10 @@ fn run(args: Args) -> Result<()> {
     let ids = ckpt.tokenizer.encode(&text, false)?;
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("{msg} [{elapsed_precise}] {bar:40} {pos}/{len} windows (eta {eta})")
-            .expect("valid template"),
+        ProgressStyle::with_template(
+            "{msg} [{elapsed_precise}] {bar:40} {pos}/{len} windows (eta {eta})",
+        )
+        .expect("valid template"),
     );
     bar.set_message(format!("ppl {}", args.ppl));
     let opts = PplOptions {
@@ -76,7 +80,12 @@ fn run(args: Args) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!("model      {}", ckpt.path.display());
-        println!("text       {} ({} tokens, ids sha256 {})", text_path.display(), report.tokens, report.ids_sha256);
+        println!(
+            "text       {} ({} tokens, ids sha256 {})",
+            text_path.display(),
+            report.tokens,
+            report.ids_sha256
+        );
         println!(
             "windows    {} × {} ({} predicted tokens) in {:.1} s",
             report.windows, report.seqlen, report.predicted_tokens, report.seconds

@@ -39,7 +39,9 @@ fn run(args: Args) -> Result<()> {
     let recipe_text = std::fs::read_to_string(&args.recipe)?;
     let ckpt = Checkpoint::open(&args.model)?;
     let bar = ProgressBar::new(ckpt.weights.names().len() as u64);
-    bar.set_style(ProgressStyle::with_template("writing [{elapsed_precise}] {bar:40} {pos}/{len} {msg}")?);
+    bar.set_style(ProgressStyle::with_template(
+        "writing [{elapsed_precise}] {bar:40} {pos}/{len} {msg}",
+    )?);
     let out = convert(
         &ckpt,
         &args.out,

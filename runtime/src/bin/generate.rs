@@ -73,7 +73,10 @@ fn run(args: Args) -> Result<()> {
         }
     })?;
     if args.ids {
-        println!("{}", serde_json::json!({"prompt_ids": prompt, "generated_ids": out}));
+        println!(
+            "{}",
+            serde_json::json!({"prompt_ids": prompt, "generated_ids": out})
+        );
     } else {
         println!();
     }

@@ -117,9 +117,11 @@ impl MetaValue {
 /// Where a tensor's data lives in the file and how to interpret it.
 #[derive(Debug, Clone)]
 pub struct TensorInfo {
+    /// Tensor name as in llama.cpp (`blk.0.attn_q.weight`, `token_embd.weight`, ...).
     pub name: String,
     /// Dimensions with `ne0` (innermost, contiguous) first, as stored in GGUF.
     pub dims: Vec<u64>,
+    /// Element type of the stored data.
     pub dtype: GgmlType,
     /// Absolute file offset of the data (data section start + the stored relative offset).
     pub offset: u64,
@@ -129,6 +131,12 @@ impl TensorInfo {
     /// Number of elements (product of `dims`; 1 for a 0-d tensor), for sizing outputs.
     pub fn n_elements(&self) -> u64 {
         self.dims.iter().product()
+    }
+
+    /// Row-major shape, outermost first (`dims` reversed: `[ne1, ne0]` for a matrix), the
+    /// order burn and numpy use for the data [`GgufFile::tensor_f32`] returns.
+    pub fn shape(&self) -> Vec<usize> {
+        self.dims.iter().rev().map(|&d| d as usize).collect()
     }
 
     /// Bytes of data in the file; 0 for a type whose block size is unknown.

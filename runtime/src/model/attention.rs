@@ -5,12 +5,12 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
 use super::kv_cache::KvCache;
-use super::linear::Linear;
+use super::linear::{Linear, LinearBackend};
 use super::rope::Rope;
 
 /// The four projections of one attention block and its head geometry.
 #[derive(Debug, Clone)]
-pub struct Attention<B: Backend> {
+pub struct Attention<B: LinearBackend> {
     pub q_proj: Linear<B>,
     pub k_proj: Linear<B>,
     pub v_proj: Linear<B>,
@@ -37,7 +37,7 @@ fn repeat_kv<B: Backend>(x: Tensor<B, 4>, rep: usize) -> Tensor<B, 4> {
         .reshape([b, h * rep, t, d])
 }
 
-impl<B: Backend> Attention<B> {
+impl<B: LinearBackend> Attention<B> {
     /// Attends `x` (`[b, t, hidden]`, first token at position `start`) to itself and to the
     /// cached prefix, updating the cache of `layer` when one is given.
     pub fn forward(
@@ -48,8 +48,16 @@ impl<B: Backend> Attention<B> {
         cache: Option<(&mut KvCache<B>, usize)>,
     ) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
-        let q = split_heads(self.q_proj.forward(x.clone()), self.num_heads, self.head_dim);
-        let k = split_heads(self.k_proj.forward(x.clone()), self.num_kv_heads, self.head_dim);
+        let q = split_heads(
+            self.q_proj.forward(x.clone()),
+            self.num_heads,
+            self.head_dim,
+        );
+        let k = split_heads(
+            self.k_proj.forward(x.clone()),
+            self.num_kv_heads,
+            self.head_dim,
+        );
         let v = split_heads(self.v_proj.forward(x), self.num_kv_heads, self.head_dim);
         let q = rope.apply(q, start);
         let k = rope.apply(k, start);
@@ -64,7 +72,9 @@ impl<B: Backend> Attention<B> {
             is_causal: true,
         };
         let out = attention(q, repeat_kv(k, rep), repeat_kv(v, rep), None, None, options);
-        let out = out.swap_dims(1, 2).reshape([b, t, self.num_heads * self.head_dim]);
+        let out = out
+            .swap_dims(1, 2)
+            .reshape([b, t, self.num_heads * self.head_dim]);
         self.o_proj.forward(out)
     }
 }

@@ -5,11 +5,10 @@ use std::path::Path;
 
 use burn::prelude::*;
 use burn::tensor::activation::silu;
-use burn::tensor::module::embedding;
 
 use super::attention::Attention;
 use super::kv_cache::KvCache;
-use super::linear::Linear;
+use super::linear::{DenseWeight, Linear, LinearBackend};
 use super::norm::rms_norm;
 use super::rope::Rope;
 use crate::config::ModelConfig;
@@ -20,13 +19,13 @@ pub type LoadError = WeightError;
 
 /// The gated MLP `down(silu(gate(x)) · up(x))`.
 #[derive(Debug, Clone)]
-pub struct Mlp<B: Backend> {
+pub struct Mlp<B: LinearBackend> {
     pub gate_proj: Linear<B>,
     pub up_proj: Linear<B>,
     pub down_proj: Linear<B>,
 }
 
-impl<B: Backend> Mlp<B> {
+impl<B: LinearBackend> Mlp<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let gate = silu(self.gate_proj.forward(x.clone()));
         self.down_proj.forward(gate * self.up_proj.forward(x))
@@ -35,7 +34,7 @@ impl<B: Backend> Mlp<B> {
 
 /// One decoder block.
 #[derive(Debug, Clone)]
-pub struct DecoderLayer<B: Backend> {
+pub struct DecoderLayer<B: LinearBackend> {
     pub input_layernorm: Tensor<B, 1>,
     pub self_attn: Attention<B>,
     pub post_attention_layernorm: Tensor<B, 1>,
@@ -44,9 +43,10 @@ pub struct DecoderLayer<B: Backend> {
 
 /// A Llama-family causal language model.
 #[derive(Debug, Clone)]
-pub struct Llama<B: Backend> {
+pub struct Llama<B: LinearBackend> {
     pub config: ModelConfig,
-    pub embed_tokens: Tensor<B, 2>,
+    /// `[vocab, hidden]`, also the lm_head when tied.
+    pub embed_tokens: B::Weight,
     pub layers: Vec<DecoderLayer<B>>,
     pub norm: Tensor<B, 1>,
     /// `None` when tied to `embed_tokens`.
@@ -60,15 +60,30 @@ struct Loader<'a, B: Backend> {
     device: &'a B::Device,
 }
 
-impl<B: Backend> Loader<'_, B> {
-    fn tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<B, D>, LoadError> {
+impl<B: LinearBackend> Loader<'_, B> {
+    fn tensor<const D: usize>(
+        &self,
+        name: &str,
+        shape: [usize; D],
+    ) -> Result<Tensor<B, D>, LoadError> {
         let data = load_checked(self.src, self.origin, name, &shape)?;
         Ok(Tensor::from_data(TensorData::new(data, shape), self.device))
     }
 
-    fn linear(&self, prefix: &str, out: usize, inp: usize, bias: bool) -> Result<Linear<B>, LoadError> {
+    fn weight(&self, name: &str, out: usize, inp: usize) -> Result<B::Weight, LoadError> {
+        let data = load_checked(self.src, self.origin, name, &[out, inp])?;
+        Ok(B::upload(DenseWeight::new(data, out, inp), self.device))
+    }
+
+    fn linear(
+        &self,
+        prefix: &str,
+        out: usize,
+        inp: usize,
+        bias: bool,
+    ) -> Result<Linear<B>, LoadError> {
         Ok(Linear {
-            weight: self.tensor(&format!("{prefix}.weight"), [out, inp])?,
+            weight: self.weight(&format!("{prefix}.weight"), out, inp)?,
             bias: if bias {
                 Some(self.tensor(&format!("{prefix}.bias"), [out])?)
             } else {
@@ -78,7 +93,7 @@ impl<B: Backend> Loader<'_, B> {
     }
 }
 
-impl<B: Backend> Llama<B> {
+impl<B: LinearBackend> Llama<B> {
     /// Builds the model from HF-named weights; `origin` names the checkpoint in errors.
     pub fn load(
         config: &ModelConfig,
@@ -87,7 +102,11 @@ impl<B: Backend> Llama<B> {
         device: &B::Device,
     ) -> Result<Self, LoadError> {
         let c = config;
-        let l = Loader::<B> { src, origin, device };
+        let l = Loader::<B> {
+            src,
+            origin,
+            device,
+        };
         let (d, hd) = (c.hidden_size, c.head_dim);
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
@@ -96,10 +115,30 @@ impl<B: Backend> Llama<B> {
             layers.push(DecoderLayer {
                 input_layernorm: l.tensor(&format!("{p}.input_layernorm.weight"), [d])?,
                 self_attn: Attention {
-                    q_proj: l.linear(&format!("{p}.self_attn.q_proj"), c.num_heads * hd, d, bias)?,
-                    k_proj: l.linear(&format!("{p}.self_attn.k_proj"), c.num_kv_heads * hd, d, bias)?,
-                    v_proj: l.linear(&format!("{p}.self_attn.v_proj"), c.num_kv_heads * hd, d, bias)?,
-                    o_proj: l.linear(&format!("{p}.self_attn.o_proj"), d, c.num_heads * hd, false)?,
+                    q_proj: l.linear(
+                        &format!("{p}.self_attn.q_proj"),
+                        c.num_heads * hd,
+                        d,
+                        bias,
+                    )?,
+                    k_proj: l.linear(
+                        &format!("{p}.self_attn.k_proj"),
+                        c.num_kv_heads * hd,
+                        d,
+                        bias,
+                    )?,
+                    v_proj: l.linear(
+                        &format!("{p}.self_attn.v_proj"),
+                        c.num_kv_heads * hd,
+                        d,
+                        bias,
+                    )?,
+                    o_proj: l.linear(
+                        &format!("{p}.self_attn.o_proj"),
+                        d,
+                        c.num_heads * hd,
+                        false,
+                    )?,
                     num_heads: c.num_heads,
                     num_kv_heads: c.num_kv_heads,
                     head_dim: hd,
@@ -107,9 +146,24 @@ impl<B: Backend> Llama<B> {
                 post_attention_layernorm: l
                     .tensor(&format!("{p}.post_attention_layernorm.weight"), [d])?,
                 mlp: Mlp {
-                    gate_proj: l.linear(&format!("{p}.mlp.gate_proj"), c.intermediate_size, d, false)?,
-                    up_proj: l.linear(&format!("{p}.mlp.up_proj"), c.intermediate_size, d, false)?,
-                    down_proj: l.linear(&format!("{p}.mlp.down_proj"), d, c.intermediate_size, false)?,
+                    gate_proj: l.linear(
+                        &format!("{p}.mlp.gate_proj"),
+                        c.intermediate_size,
+                        d,
+                        false,
+                    )?,
+                    up_proj: l.linear(
+                        &format!("{p}.mlp.up_proj"),
+                        c.intermediate_size,
+                        d,
+                        false,
+                    )?,
+                    down_proj: l.linear(
+                        &format!("{p}.mlp.down_proj"),
+                        d,
+                        c.intermediate_size,
+                        false,
+                    )?,
                 },
             });
         }
@@ -120,7 +174,7 @@ impl<B: Backend> Llama<B> {
         };
         Ok(Self {
             config: c.clone(),
-            embed_tokens: l.tensor("model.embed_tokens.weight", [c.vocab_size, d])?,
+            embed_tokens: l.weight("model.embed_tokens.weight", c.vocab_size, d)?,
             layers,
             norm: l.tensor("model.norm.weight", [d])?,
             lm_head,
@@ -130,13 +184,17 @@ impl<B: Backend> Llama<B> {
 
     /// The device the weights live on.
     pub fn device(&self) -> B::Device {
-        self.embed_tokens.device()
+        self.norm.device()
     }
 
     /// Final hidden states `[b, t, hidden]` for `tokens` (`[b, t]`). With a cache, the tokens
     /// continue the cached sequence and the cache is extended; without one they start at 0.
-    pub fn forward_hidden(&self, tokens: Tensor<B, 2, Int>, mut cache: Option<&mut KvCache<B>>) -> Tensor<B, 3> {
-        let t = tokens.dims()[1];
+    pub fn forward_hidden(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        mut cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
+        let [b, t] = tokens.dims();
         let start = cache.as_ref().map_or(0, |c| c.len());
         assert!(
             start + t <= self.rope.max_positions(),
@@ -144,7 +202,19 @@ impl<B: Backend> Llama<B> {
             start + t,
             self.rope.max_positions()
         );
-        let mut x = embedding(self.embed_tokens.clone(), tokens);
+        let ids: Vec<u32> = tokens
+            .into_data()
+            .convert::<i64>()
+            .into_vec::<i64>()
+            .expect("integer token ids")
+            .into_iter()
+            .map(|x| x as u32)
+            .collect();
+        let mut x = B::gather_rows(&ids, &self.embed_tokens, &self.device()).reshape([
+            b,
+            t,
+            self.config.hidden_size,
+        ]);
         let eps = self.config.rms_norm_eps;
         for (i, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(x.clone(), &layer.input_layernorm, eps);
@@ -163,17 +233,31 @@ impl<B: Backend> Llama<B> {
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
-            None => hidden.matmul(self.embed_tokens.clone().transpose().unsqueeze::<3>()),
+            None => {
+                let [b, t, d] = hidden.dims();
+                B::apply_linear(hidden.reshape([b * t, d]), &self.embed_tokens).reshape([
+                    b,
+                    t,
+                    self.config.vocab_size,
+                ])
+            }
         }
     }
 
     /// Logits for every position of `tokens`.
-    pub fn forward(&self, tokens: Tensor<B, 2, Int>, cache: Option<&mut KvCache<B>>) -> Tensor<B, 3> {
+    pub fn forward(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
         self.logits(self.forward_hidden(tokens, cache))
     }
 
     /// A cache sized for `capacity` positions of this model.
     pub fn new_cache(&self, capacity: usize) -> KvCache<B> {
-        KvCache::new(self.config.num_layers, capacity.min(self.rope.max_positions()))
+        KvCache::new(
+            self.config.num_layers,
+            capacity.min(self.rope.max_positions()),
+        )
     }
 }

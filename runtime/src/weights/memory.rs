@@ -18,7 +18,11 @@ pub struct MemorySource {
 impl MemorySource {
     /// Adds or replaces a tensor.
     pub fn insert(&mut self, name: &str, shape: Vec<usize>, data: Vec<f32>) {
-        assert_eq!(shape.iter().product::<usize>(), data.len(), "{name}: shape/data mismatch");
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            data.len(),
+            "{name}: shape/data mismatch"
+        );
         self.tensors.insert(name.to_owned(), (shape, data));
     }
 
@@ -31,22 +35,44 @@ impl MemorySource {
         let (d, hd, ff) = (c.hidden_size, c.head_dim, c.intermediate_size);
         let mut rand = |shape: Vec<usize>, scale: f32, offset: f32| {
             let n = shape.iter().product();
-            let data = (0..n).map(|_| offset + rng.gen_range(-scale..scale)).collect();
+            let data = (0..n)
+                .map(|_| offset + rng.gen_range(-scale..scale))
+                .collect();
             (shape, data)
         };
         let put = |src: &mut Self, name: String, t: (Vec<usize>, Vec<f32>)| {
             src.tensors.insert(name, t);
         };
-        put(&mut src, "model.embed_tokens.weight".into(), rand(vec![c.vocab_size, d], 1.0, 0.0));
-        put(&mut src, "model.norm.weight".into(), rand(vec![d], 0.2, 1.0));
+        put(
+            &mut src,
+            "model.embed_tokens.weight".into(),
+            rand(vec![c.vocab_size, d], 1.0, 0.0),
+        );
+        put(
+            &mut src,
+            "model.norm.weight".into(),
+            rand(vec![d], 0.2, 1.0),
+        );
         if !c.tie_word_embeddings {
-            put(&mut src, "lm_head.weight".into(), rand(vec![c.vocab_size, d], 0.2, 0.0));
+            put(
+                &mut src,
+                "lm_head.weight".into(),
+                rand(vec![c.vocab_size, d], 0.2, 0.0),
+            );
         }
         let s = 1.0 / (d as f32).sqrt();
         for i in 0..c.num_layers {
             let p = format!("model.layers.{i}");
-            put(&mut src, format!("{p}.input_layernorm.weight"), rand(vec![d], 0.2, 1.0));
-            put(&mut src, format!("{p}.post_attention_layernorm.weight"), rand(vec![d], 0.2, 1.0));
+            put(
+                &mut src,
+                format!("{p}.input_layernorm.weight"),
+                rand(vec![d], 0.2, 1.0),
+            );
+            put(
+                &mut src,
+                format!("{p}.post_attention_layernorm.weight"),
+                rand(vec![d], 0.2, 1.0),
+            );
             for (name, out, inp) in [
                 ("self_attn.q_proj", c.num_heads * hd, d),
                 ("self_attn.k_proj", c.num_kv_heads * hd, d),
@@ -56,9 +82,22 @@ impl MemorySource {
                 ("mlp.up_proj", ff, d),
                 ("mlp.down_proj", d, ff),
             ] {
-                put(&mut src, format!("{p}.{name}.weight"), rand(vec![out, inp], s, 0.0));
-                if c.attention_bias && matches!(name, "self_attn.q_proj" | "self_attn.k_proj" | "self_attn.v_proj") {
-                    put(&mut src, format!("{p}.{name}.bias"), rand(vec![out], 0.5, 0.0));
+                put(
+                    &mut src,
+                    format!("{p}.{name}.weight"),
+                    rand(vec![out, inp], s, 0.0),
+                );
+                if c.attention_bias
+                    && matches!(
+                        name,
+                        "self_attn.q_proj" | "self_attn.k_proj" | "self_attn.v_proj"
+                    )
+                {
+                    put(
+                        &mut src,
+                        format!("{p}.{name}.bias"),
+                        rand(vec![out], 0.5, 0.0),
+                    );
                 }
             }
         }

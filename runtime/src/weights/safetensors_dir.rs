@@ -136,7 +136,11 @@ impl WeightSource for SafetensorsDir {
 
     fn load_f32(&self, name: &str) -> Result<Vec<f32>, WeightError> {
         let missing = || WeightError::Missing {
-            path: self.shards.first().map(|s| s.path.clone()).unwrap_or_default(),
+            path: self
+                .shards
+                .first()
+                .map(|s| s.path.clone())
+                .unwrap_or_default(),
             name: name.to_owned(),
         };
         let (i, _) = self.index.get(name).ok_or_else(missing)?;

@@ -1,0 +1,9 @@
+//! CPU kernels for the linear layers, each beside the plain reference it is tested against.
+//! Decode multiplies one activation row by every weight: that is a memory-bound GEMV, which
+//! burn's generic matmul runs single-threaded below its parallel threshold; these kernels
+//! stream the `[out, in]` weight rows once, split across threads.
+
+pub mod dense_f32;
+mod simd;
+
+pub use dense_f32::{matmul_f32_nt, matmul_f32_nt_ref};
