@@ -1,5 +1,6 @@
 //! Project automation: `cargo xtask <command>` (alias in `.cargo/config.toml`).
 
+mod bench;
 mod fetch;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +34,23 @@ enum Cmd {
     CacheDir,
     /// List the assets and whether each is cached (never downloads).
     List,
+    /// Benchmarks (release builds).
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// burn flex vs burn ndarray vs the runtime's `matmul_f32_nt`: f32 matmul 1024³ and decode
+    /// GEMV [1,2048]×[2048,2048], on 2 rayon threads; prints a markdown table.
+    Backends {
+        /// Build burn's CPU backends with their threading/SIMD features (flex `rayon`+`simd`,
+        /// ndarray `multi-threads`+`simd`), which the workspace's burn pin leaves off.
+        #[arg(long)]
+        threaded: bool,
+    },
 }
 
 fn main() {
@@ -55,5 +73,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             fetch::list();
             Ok(())
         }
+        Cmd::Bench {
+            what: BenchCmd::Backends { threaded },
+        } => bench::backends(threaded),
     }
 }

@@ -191,7 +191,7 @@ fn header(cur: &mut Cursor) -> Result<u32, String> {
     match version {
         2 | 3 => Ok(version),
         1 => Err("GGUF version 1 (32-bit counts) is not supported; re-convert the model".into()),
-        v if v.swap_bytes() <= 3 => Err(format!(
+        v if (1..=3).contains(&v.swap_bytes()) => Err(format!(
             "GGUF version {v:#x} looks byte-swapped: big-endian GGUF files are not supported"
         )),
         v => Err(format!("unsupported GGUF version {v} (expected 2 or 3)")),

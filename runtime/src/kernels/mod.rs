@@ -3,6 +3,7 @@
 //! burn's generic matmul runs single-threaded below its parallel threshold; these kernels
 //! stream the `[out, in]` weight rows once, split across threads.
 
+pub mod attention;
 pub mod dense_f32;
 mod simd;
 

@@ -5,6 +5,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
 use super::kv_cache::KvCache;
+use crate::kernels::attention::{attention_cached, CachedAttnShape};
 use super::linear::{Linear, LinearBackend};
 use super::rope::Rope;
 
@@ -38,6 +39,16 @@ fn repeat_kv<B: Backend>(x: Tensor<B, 4>, rep: usize) -> Tensor<B, 4> {
 }
 
 impl<B: LinearBackend> Attention<B> {
+    /// Causal attention over exactly the given keys (no cached prefix), `[b, heads, t, d]`.
+    fn dense_attention(&self, q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, rep: usize) -> Tensor<B, 4> {
+        let options = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: true,
+        };
+        attention(q, repeat_kv(k, rep), repeat_kv(v, rep), None, None, options)
+    }
+
     /// Attends `x` (`[b, t, hidden]`, first token at position `start`) to itself and to the
     /// cached prefix, updating the cache of `layer` when one is given.
     pub fn forward(
@@ -45,7 +56,7 @@ impl<B: LinearBackend> Attention<B> {
         x: Tensor<B, 3>,
         rope: &Rope<B>,
         start: usize,
-        cache: Option<(&mut KvCache<B>, usize)>,
+        cache: Option<(&mut KvCache, usize)>,
     ) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
         let q = split_heads(
@@ -61,20 +72,38 @@ impl<B: LinearBackend> Attention<B> {
         let v = split_heads(self.v_proj.forward(x), self.num_kv_heads, self.head_dim);
         let q = rope.apply(q, start);
         let k = rope.apply(k, start);
-        let (k, v) = match cache {
-            Some((cache, layer)) => cache.append(layer, k, v),
-            None => (k, v),
-        };
         let rep = self.num_heads / self.num_kv_heads;
-        let options = AttentionModuleOptions {
-            scale: None,
-            softcap: None,
-            is_causal: true,
+        let out = match cache {
+            Some((cache, layer)) => {
+                assert_eq!(b, 1, "the KV cache holds one sequence");
+                let kd = k.clone().into_data().into_vec::<f32>().expect("f32 keys");
+                let vd = v.clone().into_data().into_vec::<f32>().expect("f32 values");
+                let len = cache.len() + t;
+                let capacity = cache.capacity();
+                let (kc, vc) = cache.append(layer, &kd, &vd, t);
+                if start == 0 && t > 1 {
+                    // A fresh prompt: burn's blocked attention over the new keys is faster.
+                    self.dense_attention(q, k, v, rep)
+                } else {
+                    let device = q.device();
+                    let qd = q.into_data().into_vec::<f32>().expect("f32 queries");
+                    let shape = CachedAttnShape {
+                        heads: self.num_heads,
+                        kv_heads: self.num_kv_heads,
+                        head_dim: self.head_dim,
+                        queries: t,
+                        len,
+                        capacity,
+                    };
+                    let o = attention_cached(&qd, kc, vc, shape);
+                    return self
+                        .o_proj
+                        .forward(Tensor::from_data(TensorData::new(o, [1, t, self.num_heads * self.head_dim]), &device));
+                }
+            }
+            None => self.dense_attention(q, k, v, rep),
         };
-        let out = attention(q, repeat_kv(k, rep), repeat_kv(v, rep), None, None, options);
-        let out = out
-            .swap_dims(1, 2)
-            .reshape([b, t, self.num_heads * self.head_dim]);
+        let out = out.swap_dims(1, 2).reshape([b, t, self.num_heads * self.head_dim]);
         self.o_proj.forward(out)
     }
 }

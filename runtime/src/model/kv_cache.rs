@@ -1,30 +1,33 @@
-//! Per-layer key/value cache for incremental decoding. Storage is preallocated to a capacity
-//! and written in place, so a decode step costs one small copy per layer, not a regrowth.
+//! Per-layer key/value cache for incremental decoding, kept in host memory in the layout
+//! `[kv_heads, capacity, head_dim]`: appending writes only the new rows, and the cached
+//! attention kernel reads keys in place (no per-token copy of the whole cache).
 
-use burn::prelude::*;
-
-/// Keys and values of one layer, `[batch, kv_heads, capacity, head_dim]`.
-#[derive(Debug)]
-struct LayerCache<B: Backend> {
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
+/// Keys and values of one layer.
+#[derive(Debug, Clone)]
+struct LayerKv {
+    k: Vec<f32>,
+    v: Vec<f32>,
 }
 
 /// The cache of every layer plus the number of positions already filled.
-#[derive(Debug)]
-pub struct KvCache<B: Backend> {
-    layers: Vec<Option<LayerCache<B>>>,
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layers: Vec<Option<LayerKv>>,
     len: usize,
     capacity: usize,
+    kv_heads: usize,
+    head_dim: usize,
 }
 
-impl<B: Backend> KvCache<B> {
-    /// An empty cache able to hold `capacity` positions for `num_layers` layers.
-    pub fn new(num_layers: usize, capacity: usize) -> Self {
+impl KvCache {
+    /// An empty cache able to hold `capacity` positions.
+    pub fn new(num_layers: usize, capacity: usize, kv_heads: usize, head_dim: usize) -> Self {
         Self {
-            layers: (0..num_layers).map(|_| None).collect(),
+            layers: vec![None; num_layers],
             len: 0,
             capacity,
+            kv_heads,
+            head_dim,
         }
     }
 
@@ -53,34 +56,22 @@ impl<B: Backend> KvCache<B> {
         self.len += n;
     }
 
-    /// Writes this step's keys/values for `layer` at positions `len..len+t` and returns the
-    /// keys/values of positions `0..len+t`.
-    pub(crate) fn append(
-        &mut self,
-        layer: usize,
-        k: Tensor<B, 4>,
-        v: Tensor<B, 4>,
-    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let [b, h, t, d] = k.dims();
-        let end = self.len + t;
-        assert!(
-            end <= self.capacity,
-            "KV cache overflow: {end} positions > capacity {}",
-            self.capacity
-        );
-        let device = k.device();
-        let slot = self.layers[layer].take().unwrap_or_else(|| LayerCache {
-            k: Tensor::zeros([b, h, self.capacity, d], &device),
-            v: Tensor::zeros([b, h, self.capacity, d], &device),
+    /// Writes `t` new positions (`k`, `v` as `[kv_heads, t, head_dim]`) for `layer` after the
+    /// `len` stored ones, and returns the layer's full key and value storage.
+    pub(crate) fn append(&mut self, layer: usize, k: &[f32], v: &[f32], t: usize) -> (&[f32], &[f32]) {
+        let (h, d, cap, start) = (self.kv_heads, self.head_dim, self.capacity, self.len);
+        assert!(start + t <= cap, "KV cache overflow: {} positions > capacity {cap}", start + t);
+        assert_eq!(k.len(), h * t * d, "key shape");
+        let slot = self.layers[layer].get_or_insert_with(|| LayerKv {
+            k: vec![0.0; h * cap * d],
+            v: vec![0.0; h * cap * d],
         });
-        let range = [0..b, 0..h, self.len..end, 0..d];
-        let k_all = slot.k.slice_assign(range.clone(), k);
-        let v_all = slot.v.slice_assign(range, v);
-        let out = (
-            k_all.clone().slice([0..b, 0..h, 0..end, 0..d]),
-            v_all.clone().slice([0..b, 0..h, 0..end, 0..d]),
-        );
-        self.layers[layer] = Some(LayerCache { k: k_all, v: v_all });
-        out
+        for head in 0..h {
+            let src = head * t * d..(head + 1) * t * d;
+            let dst = (head * cap + start) * d..(head * cap + start + t) * d;
+            slot.k[dst.clone()].copy_from_slice(&k[src.clone()]);
+            slot.v[dst].copy_from_slice(&v[src]);
+        }
+        (&slot.k, &slot.v)
     }
 }

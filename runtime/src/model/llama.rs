@@ -192,7 +192,7 @@ impl<B: LinearBackend> Llama<B> {
     pub fn forward_hidden(
         &self,
         tokens: Tensor<B, 2, Int>,
-        mut cache: Option<&mut KvCache<B>>,
+        mut cache: Option<&mut KvCache>,
     ) -> Tensor<B, 3> {
         let [b, t] = tokens.dims();
         let start = cache.as_ref().map_or(0, |c| c.len());
@@ -248,16 +248,15 @@ impl<B: LinearBackend> Llama<B> {
     pub fn forward(
         &self,
         tokens: Tensor<B, 2, Int>,
-        cache: Option<&mut KvCache<B>>,
+        cache: Option<&mut KvCache>,
     ) -> Tensor<B, 3> {
         self.logits(self.forward_hidden(tokens, cache))
     }
 
     /// A cache sized for `capacity` positions of this model.
-    pub fn new_cache(&self, capacity: usize) -> KvCache<B> {
-        KvCache::new(
-            self.config.num_layers,
-            capacity.min(self.rope.max_positions()),
-        )
+    pub fn new_cache(&self, capacity: usize) -> KvCache {
+        let c = &self.config;
+        let capacity = capacity.min(self.rope.max_positions());
+        KvCache::new(c.num_layers, capacity, c.num_kv_heads, c.head_dim)
     }
 }
