@@ -5,6 +5,11 @@
 //! build flex with its `rayon`/`simd` features and ndarray with `multi-threads`/`simd`; the
 //! workspace pin (`default-features = false, features = ["std", "flex"]`) has neither.
 //!
+//! Rows: f32 matmul 1024³; decode GEMV `[1,2048]×[2048,2048]` with the weight contiguous
+//! `[k,n]` and as a transposed view of the checkpoint layout `[n,k]` (the runtime's kernel takes
+//! `[n,k]` natively), each once with one weight (L3-resident) and once cycling through
+//! `STREAM` weights (DRAM).
+//!
 //! Every case: a few warm-up runs, then the best of N. Work on the global rayon pool, sized to
 //! 2 threads (`LMQ_BENCH_THREADS` overrides). Output: one markdown table on stdout.
 
@@ -19,6 +24,10 @@ const MM: usize = 1024;
 /// Decode GEMV `[1, K] × [K, N]`.
 const GK: usize = 2048;
 const GN: usize = 2048;
+/// Distinct GEMV weights cycled through in the "streamed" rows: 4 × 16 MiB, more than this
+/// machine's 32 MiB L3, so each call reads its weight from DRAM as decode over a real model
+/// does. The single-weight rows re-read one 16 MiB weight, which stays in L3.
+const STREAM: usize = 4;
 
 /// Deterministic values in [-1, 1).
 fn data(len: usize, seed: u64) -> Vec<f32> {
@@ -33,11 +42,18 @@ fn data(len: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// Best wall time of `iters` runs after `warm` unmeasured ones.
-fn best(warm: usize, iters: usize, mut f: impl FnMut()) -> Duration {
-    for _ in 0..warm {
+/// Best wall time after a warm-up (at least 3 runs and 50 ms), over N runs with N chosen for
+/// about 1.5 s of work (10 ≤ N ≤ 300): the minimum is what a quiet machine gives, and this
+/// machine's two cores are shared.
+fn best(mut f: impl FnMut()) -> Duration {
+    let t = Instant::now();
+    let mut runs = 0u32;
+    while runs < 3 || t.elapsed() < Duration::from_millis(50) {
         f();
+        runs += 1;
     }
+    let per_run = t.elapsed() / runs;
+    let iters = (1.5 / per_run.as_secs_f64()).clamp(10.0, 300.0) as usize;
     (0..iters)
         .map(|_| {
             let t = Instant::now();
@@ -63,17 +79,21 @@ struct Inputs {
     a: Vec<f32>,
     b: Vec<f32>,
     bt: Vec<f32>,
-    /// GEMV: `x` `[1, GK]`, `w` `[GK, GN]` (k×n) and `wt` = wᵀ `[GN, GK]` (n×k, checkpoint layout).
+    /// GEMV: `x` `[1, GK]`; `STREAM` weights `w[i]` `[GK, GN]` (k×n) and `wt[i]` = w[i]ᵀ
+    /// `[GN, GK]` (n×k, the checkpoint layout). The results are checked for `w[0]`.
     x: Vec<f32>,
-    w: Vec<f32>,
-    wt: Vec<f32>,
+    w: Vec<Vec<f32>>,
+    wt: Vec<Vec<f32>>,
 }
 
+/// One backend's column; `None`: not applicable.
 #[derive(Default, Clone, Copy)]
 struct Times {
     matmul: Option<Duration>,
     gemv_kn: Option<Duration>,
-    gemv_nk_view: Option<Duration>,
+    gemv_nk: Option<Duration>,
+    gemv_kn_streamed: Option<Duration>,
+    gemv_nk_streamed: Option<Duration>,
 }
 
 /// Max |a - b| / max |b|.
@@ -85,6 +105,15 @@ fn rel_err(a: &[f32], b: &[f32]) -> f32 {
         / scale
 }
 
+/// Times `f(i)` for i = 0, 1, 2, ... mod `STREAM`.
+fn best_cycling(mut f: impl FnMut(usize)) -> Duration {
+    let mut i = 0;
+    best(|| {
+        f(i % STREAM);
+        i += 1;
+    })
+}
+
 fn burn_times<B: Backend>(inp: &Inputs, want_mm: &[f32], want_gemv: &[f32]) -> Times {
     let dev = B::Device::default();
     let t2 = |v: &[f32], r: usize, c: usize| {
@@ -94,50 +123,61 @@ fn burn_times<B: Backend>(inp: &Inputs, want_mm: &[f32], want_gemv: &[f32]) -> T
     let a = t2(&inp.a, MM, MM);
     let b = t2(&inp.b, MM, MM);
     let x = t2(&inp.x, 1, GK);
-    let w = t2(&inp.w, GK, GN);
+    let w: Vec<_> = inp.w.iter().map(|w| t2(w, GK, GN)).collect();
     // The checkpoint layout [n, k] seen as [k, n] through a transposed view (no copy).
-    let w_view = t2(&inp.wt, GN, GK).transpose();
+    let w_view: Vec<_> = inp.wt.iter().map(|wt| t2(wt, GN, GK).transpose()).collect();
 
-    // Correctness first (also the first warm-up).
+    // Correctness first.
     let check = |got: Tensor<B, 2>, want: &[f32], what: &str| {
         let got = got.into_data().to_vec::<f32>().unwrap();
         let e = rel_err(&got, want);
         assert!(e < 1e-4, "{what}: relative error {e}");
     };
     check(a.clone().matmul(b.clone()), want_mm, "matmul");
-    check(x.clone().matmul(w.clone()), want_gemv, "gemv [k,n]");
+    check(x.clone().matmul(w[0].clone()), want_gemv, "gemv [k,n]");
     check(
-        x.clone().matmul(w_view.clone()),
+        x.clone().matmul(w_view[0].clone()),
         want_gemv,
-        "gemv [n,k]ᵀ view",
+        "gemv [n,k] view",
     );
 
     // Eager backends: the op has run when `matmul` returns; `black_box` keeps the result.
     Times {
-        matmul: Some(best(2, 10, || {
+        matmul: Some(best(|| {
             black_box(a.clone().matmul(b.clone()));
         })),
-        gemv_kn: Some(best(20, 200, || {
-            black_box(x.clone().matmul(w.clone()));
+        gemv_kn: Some(best(|| {
+            black_box(x.clone().matmul(w[0].clone()));
         })),
-        gemv_nk_view: Some(best(20, 200, || {
-            black_box(x.clone().matmul(w_view.clone()));
+        gemv_nk: Some(best(|| {
+            black_box(x.clone().matmul(w_view[0].clone()));
+        })),
+        gemv_kn_streamed: Some(best_cycling(|i| {
+            black_box(x.clone().matmul(w[i].clone()));
+        })),
+        gemv_nk_streamed: Some(best_cycling(|i| {
+            black_box(x.clone().matmul(w_view[i].clone()));
         })),
     }
 }
 
 fn lmq_times(inp: &Inputs, want_mm: &[f32], want_gemv: &[f32]) -> Times {
     // matmul_f32_nt takes the weight as [n, k]: bᵀ and wᵀ.
-    assert!(rel_err(&matmul_f32_nt(&inp.a, &inp.bt, MM, MM, MM), want_mm) < 1e-4);
-    assert!(rel_err(&matmul_f32_nt(&inp.x, &inp.wt, 1, GK, GN), want_gemv) < 1e-4);
+    let e = rel_err(&matmul_f32_nt(&inp.a, &inp.bt, MM, MM, MM), want_mm);
+    assert!(e < 1e-4, "lmq matmul: relative error {e}");
+    let e = rel_err(&matmul_f32_nt(&inp.x, &inp.wt[0], 1, GK, GN), want_gemv);
+    assert!(e < 1e-4, "lmq gemv: relative error {e}");
     Times {
-        matmul: Some(best(2, 10, || {
+        matmul: Some(best(|| {
             black_box(matmul_f32_nt(&inp.a, &inp.bt, MM, MM, MM));
         })),
-        gemv_kn: None,
-        gemv_nk_view: Some(best(20, 200, || {
-            black_box(matmul_f32_nt(&inp.x, &inp.wt, 1, GK, GN));
+        gemv_nk: Some(best(|| {
+            black_box(matmul_f32_nt(&inp.x, &inp.wt[0], 1, GK, GN));
         })),
+        gemv_nk_streamed: Some(best_cycling(|i| {
+            black_box(matmul_f32_nt(&inp.x, &inp.wt[i], 1, GK, GN));
+        })),
+        ..Times::default()
     }
 }
 
@@ -157,20 +197,20 @@ fn main() {
 
     let a = data(MM * MM, 1);
     let b = data(MM * MM, 2);
-    let x = data(GK, 3);
-    let w = data(GK * GN, 4);
+    let w: Vec<_> = (0..STREAM).map(|i| data(GK * GN, 10 + i as u64)).collect();
     let inp = Inputs {
         bt: transpose(&b, MM, MM),
-        wt: transpose(&w, GK, GN),
+        wt: w.iter().map(|w| transpose(w, GK, GN)).collect(),
         a,
         b,
-        x,
+        x: data(GK, 3),
         w,
     };
-    // References from gemm's blocked kernel (through our wrapper), checked against the plain
-    // definition on a slice in the runtime's unit tests.
+    // The references: the plain f64-accumulated definition for the GEMV; for the matmul (too
+    // slow that way) gemm's blocked kernel through our wrapper, which the runtime's unit tests
+    // check against the definition. Every burn result is compared with them.
+    let want_gemv = lmq_runtime::kernels::matmul_f32_nt_ref(&inp.x, &inp.wt[0], 1, GK, GN);
     let want_mm = matmul_f32_nt(&inp.a, &inp.bt, MM, MM, MM);
-    let want_gemv = lmq_runtime::kernels::matmul_f32_nt_ref(&inp.x, &inp.wt, 1, GK, GN);
 
     let flex = burn_times::<burn::backend::Flex>(&inp, &want_mm, &want_gemv);
     let ndarray = burn_times::<burn::backend::NdArray<f32>>(&inp, &want_mm, &want_gemv);
@@ -198,7 +238,8 @@ fn main() {
     let config = if cfg!(feature = "bench-threaded") {
         "flex +rayon +simd, ndarray +multi-threads +simd (feature bench-threaded)"
     } else {
-        "workspace pin: flex and ndarray without rayon/simd features (feature bench-ndarray)"
+        "as the workspace pins it: flex and ndarray without their rayon/simd features \
+         (feature bench-ndarray)"
     };
     println!(
         "rayon threads: {}; burn 0.21.0 {config}\n",
@@ -206,22 +247,25 @@ fn main() {
     );
     println!("| f32, best of N after warm-up | burn flex | burn ndarray | lmq `matmul_f32_nt` |");
     println!("|---|---|---|---|");
-    println!(
-        "| matmul {MM}×{MM}×{MM} | {} | {} | {} |",
-        mm(flex.matmul),
-        mm(ndarray.matmul),
-        mm(lmq.matmul)
+    let row = |what: String,
+               cell: &dyn Fn(Option<Duration>) -> String,
+               pick: fn(&Times) -> Option<Duration>| {
+        println!(
+            "| {what} | {} | {} | {} |",
+            cell(pick(&flex)),
+            cell(pick(&ndarray)),
+            cell(pick(&lmq))
+        );
+    };
+    row(format!("matmul {MM}×{MM}×{MM}"), &mm, |t| t.matmul);
+    let g = format!("GEMV [1,{GK}]×[{GK},{GN}]");
+    row(format!("{g}, weight [k,n] contiguous"), &gv, |t| t.gemv_kn);
+    row(
+        format!("{g}, weight [n,k] (burn: transposed view)"),
+        &gv,
+        |t| t.gemv_nk,
     );
-    println!(
-        "| GEMV [1,{GK}]×[{GK},{GN}], weight contiguous [k,n] | {} | {} | {} |",
-        gv(flex.gemv_kn),
-        gv(ndarray.gemv_kn),
-        gv(lmq.gemv_kn)
-    );
-    println!(
-        "| GEMV, weight [n,k] (transposed view; lmq: native [n,k]) | {} | {} | {} |",
-        gv(flex.gemv_nk_view),
-        gv(ndarray.gemv_nk_view),
-        gv(lmq.gemv_nk_view)
-    );
+    let s = format!("{STREAM} weights cycled, {} MiB > L3", STREAM * 16);
+    row(format!("{g}, [k,n], {s}"), &gv, |t| t.gemv_kn_streamed);
+    row(format!("{g}, [n,k], {s}"), &gv, |t| t.gemv_nk_streamed);
 }

@@ -223,11 +223,11 @@ impl ModelConfig {
             num_heads,
             num_kv_heads,
             head_dim,
-            rms_norm_eps: g
-                .get_f32(&key("attention.layer_norm_rms_epsilon"))
-                .ok_or_else(|| field(&key("attention.layer_norm_rms_epsilon")))?
-                as f64,
-            rope_theta: g.get_f32(&key("rope.freq_base")).unwrap_or(10_000.0) as f64,
+            rms_norm_eps: shortest_f64(
+                g.get_f32(&key("attention.layer_norm_rms_epsilon"))
+                    .ok_or_else(|| field(&key("attention.layer_norm_rms_epsilon")))?,
+            ),
+            rope_theta: shortest_f64(g.get_f32(&key("rope.freq_base")).unwrap_or(10_000.0)),
             max_position_embeddings: u("context_length")?,
             vocab_size,
             tie_word_embeddings: g.tensor("output.weight").is_none(),
@@ -239,6 +239,7 @@ impl ModelConfig {
         Ok(cfg)
     }
 
+    /// Checks head geometry, which a config can get wrong in ways a shape check misses.
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let bad = |what: String| ConfigError::Unsupported {
             path: path.to_owned(),
@@ -287,6 +288,12 @@ impl ModelConfig {
             "use_cache": true,
         })
     }
+}
+
+/// The f64 a user would write for an f32 GGUF value (1e-5, not 9.999999747378752e-6), so
+/// configs converted from GGUF read like the originals.
+fn shortest_f64(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(x as f64)
 }
 
 #[cfg(test)]
