@@ -245,14 +245,16 @@ impl ModelConfig {
             path: path.to_owned(),
             what,
         };
-        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0
+        if self.num_heads == 0
+            || self.num_kv_heads == 0
+            || !self.num_heads.is_multiple_of(self.num_kv_heads)
         {
             return Err(bad(format!(
                 "head counts: {} attention heads, {} key/value heads",
                 self.num_heads, self.num_kv_heads
             )));
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return Err(bad(format!("head_dim {}", self.head_dim)));
         }
         Ok(())

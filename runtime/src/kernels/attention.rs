@@ -36,7 +36,11 @@ pub fn attention_cached_ref(q: &[f32], k: &[f32], v: &[f32], s: CachedAttnShape)
             let scores: Vec<f64> = (0..=pos)
                 .map(|j| {
                     let krow = &k[(kvh * s.capacity + j) * d..][..d];
-                    qrow.iter().zip(krow).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() / (d as f64).sqrt()
+                    qrow.iter()
+                        .zip(krow)
+                        .map(|(&a, &b)| a as f64 * b as f64)
+                        .sum::<f64>()
+                        / (d as f64).sqrt()
                 })
                 .collect();
             let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -59,7 +63,10 @@ pub fn attention_cached(q: &[f32], k: &[f32], v: &[f32], s: CachedAttnShape) -> 
     let d = s.head_dim;
     let rep = s.heads / s.kv_heads;
     assert_eq!(q.len(), s.heads * s.queries * d, "query shape");
-    assert!(k.len() >= s.kv_heads * s.capacity * d && s.len <= s.capacity, "cache shape");
+    assert!(
+        k.len() >= s.kv_heads * s.capacity * d && s.len <= s.capacity,
+        "cache shape"
+    );
     let scale = 1.0 / (d as f32).sqrt();
     // Rows in output order [queries, heads]: row r = i * heads + h.
     let mut out = vec![0.0f32; s.queries * s.heads * d];
@@ -105,16 +112,33 @@ mod tests {
 
     #[test]
     fn cached_attention_matches_reference() {
-        for (heads, kv_heads, queries, len) in [(4, 2, 1, 9), (9, 3, 5, 5), (2, 2, 3, 20), (6, 1, 1, 1)] {
+        for (heads, kv_heads, queries, len) in
+            [(4, 2, 1, 9), (9, 3, 5, 5), (2, 2, 3, 20), (6, 1, 1, 1)]
+        {
             let (d, capacity) = (16, 24);
-            let s = CachedAttnShape { heads, kv_heads, head_dim: d, queries, len, capacity };
-            let gen = |n: usize, m: usize| -> Vec<f32> { (0..n).map(|i| ((i * m % 61) as f32 - 30.0) / 17.0).collect() };
+            let s = CachedAttnShape {
+                heads,
+                kv_heads,
+                head_dim: d,
+                queries,
+                len,
+                capacity,
+            };
+            let gen = |n: usize, m: usize| -> Vec<f32> {
+                (0..n)
+                    .map(|i| ((i * m % 61) as f32 - 30.0) / 17.0)
+                    .collect()
+            };
             let q = gen(heads * queries * d, 7);
             let k = gen(kv_heads * capacity * d, 11);
             let v = gen(kv_heads * capacity * d, 13);
             let want = attention_cached_ref(&q, &k, &v, s);
             let got = attention_cached(&q, &k, &v, s);
-            let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            let err = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
             assert!(err < ATTN_ABS_TOL, "{s:?}: {err}");
         }
     }

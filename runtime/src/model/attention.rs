@@ -5,9 +5,9 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
 use super::kv_cache::KvCache;
-use crate::kernels::attention::{attention_cached, CachedAttnShape};
 use super::linear::{Linear, LinearBackend};
 use super::rope::Rope;
+use crate::kernels::attention::{attention_cached, CachedAttnShape};
 
 /// The four projections of one attention block and its head geometry.
 #[derive(Debug, Clone)]
@@ -40,7 +40,13 @@ fn repeat_kv<B: Backend>(x: Tensor<B, 4>, rep: usize) -> Tensor<B, 4> {
 
 impl<B: LinearBackend> Attention<B> {
     /// Causal attention over exactly the given keys (no cached prefix), `[b, heads, t, d]`.
-    fn dense_attention(&self, q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, rep: usize) -> Tensor<B, 4> {
+    fn dense_attention(
+        &self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        rep: usize,
+    ) -> Tensor<B, 4> {
         let options = AttentionModuleOptions {
             scale: None,
             softcap: None,
@@ -96,14 +102,17 @@ impl<B: LinearBackend> Attention<B> {
                         capacity,
                     };
                     let o = attention_cached(&qd, kc, vc, shape);
-                    return self
-                        .o_proj
-                        .forward(Tensor::from_data(TensorData::new(o, [1, t, self.num_heads * self.head_dim]), &device));
+                    return self.o_proj.forward(Tensor::from_data(
+                        TensorData::new(o, [1, t, self.num_heads * self.head_dim]),
+                        &device,
+                    ));
                 }
             }
             None => self.dense_attention(q, k, v, rep),
         };
-        let out = out.swap_dims(1, 2).reshape([b, t, self.num_heads * self.head_dim]);
+        let out = out
+            .swap_dims(1, 2)
+            .reshape([b, t, self.num_heads * self.head_dim]);
         self.o_proj.forward(out)
     }
 }

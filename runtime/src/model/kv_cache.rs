@@ -58,9 +58,19 @@ impl KvCache {
 
     /// Writes `t` new positions (`k`, `v` as `[kv_heads, t, head_dim]`) for `layer` after the
     /// `len` stored ones, and returns the layer's full key and value storage.
-    pub(crate) fn append(&mut self, layer: usize, k: &[f32], v: &[f32], t: usize) -> (&[f32], &[f32]) {
+    pub(crate) fn append(
+        &mut self,
+        layer: usize,
+        k: &[f32],
+        v: &[f32],
+        t: usize,
+    ) -> (&[f32], &[f32]) {
         let (h, d, cap, start) = (self.kv_heads, self.head_dim, self.capacity, self.len);
-        assert!(start + t <= cap, "KV cache overflow: {} positions > capacity {cap}", start + t);
+        assert!(
+            start + t <= cap,
+            "KV cache overflow: {} positions > capacity {cap}",
+            start + t
+        );
         assert_eq!(k.len(), h * t * d, "key shape");
         let slot = self.layers[layer].get_or_insert_with(|| LayerKv {
             k: vec![0.0; h * cap * d],

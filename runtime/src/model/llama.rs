@@ -245,11 +245,7 @@ impl<B: LinearBackend> Llama<B> {
     }
 
     /// Logits for every position of `tokens`.
-    pub fn forward(
-        &self,
-        tokens: Tensor<B, 2, Int>,
-        cache: Option<&mut KvCache>,
-    ) -> Tensor<B, 3> {
+    pub fn forward(&self, tokens: Tensor<B, 2, Int>, cache: Option<&mut KvCache>) -> Tensor<B, 3> {
         self.logits(self.forward_hidden(tokens, cache))
     }
 

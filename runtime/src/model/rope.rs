@@ -54,8 +54,8 @@ impl<B: Backend> Rope<B> {
     pub fn apply(&self, x: Tensor<B, 4>, start: usize) -> Tensor<B, 4> {
         let t = x.dims()[2];
         let half = self.head_dim / 2;
-        let cos = self.cos.clone().slice([start..start + t]).unsqueeze::<4>();
-        let sin = self.sin.clone().slice([start..start + t]).unsqueeze::<4>();
+        let cos = self.cos.clone().narrow(0, start, t).unsqueeze::<4>();
+        let sin = self.sin.clone().narrow(0, start, t).unsqueeze::<4>();
         let x1 = x.clone().narrow(3, 0, half);
         let x2 = x.clone().narrow(3, half, half);
         let rotated = Tensor::cat(vec![x2.neg(), x1], 3);

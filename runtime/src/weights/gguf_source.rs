@@ -2,6 +2,7 @@
 //! permutes the rows of q/k so that its rope kernel sees interleaved pairs; we undo both so
 //! the rest of the toolchain only ever sees the transformers layout.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::{WeightError, WeightSource};
@@ -12,6 +13,8 @@ use crate::gguf::GgufFile;
 pub struct GgufSource {
     file: GgufFile,
     config: ModelConfig,
+    /// HF name -> GGUF name
+    names: BTreeMap<String, String>,
 }
 
 impl GgufSource {
@@ -19,7 +22,16 @@ impl GgufSource {
     pub fn open(path: &Path) -> Result<Self, WeightError> {
         let file = GgufFile::open(path)?;
         let config = ModelConfig::from_gguf(&file)?;
-        Ok(Self { file, config })
+        let names = file
+            .tensors
+            .iter()
+            .filter_map(|t| Some((hf_name(&t.name)?, t.name.clone())))
+            .collect();
+        Ok(Self {
+            file,
+            config,
+            names,
+        })
     }
 
     /// The hyper-parameters stored in the GGUF metadata.
@@ -84,25 +96,13 @@ pub fn unpermute_rows(data: &[f32], n_heads: usize, cols: usize) -> Vec<f32> {
 
 impl GgufSource {
     fn gguf_name(&self, hf: &str) -> Option<String> {
-        self.file
-            .tensors
-            .iter()
-            .map(|t| t.name.as_str())
-            .find(|g| hf_name(g).as_deref() == Some(hf))
-            .map(str::to_owned)
+        self.names.get(hf).cloned()
     }
 }
 
 impl WeightSource for GgufSource {
     fn names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .file
-            .tensors
-            .iter()
-            .filter_map(|t| hf_name(&t.name))
-            .collect();
-        v.sort();
-        v
+        self.names.keys().cloned().collect()
     }
 
     fn shape(&self, name: &str) -> Option<Vec<usize>> {
