@@ -2,6 +2,10 @@
 //! writer that produces HF-layout checkpoint directories.
 
 pub mod convert;
+pub mod gptq;
+pub mod linalg;
 pub mod recipe;
+pub mod rtn;
 pub mod safetensors_writer;
+pub mod scheme;
 pub mod staging;
