@@ -9,6 +9,7 @@ pub mod generate;
 pub mod gguf;
 pub mod kernels;
 pub mod model;
+pub mod packed;
 pub mod sampling;
 pub mod tokenizer;
 pub mod weights;

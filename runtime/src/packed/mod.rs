@@ -1,0 +1,8 @@
+//! Packed quantized weight layouts: one definition per on-disk format, shared by the
+//! checkpoint writer (in `lmq-quant`) and the runtime's kernels, so that what is written is
+//! exactly what is executed. Each layout has pack, unpack and a scalar dequantize reference
+//! that the fast kernels in [`crate::kernels`] are tested against.
+
+pub mod pack_quantized;
+
+pub use pack_quantized::{PackError, PackedLinear};
