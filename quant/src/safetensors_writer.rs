@@ -12,6 +12,7 @@ pub enum StDtype {
     BF16,
     F16,
     I32,
+    I64,
     U8,
 }
 
@@ -22,6 +23,7 @@ impl StDtype {
             StDtype::BF16 => "BF16",
             StDtype::F16 => "F16",
             StDtype::I32 => "I32",
+            StDtype::I64 => "I64",
             StDtype::U8 => "U8",
         }
     }
@@ -30,6 +32,7 @@ impl StDtype {
     pub fn size(self) -> usize {
         match self {
             StDtype::F32 | StDtype::I32 => 4,
+            StDtype::I64 => 8,
             StDtype::BF16 | StDtype::F16 => 2,
             StDtype::U8 => 1,
         }
@@ -99,6 +102,8 @@ pub fn encode_f32(values: &[f32], dtype: StDtype) -> Vec<u8> {
             .iter()
             .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
             .collect(),
-        StDtype::I32 | StDtype::U8 => panic!("encode_f32: {dtype:?} is not a float type"),
+        StDtype::I32 | StDtype::I64 | StDtype::U8 => {
+            panic!("encode_f32: {dtype:?} is not a float type")
+        }
     }
 }

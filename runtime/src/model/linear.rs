@@ -10,6 +10,8 @@ use burn::backend::Flex;
 use burn::prelude::*;
 
 use crate::kernels::matmul_f32_nt;
+use crate::kernels::packed_q::matmul_packed_nt;
+use crate::packed::PackedLinear;
 
 /// A weight matrix as loaded: rows of `in_features` f32 values, one per output feature.
 #[derive(Debug, Clone)]
@@ -31,12 +33,31 @@ impl DenseWeight {
     }
 }
 
+/// A weight as the runtime holds it on the host: f32 rows, or a packed quantized matrix
+/// (compressed-tensors `pack-quantized`) that stays packed in memory and is dequantized
+/// inside the matmul kernel.
+#[derive(Debug, Clone)]
+pub enum HostWeight {
+    Dense(DenseWeight),
+    Packed(Arc<PackedLinear>),
+}
+
+impl HostWeight {
+    /// `(out_features, in_features)`.
+    pub fn dims(&self) -> (usize, usize) {
+        match self {
+            HostWeight::Dense(w) => (w.out_features, w.in_features),
+            HostWeight::Packed(p) => (p.rows, p.cols),
+        }
+    }
+}
+
 /// What a backend must provide to run the model's matrices.
 pub trait LinearBackend: Backend {
     /// The backend's resident form of a weight (host rows on CPU).
     type Weight: Clone + Debug + Send + Sync;
     /// Moves a loaded weight to where this backend computes.
-    fn upload(w: DenseWeight, device: &Self::Device) -> Self::Weight;
+    fn upload(w: HostWeight, device: &Self::Device) -> Self::Weight;
     /// `x · Wᵀ` for `x` of shape `[rows, in]`.
     fn apply_linear(x: Tensor<Self, 2>, w: &Self::Weight) -> Tensor<Self, 2>;
     /// Rows `ids` of `W` (embedding lookup, sharing a tied lm_head's storage).
@@ -46,42 +67,44 @@ pub trait LinearBackend: Backend {
 }
 
 impl LinearBackend for Flex {
-    type Weight = DenseWeight;
+    type Weight = HostWeight;
 
-    fn upload(w: DenseWeight, _device: &Self::Device) -> Self::Weight {
+    fn upload(w: HostWeight, _device: &Self::Device) -> Self::Weight {
         w
     }
 
-    fn apply_linear(x: Tensor<Self, 2>, w: &DenseWeight) -> Tensor<Self, 2> {
+    fn apply_linear(x: Tensor<Self, 2>, w: &HostWeight) -> Tensor<Self, 2> {
         let [m, k] = x.dims();
+        let (n, expected) = w.dims();
         assert_eq!(
-            k, w.in_features,
-            "linear: input has {k} features, weight expects {}",
-            w.in_features
+            k, expected,
+            "linear: input has {k} features, weight expects {expected}"
         );
         let device = x.device();
         let xs = x.into_data().into_vec::<f32>().expect("f32 activations");
-        let y = matmul_f32_nt(&xs, &w.data, m, k, w.out_features);
-        Tensor::from_data(TensorData::new(y, [m, w.out_features]), &device)
+        let y = match w {
+            HostWeight::Dense(d) => matmul_f32_nt(&xs, &d.data, m, k, n),
+            HostWeight::Packed(p) => matmul_packed_nt(&xs, p, m),
+        };
+        Tensor::from_data(TensorData::new(y, [m, n]), &device)
     }
 
-    fn gather_rows(ids: &[u32], w: &DenseWeight, device: &Self::Device) -> Tensor<Self, 2> {
-        let d = w.in_features;
-        let mut out = Vec::with_capacity(ids.len() * d);
-        for &id in ids {
+    fn gather_rows(ids: &[u32], w: &HostWeight, device: &Self::Device) -> Tensor<Self, 2> {
+        let (rows, d) = w.dims();
+        let mut out = vec![0.0f32; ids.len() * d];
+        for (&id, dst) in ids.iter().zip(out.chunks_exact_mut(d)) {
             let id = id as usize;
-            assert!(
-                id < w.out_features,
-                "token id {id} outside the vocabulary of {}",
-                w.out_features
-            );
-            out.extend_from_slice(&w.data[id * d..(id + 1) * d]);
+            assert!(id < rows, "token id {id} outside the vocabulary of {rows}");
+            match w {
+                HostWeight::Dense(w) => dst.copy_from_slice(&w.data[id * d..(id + 1) * d]),
+                HostWeight::Packed(p) => p.dequantize_rows_into(id, dst),
+            }
         }
         Tensor::from_data(TensorData::new(out, [ids.len(), d]), device)
     }
 
-    fn weight_dims(w: &DenseWeight) -> (usize, usize) {
-        (w.out_features, w.in_features)
+    fn weight_dims(w: &HostWeight) -> (usize, usize) {
+        w.dims()
     }
 }
 

@@ -8,7 +8,7 @@ use burn::tensor::activation::silu;
 
 use super::attention::Attention;
 use super::kv_cache::KvCache;
-use super::linear::{DenseWeight, Linear, LinearBackend};
+use super::linear::{DenseWeight, HostWeight, Linear, LinearBackend};
 use super::norm::rms_norm;
 use super::rope::Rope;
 use crate::config::ModelConfig;
@@ -72,7 +72,10 @@ impl<B: LinearBackend> Loader<'_, B> {
 
     fn weight(&self, name: &str, out: usize, inp: usize) -> Result<B::Weight, LoadError> {
         let data = load_checked(self.src, self.origin, name, &[out, inp])?;
-        Ok(B::upload(DenseWeight::new(data, out, inp), self.device))
+        Ok(B::upload(
+            HostWeight::Dense(DenseWeight::new(data, out, inp)),
+            self.device,
+        ))
     }
 
     fn linear(
@@ -82,8 +85,22 @@ impl<B: LinearBackend> Loader<'_, B> {
         inp: usize,
         bias: bool,
     ) -> Result<Linear<B>, LoadError> {
+        let weight = match self.src.load_packed(prefix)? {
+            Some(p) => {
+                if (p.rows, p.cols) != (out, inp) {
+                    return Err(WeightError::Shape {
+                        path: self.origin.to_owned(),
+                        name: format!("{prefix}.weight_packed"),
+                        actual: vec![p.rows, p.cols],
+                        expected: vec![out, inp],
+                    });
+                }
+                B::upload(HostWeight::Packed(std::sync::Arc::new(p)), self.device)
+            }
+            None => self.weight(&format!("{prefix}.weight"), out, inp)?,
+        };
         Ok(Linear {
-            weight: self.weight(&format!("{prefix}.weight"), out, inp)?,
+            weight,
             bias: if bias {
                 Some(self.tensor(&format!("{prefix}.bias"), [out])?)
             } else {

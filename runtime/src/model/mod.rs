@@ -8,6 +8,6 @@ mod norm;
 mod rope;
 
 pub use kv_cache::KvCache;
-pub use linear::{DenseWeight, Linear, LinearBackend};
+pub use linear::{DenseWeight, HostWeight, Linear, LinearBackend};
 pub use llama::{Llama, LoadError};
 pub use rope::Rope;

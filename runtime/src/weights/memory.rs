@@ -13,6 +13,9 @@ use crate::config::{Arch, ModelConfig};
 #[derive(Debug, Clone, Default)]
 pub struct MemorySource {
     pub tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    /// Packed linears by prefix (`model.layers.0.mlp.up_proj`); they take precedence over
+    /// an f32 `{prefix}.weight`.
+    pub packed: BTreeMap<String, crate::packed::PackedLinear>,
 }
 
 impl MemorySource {
@@ -133,6 +136,13 @@ impl WeightSource for MemorySource {
 
     fn shape(&self, name: &str) -> Option<Vec<usize>> {
         self.tensors.get(name).map(|t| t.0.clone())
+    }
+
+    fn load_packed(
+        &self,
+        prefix: &str,
+    ) -> Result<Option<crate::packed::PackedLinear>, WeightError> {
+        Ok(self.packed.get(prefix).cloned())
     }
 
     fn load_f32(&self, name: &str) -> Result<Vec<f32>, WeightError> {

@@ -20,6 +20,15 @@ pub trait WeightSource: Send + Sync {
     fn shape(&self, name: &str) -> Option<Vec<usize>>;
     /// The tensor converted to f32, row-major.
     fn load_f32(&self, name: &str) -> Result<Vec<f32>, WeightError>;
+    /// The packed quantized form of linear `prefix` (e.g. `model.layers.0.mlp.up_proj`), if
+    /// the checkpoint stores one (`{prefix}.weight_packed` and friends); `None` means the
+    /// weight is stored as floats under `{prefix}.weight`.
+    fn load_packed(
+        &self,
+        _prefix: &str,
+    ) -> Result<Option<crate::packed::PackedLinear>, WeightError> {
+        Ok(None)
+    }
 }
 
 /// Why a weight could not be read; every variant names the file and the tensor or field.

