@@ -63,6 +63,12 @@ pub fn convert(
     })
     .context("writing model.safetensors")?;
 
+    write_tokenizer_files(ckpt, dir, opts.recipe.as_deref())?;
+    Ok(staging.commit()?)
+}
+
+/// Everything beside the weights: tokenizer files, generation config and the recipe used.
+pub fn write_tokenizer_files(ckpt: &Checkpoint, dir: &Path, recipe: Option<&str>) -> Result<()> {
     std::fs::write(dir.join("tokenizer.json"), ckpt.tokenizer.to_json())?;
     write_json(&dir.join("tokenizer_config.json"), &tokenizer_config(ckpt))?;
     let eos = match ckpt.config.eos_token_ids.as_slice() {
@@ -73,10 +79,10 @@ pub fn convert(
         &dir.join("generation_config.json"),
         &json!({"bos_token_id": ckpt.config.bos_token_id, "eos_token_id": eos, "do_sample": false}),
     )?;
-    if let Some(recipe) = &opts.recipe {
+    if let Some(recipe) = recipe {
         std::fs::write(dir.join("lmq_recipe.yaml"), recipe)?;
     }
-    Ok(staging.commit()?)
+    Ok(())
 }
 
 fn tokenizer_config(ckpt: &Checkpoint) -> serde_json::Value {

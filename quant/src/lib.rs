@@ -6,6 +6,7 @@ pub mod gptq;
 pub mod linalg;
 pub mod recipe;
 pub mod rtn;
+pub mod rtn_checkpoint;
 pub mod safetensors_writer;
 pub mod scheme;
 pub mod staging;

@@ -7,6 +7,7 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use lmq_quant::convert::{convert, ConvertOptions};
 use lmq_quant::recipe::Recipe;
+use lmq_quant::rtn_checkpoint::quantize_rtn;
 use lmq_runtime::checkpoint::Checkpoint;
 
 /// Quantize or convert a checkpoint according to a recipe.
@@ -36,34 +37,36 @@ fn main() {
 
 fn run(args: Args) -> Result<()> {
     let recipe = Recipe::from_file(&args.recipe)?;
-    if !recipe.is_conversion() {
-        anyhow::bail!(
-            "{}: this recipe has quantization stages; quantization passes land with the \
-             pipeline (calibration + layer-by-layer GPTQ/RTN), which is not built yet: only \
-             conversion recipes (no `stages`, e.g. recipes/convert-f32.yaml) run for now",
-            args.recipe.display()
-        );
-    }
     let recipe_text = recipe.text.clone();
     let ckpt = Checkpoint::open(&args.model)?;
     let bar = ProgressBar::new(ckpt.weights.names().len() as u64);
     bar.set_style(ProgressStyle::with_template(
         "writing [{elapsed_precise}] {bar:40} {pos}/{len} {msg}",
     )?);
-    let out = convert(
-        &ckpt,
-        &args.out,
-        &ConvertOptions {
-            dtype: recipe.output.dtype,
-            force: args.force,
-            recipe: Some(recipe_text),
-        },
-        |name| {
-            bar.inc(1);
-            bar.set_message(name.to_owned());
-        },
-    )?;
-    bar.finish_and_clear();
-    println!("wrote {}", out.display());
+    let opts = ConvertOptions {
+        dtype: recipe.output.dtype,
+        force: args.force,
+        recipe: Some(recipe_text),
+    };
+    let started = std::time::Instant::now();
+    let progress = |name: &str| {
+        bar.inc(1);
+        bar.set_message(name.to_owned());
+    };
+    if recipe.is_conversion() {
+        let out = convert(&ckpt, &args.out, &opts, progress)?;
+        bar.finish_and_clear();
+        println!("wrote {}", out.display());
+    } else {
+        let s = quantize_rtn(&ckpt, &recipe, &args.out, &opts, progress)?;
+        bar.finish_and_clear();
+        println!(
+            "wrote {}: {} linears quantized, model.safetensors {:.1} MB, {:.1} s",
+            s.out.display(),
+            s.quantized_tensors,
+            s.bytes as f64 / 1e6,
+            started.elapsed().as_secs_f64()
+        );
+    }
     Ok(())
 }

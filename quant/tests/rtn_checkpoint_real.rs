@@ -1,0 +1,140 @@
+//! `quantize --recipe recipes/rtn-w4g64.yaml` on the real SmolLM2: the packed checkpoint the
+//! runtime executes computes what the same RTN weights dequantized to f32 compute, and an
+//! unsupported pass fails before anything is written.
+
+use std::path::Path;
+
+use lmq_quant::convert::ConvertOptions;
+use lmq_quant::recipe::{FloatDtype, Recipe};
+use lmq_quant::rtn;
+use lmq_quant::rtn_checkpoint::quantize_rtn;
+use lmq_quant::scheme::{QuantScheme, WeightMatrix};
+use lmq_runtime::assets::{ensure, Asset};
+use lmq_runtime::burn::prelude::*;
+use lmq_runtime::checkpoint::Checkpoint;
+use lmq_runtime::model::Llama;
+use lmq_runtime::weights::{MemorySource, WeightSource};
+use lmq_runtime::Cpu;
+
+/// Packed and dense kernels sum in different orders; logits agree to f32 rounding.
+const PACKED_LOGITS_REL_TOL: f32 = 1e-4;
+
+fn recipe(name: &str) -> Recipe {
+    Recipe::from_file(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../recipes")
+            .join(name),
+    )
+    .unwrap()
+}
+
+fn logits(model: &Llama<Cpu>, ids: &[u32]) -> Vec<f32> {
+    let ids: Vec<i32> = ids.iter().map(|&x| x as i32).collect();
+    let n = ids.len();
+    let input = Tensor::<Cpu, 2, Int>::from_data(TensorData::new(ids, [1, n]), &Default::default());
+    model
+        .forward(input, None)
+        .into_data()
+        .into_vec::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn rtn_w4g64_packed_checkpoint_equals_its_dequantized_weights() {
+    let gguf = Checkpoint::open_gguf(&ensure(Asset::SmolLm2).unwrap()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("rtn");
+    let r = recipe("rtn-w4g64.yaml");
+    let opts = ConvertOptions {
+        dtype: FloatDtype::F32,
+        force: false,
+        recipe: Some(r.text.clone()),
+    };
+    let summary = quantize_rtn(&gguf, &r, &out, &opts, |_| {}).unwrap();
+    assert_eq!(summary.quantized_tensors, 210);
+
+    // The same RTN, dequantized, as plain f32 weights.
+    let mut dequant = MemorySource::default();
+    let scheme = QuantScheme {
+        bits: 4,
+        group_size: Some(64),
+        symmetric: true,
+    };
+    for name in gguf.weights.names() {
+        let shape = gguf.weights.shape(&name).unwrap();
+        let data = gguf.weights.load_f32(&name).unwrap();
+        let data = if name.ends_with("_proj.weight") {
+            let q = rtn::quantize(
+                &WeightMatrix::new(&name, &data, shape[0], shape[1]).unwrap(),
+                &scheme,
+            )
+            .unwrap();
+            rtn::dequantize(&q).unwrap()
+        } else {
+            data
+        };
+        dequant.insert(&name, shape, data);
+    }
+    let device = Default::default();
+    let reference =
+        Llama::<Cpu>::load(&gguf.config, &dequant, Path::new("<dequantized>"), &device).unwrap();
+    let packed_ckpt = Checkpoint::open_dir(&out).unwrap();
+    let packed = packed_ckpt.load_model::<Cpu>(&device).unwrap();
+
+    let ids = gguf
+        .tokenizer
+        .encode(
+            "The capital of France is Paris. The capital of Italy is",
+            false,
+        )
+        .unwrap();
+    let want = logits(&reference, &ids);
+    let got = logits(&packed, &ids);
+    let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    let err = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        err <= PACKED_LOGITS_REL_TOL * scale,
+        "max diff {err} (scale {scale})"
+    );
+    // And it is a real quantization: not the float model.
+    let float = gguf.load_model::<Cpu>(&device).unwrap();
+    let ferr = logits(&float, &ids)
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        ferr > 100.0 * err,
+        "quantized logits too close to float ({ferr} vs {err})"
+    );
+}
+
+#[test]
+fn gptq_recipe_is_refused_before_writing() {
+    let gguf = Checkpoint::open_gguf(&ensure(Asset::SmolLm2).unwrap()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("gptq");
+    let r = recipe("gptq-w4g64.yaml");
+    let opts = ConvertOptions {
+        dtype: FloatDtype::F32,
+        force: false,
+        recipe: None,
+    };
+    let err = quantize_rtn(&gguf, &r, &out, &opts, |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("gptq") && err.contains("gptq-w4g64.yaml"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        0,
+        "no staging directory left"
+    );
+}
