@@ -13,7 +13,7 @@ use lmq_runtime::assets::{ensure, Asset};
 use lmq_runtime::burn::prelude::*;
 use lmq_runtime::checkpoint::Checkpoint;
 use lmq_runtime::model::Llama;
-use lmq_runtime::weights::{MemorySource, WeightSource};
+use lmq_runtime::weights::MemorySource;
 use lmq_runtime::Cpu;
 
 /// Packed and dense kernels sum in different orders; logits agree to f32 rounding.
