@@ -1,3 +1,6 @@
+//! Per-component decode timings on SmolLM2 (tied lm_head GEMV, one linear, one cached
+//! step), for profiling the decode path: `cargo run --release -p lmq-runtime --example prof_decode`.
+
 use lmq_runtime::burn::prelude::*;
 use lmq_runtime::checkpoint::Checkpoint;
 use lmq_runtime::Cpu;
