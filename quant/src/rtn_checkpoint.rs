@@ -182,18 +182,7 @@ pub fn quantize_rtn(
             let shape = ckpt.weights.shape(&name).context("target without shape")?;
             let data = ckpt.weights.load_f32(&name)?;
             let q = rtn::quantize(&WeightMatrix::new(&name, &data, shape[0], shape[1])?, &s)?;
-            let zero = (!s.symmetric).then(|| q.qparams.zero.clone());
-            let packed = PackedLinear::from_codes(
-                s.bits,
-                q.rows,
-                q.cols,
-                q.group_size,
-                &q.codes,
-                q.qparams.scale.clone(),
-                zero,
-                None,
-            )
-            .with_context(|| format!("packing {name}"))?;
+            let packed = q.to_packed().with_context(|| format!("packing {name}"))?;
             current = Some((prefix.to_owned(), packed));
         }
         let (_, p) = current.as_ref().expect("set above");

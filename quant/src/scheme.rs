@@ -413,6 +413,24 @@ pub struct QuantizedWeight {
 }
 
 impl QuantizedWeight {
+    /// The compressed-tensors `pack-quantized` form the writer stores and the runtime runs
+    /// (zero points only for asymmetric schemes, `g_idx` when groups are not contiguous).
+    pub fn to_packed(
+        &self,
+    ) -> Result<lmq_runtime::packed::PackedLinear, lmq_runtime::packed::PackError> {
+        let zero = (!self.scheme.symmetric).then(|| self.qparams.zero.clone());
+        lmq_runtime::packed::PackedLinear::from_codes(
+            self.scheme.bits,
+            self.rows,
+            self.cols,
+            self.group_size,
+            &self.codes,
+            self.qparams.scale.clone(),
+            zero,
+            self.g_idx.clone(),
+        )
+    }
+
     /// Groups per row.
     pub fn n_groups(&self) -> usize {
         self.qparams.n_groups

@@ -11,7 +11,6 @@ use lmq_quant::scheme::{QuantScheme, WeightMatrix};
 use lmq_runtime::burn::prelude::*;
 use lmq_runtime::config::{Arch, ModelConfig};
 use lmq_runtime::model::Llama;
-use lmq_runtime::packed::PackedLinear;
 use lmq_runtime::weights::{tiny_config, MemorySource, SafetensorsDir, WeightSource};
 use lmq_runtime::Cpu;
 
@@ -50,18 +49,7 @@ fn quantized_pair(c: &ModelConfig, scheme: QuantScheme) -> (MemorySource, Memory
             &scheme,
         )
         .unwrap();
-        let zero = (!scheme.symmetric).then(|| q.qparams.zero.clone());
-        let pl = PackedLinear::from_codes(
-            scheme.bits,
-            q.rows,
-            q.cols,
-            q.group_size,
-            &q.codes,
-            q.qparams.scale.clone(),
-            zero,
-            None,
-        )
-        .unwrap();
+        let pl = q.to_packed().unwrap();
         dequant.insert(&name, shape.clone(), rtn::dequantize(&q).unwrap());
         assert_eq!(
             pl.dequantize_ref(),

@@ -22,8 +22,16 @@ pub struct SafetensorsDir {
     shards: Vec<Shard>,
     /// `num_bits` of a compressed-tensors `pack-quantized` checkpoint (from config.json).
     packed_bits: Option<u8>,
-    /// tensor name -> (shard index, shape)
-    index: BTreeMap<String, (usize, Vec<usize>)>,
+    /// Where every tensor lives, read from the headers once at open.
+    index: BTreeMap<String, Entry>,
+}
+
+/// A tensor's location: shard, dtype, shape and byte range inside the shard's map.
+struct Entry {
+    shard: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: std::ops::Range<usize>,
 }
 
 impl SafetensorsDir {
@@ -55,8 +63,16 @@ impl SafetensorsDir {
                 source,
             })?;
             let st = parse(&path, &mmap)?;
+            let base = mmap.as_ptr() as usize;
             for (name, view) in st.tensors() {
-                index.insert(name, (i, view.shape().to_vec()));
+                let range = view.data().as_ptr_range();
+                let entry = Entry {
+                    shard: i,
+                    dtype: view.dtype(),
+                    shape: view.shape().to_vec(),
+                    bytes: range.start as usize - base..range.end as usize - base,
+                };
+                index.insert(name, entry);
             }
             shards.push(Shard { path, mmap });
         }
@@ -168,26 +184,22 @@ impl WeightSource for SafetensorsDir {
     }
 
     fn shape(&self, name: &str) -> Option<Vec<usize>> {
-        self.index.get(name).map(|(_, s)| s.clone())
+        self.index.get(name).map(|e| e.shape.clone())
     }
 
     fn load_f32(&self, name: &str) -> Result<Vec<f32>, WeightError> {
-        let missing = || WeightError::Missing {
+        let (dtype, _, bytes) = self.raw(name).ok_or_else(|| WeightError::Missing {
             path: self
                 .shards
                 .first()
                 .map(|s| s.path.clone())
                 .unwrap_or_default(),
             name: name.to_owned(),
-        };
-        let (i, _) = self.index.get(name).ok_or_else(missing)?;
-        let shard = &self.shards[*i];
-        let st = parse(&shard.path, &shard.mmap)?;
-        let view = st.tensor(name).map_err(|_| missing())?;
-        to_f32(view.dtype(), view.data()).ok_or_else(|| WeightError::Dtype {
-            path: shard.path.clone(),
+        })?;
+        to_f32(dtype, bytes).ok_or_else(|| WeightError::Dtype {
+            path: self.shards[self.index[name].shard].path.clone(),
             name: name.to_owned(),
-            dtype: format!("{:?}", view.dtype()),
+            dtype: format!("{dtype:?}"),
         })
     }
 
@@ -196,7 +208,7 @@ impl WeightSource for SafetensorsDir {
         if !self.index.contains_key(&packed_name) {
             return Ok(None);
         }
-        let path = self.shards[self.index[&packed_name].0].path.clone();
+        let path = self.shards[self.index[&packed_name].shard].path.clone();
         let bad = |reason: String| WeightError::Other {
             path: path.clone(),
             reason: format!("{prefix}: {reason}"),
@@ -253,13 +265,8 @@ impl SafetensorsDir {
     /// Raw bytes and dtype of a tensor, for packed (integer) weights that must not be
     /// converted to f32.
     pub fn raw(&self, name: &str) -> Option<(Dtype, Vec<usize>, &[u8])> {
-        let (i, shape) = self.index.get(name)?;
-        let shard = &self.shards[*i];
-        let st = SafeTensors::deserialize(&shard.mmap).ok()?;
-        let view = st.tensor(name).ok()?;
-        let (dtype, range) = (view.dtype(), view.data().as_ptr_range());
-        let start = range.start as usize - shard.mmap.as_ptr() as usize;
-        let end = range.end as usize - shard.mmap.as_ptr() as usize;
-        Some((dtype, shape.clone(), &shard.mmap[start..end]))
+        let e = self.index.get(name)?;
+        let bytes = &self.shards[e.shard].mmap[e.bytes.clone()];
+        Some((e.dtype, e.shape.clone(), bytes))
     }
 }
