@@ -5,9 +5,9 @@
 use std::path::Path;
 
 use lmq_quant::convert::ConvertOptions;
+use lmq_quant::packed_checkpoint::quantize_rtn;
 use lmq_quant::recipe::{FloatDtype, Recipe};
 use lmq_quant::rtn;
-use lmq_quant::rtn_checkpoint::quantize_rtn;
 use lmq_quant::scheme::{QuantScheme, WeightMatrix};
 use lmq_runtime::assets::{ensure, Asset};
 use lmq_runtime::burn::prelude::*;

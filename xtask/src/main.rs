@@ -2,6 +2,7 @@
 
 mod bench;
 mod fetch;
+mod quant_table;
 
 use clap::{Parser, Subcommand};
 
@@ -51,6 +52,41 @@ enum BenchCmd {
         #[arg(long)]
         threaded: bool,
     },
+    /// FP vs RTN vs GPTQ on wiki2 at several schemes: runs the release `quantize` and
+    /// `evaluate` binaries per setting and prints a markdown table (results cached in --out).
+    Quant {
+        #[arg(long, default_value = "smollm2")]
+        model: String,
+        /// Settings: w4g64, w4g64-asym, w4g128, w3g64, w3g64-asym, w8, w8-asym, w2g64,
+        /// w2g64-asym, or all.
+        #[arg(long, value_delimiter = ',', default_value = "all")]
+        settings: Vec<String>,
+        #[arg(long, value_delimiter = ',', default_value = "rtn,gptq")]
+        methods: Vec<String>,
+        /// Calibration source (recipe syntax); default: the comparison windows in shared/reference.
+        #[arg(
+            long,
+            default_value = "tokens:../shared/reference/calib-smollm2-hellaswag-128x512-seed0.i32"
+        )]
+        calibration: String,
+        #[arg(long, default_value_t = 128)]
+        samples: usize,
+        #[arg(long, default_value_t = 512)]
+        calib_seqlen: usize,
+        /// Extra `gptq:` fields, e.g. "dampening: 0.1, token_clip: null".
+        #[arg(long, default_value = "")]
+        gptq_extra: String,
+        #[arg(long, default_value_t = 512)]
+        eval_seqlen: usize,
+        /// Evaluate only the first N windows (default: the whole file).
+        #[arg(long)]
+        eval_windows: Option<usize>,
+        #[arg(long, default_value = "target/bench-quant")]
+        out: std::path::PathBuf,
+        /// Reuse results already in --out.
+        #[arg(long)]
+        resume: bool,
+    },
 }
 
 fn main() {
@@ -76,5 +112,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bench {
             what: BenchCmd::Backends { threaded },
         } => bench::backends(threaded),
+        Cmd::Bench {
+            what:
+                BenchCmd::Quant {
+                    model,
+                    settings,
+                    methods,
+                    calibration,
+                    samples,
+                    calib_seqlen,
+                    gptq_extra,
+                    eval_seqlen,
+                    eval_windows,
+                    out,
+                    resume,
+                },
+        } => quant_table::run(quant_table::QuantTableArgs {
+            model,
+            settings,
+            methods,
+            calibration,
+            samples,
+            calib_seqlen,
+            gptq_extra,
+            eval_seqlen,
+            eval_windows,
+            out,
+            resume,
+        }),
     }
 }

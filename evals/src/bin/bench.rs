@@ -7,6 +7,7 @@ use anyhow::Result;
 use burn::prelude::*;
 use clap::Parser;
 use lmq_runtime::checkpoint::Checkpoint;
+use lmq_runtime::sysinfo::peak_rss_mib;
 use lmq_runtime::Cpu;
 
 /// Time prefill of a P-token prompt and decode of N tokens (greedy), like llama-bench.
@@ -29,17 +30,6 @@ struct Args {
     threads: usize,
     #[arg(long)]
     json: bool,
-}
-
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
 fn main() {

@@ -8,6 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lmq_evals::perplexity::{perplexity, PplOptions};
 use lmq_evals::text;
 use lmq_runtime::checkpoint::Checkpoint;
+use lmq_runtime::weights::DequantizedSource;
 use lmq_runtime::Cpu;
 
 /// Perplexity of a model on a text, GPTQ-paper protocol (non-overlapping windows, whole text
@@ -34,6 +35,10 @@ struct Args {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Run packed (quantized) linears as dense f32, dequantized on load by the packed
+    /// format's scalar reference: the check that the packed kernels compute the same model.
+    #[arg(long)]
+    dequantize: bool,
 }
 
 fn main() {
@@ -49,7 +54,10 @@ fn run(args: Args) -> Result<()> {
             .num_threads(n)
             .build_global()?;
     }
-    let ckpt = Checkpoint::open(&args.model)?;
+    let mut ckpt = Checkpoint::open(&args.model)?;
+    if args.dequantize {
+        ckpt.weights = Box::new(DequantizedSource::new(ckpt.weights));
+    }
     let text_path: PathBuf = text::resolve(&args.ppl);
     let text = std::fs::read_to_string(&text_path)
         .with_context(|| format!("{}: cannot read evaluation text", text_path.display()))?;

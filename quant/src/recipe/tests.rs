@@ -210,6 +210,11 @@ fn other_bad_values_are_located() {
     assert_msg(&msg, &["line 7", "gptq.dampening"]);
     let msg = err(&GPTQ.replace("bits: 4", "block_size: 0"));
     assert_msg(&msg, &["line 7", "gptq.block_size"]);
+    let msg = err(&GPTQ.replace("bits: 4", "token_clip: 0.5"));
+    assert_msg(
+        &msg,
+        &["line 7", "gptq.token_clip", "null to turn clipping off"],
+    );
     let msg = err(&GPTQ.replace("hellaswag", "wiki.jsonl"));
     assert_msg(&msg, &["line 1", "calibration.source", "wiki.jsonl:text"]);
     let msg = err(&GPTQ.replace("hellaswag", "../shared/data/wikitext-2-raw/wiki.test.raw"));
@@ -288,6 +293,16 @@ fn explicit_fields_override_the_scheme() {
     );
     assert!(o.act_order && !o.static_groups);
     assert_eq!((o.dampening, o.block_size), (0.1, 64));
+    assert_eq!(g.hessian_options().token_clip, Some(3.0), "default clip");
+    let off = parse(
+        "calibration: {source: notes.txt}\nstages:\n  - passes:\n      \
+         - gptq: {bits: 4, token_clip: null}\n",
+    )
+    .unwrap();
+    let Pass::Gptq(g) = &off.stages[0].passes[0] else {
+        panic!()
+    };
+    assert_eq!(g.hessian_options().token_clip, None);
     let rtn = r.stages[0].passes[1]
         .args()
         .weight_scheme()

@@ -101,6 +101,118 @@ fn gemm_nt(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     y
 }
 
+/// Plain definition of [`gram_acc_f32`]: `acc[i][j] += Σ_t x[t][i] · x[t][j]`, in f64.
+pub fn gram_acc_ref(x: &[f32], t: usize, n: usize, acc: &mut [f64]) {
+    assert_eq!(x.len(), t * n, "activation shape");
+    assert_eq!(acc.len(), n * n, "accumulator shape");
+    for row in x.chunks_exact(n) {
+        for i in 0..n {
+            for j in 0..n {
+                acc[i * n + j] += row[i] as f64 * row[j] as f64;
+            }
+        }
+    }
+}
+
+/// `acc += xᵀ·x` for `x` `[t, n]` row-major and `acc` `[n, n]`: the Gram matrix of a batch of
+/// activations, which is what a GPTQ Hessian accumulates per calibration window. Blocked and
+/// parallel (gemm crate), f32 products and sums.
+pub fn gram_acc_f32(x: &[f32], t: usize, n: usize, acc: &mut [f32]) {
+    assert_eq!(x.len(), t * n, "activation shape");
+    assert_eq!(acc.len(), n * n, "accumulator shape");
+    if t == 0 {
+        return;
+    }
+    let par = if rayon::current_num_threads() > 1 {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: dst is [n, n] row-major (col stride 1, row stride n). lhs is xᵀ, [n, t]:
+    // element (i, s) at x[s*n + i] (col stride n, row stride 1). rhs is x, [t, n]: element
+    // (s, j) at x[s*n + j] (col stride 1, row stride n). Sizes are asserted above.
+    unsafe {
+        gemm::gemm(
+            n,
+            n,
+            t,
+            acc.as_mut_ptr(),
+            1,
+            n as isize,
+            true,
+            x.as_ptr(),
+            n as isize,
+            1,
+            x.as_ptr(),
+            1,
+            n as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// Column block of [`gram_lower_acc_f32`]: 192 columns of a 512-token window are 384 KiB,
+/// so a block pair's operands stay in L2.
+const GRAM_BLOCK: usize = 192;
+
+/// Like [`gram_acc_f32`], but computes only the blocks on or below the diagonal (in
+/// [`GRAM_BLOCK`]-column blocks; entries above the diagonal inside diagonal blocks are
+/// computed too, those in blocks above it are left untouched). The Gram matrix is
+/// symmetric, so this is all of it for about half the work; block pairs run in parallel.
+pub fn gram_lower_acc_f32(x: &[f32], t: usize, n: usize, acc: &mut [f32]) {
+    assert_eq!(x.len(), t * n, "activation shape");
+    assert_eq!(acc.len(), n * n, "accumulator shape");
+    if t == 0 {
+        return;
+    }
+    let nb = n.div_ceil(GRAM_BLOCK);
+    if nb <= 1 {
+        return gram_acc_f32(x, t, n, acc);
+    }
+    let pairs: Vec<(usize, usize)> = (0..nb).flat_map(|i| (0..=i).map(move |j| (i, j))).collect();
+    struct SendPtr(*mut f32);
+    // SAFETY: each block pair writes a disjoint rectangle of `acc` (see below).
+    unsafe impl Sync for SendPtr {}
+    let dst = SendPtr(acc.as_mut_ptr());
+    pairs.par_iter().for_each(|&(bi, bj)| {
+        let (r0, c0) = (bi * GRAM_BLOCK, bj * GRAM_BLOCK);
+        let (rows, cols) = (GRAM_BLOCK.min(n - r0), GRAM_BLOCK.min(n - c0));
+        let dst = &dst;
+        // SAFETY: the destination is the rectangle rows r0..r0+rows, cols c0..c0+cols of the
+        // [n, n] accumulator (row stride n), disjoint between block pairs. lhs is xᵀ rows
+        // r0.. ([rows, t]: element (i, s) at x[s*n + r0 + i]); rhs is x columns c0.. ([t,
+        // cols]: element (s, j) at x[s*n + c0 + j]); all offsets stay inside x.
+        unsafe {
+            gemm::gemm(
+                rows,
+                cols,
+                t,
+                dst.0.add(r0 * n + c0),
+                1,
+                n as isize,
+                true,
+                x.as_ptr().add(r0),
+                n as isize,
+                1,
+                x.as_ptr().add(c0),
+                1,
+                n as isize,
+                1.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +242,49 @@ mod tests {
     fn gemv_path_matches_reference() {
         for (m, k, n) in [(1, 576, 192), (1, 33, 5), (3, 64, 1000), (8, 100, 17)] {
             check(m, k, n);
+        }
+    }
+
+    #[test]
+    fn gram_matches_reference() {
+        for (t, n) in [(1, 5), (37, 64), (300, 96)] {
+            let x: Vec<f32> = (0..t * n)
+                .map(|i| ((i * 29 % 89) as f32 - 44.0) / 9.0)
+                .collect();
+            let mut want = vec![0.5f64; n * n];
+            gram_acc_ref(&x, t, n, &mut want);
+            let mut got = vec![0.5f32; n * n];
+            gram_acc_f32(&x, t, n, &mut got);
+            let scale = want.iter().fold(1.0f64, |a, b| a.max(b.abs()));
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (*a as f64 - b).abs() / scale < DENSE_F32_REL_TOL as f64,
+                    "t={t} n={n} at {i}: {a} vs {b}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn lower_gram_matches_reference_below_the_diagonal() {
+        for (t, n) in [(5, 100), (64, 400), (33, 577)] {
+            let x: Vec<f32> = (0..t * n)
+                .map(|i| ((i * 29 % 89) as f32 - 44.0) / 9.0)
+                .collect();
+            let mut want = vec![0.0f64; n * n];
+            gram_acc_ref(&x, t, n, &mut want);
+            let mut got = vec![0.0f32; n * n];
+            gram_lower_acc_f32(&x, t, n, &mut got);
+            let scale = want.iter().fold(1.0f64, |a, b| a.max(b.abs()));
+            for i in 0..n {
+                for j in 0..=i {
+                    let (a, b) = (got[i * n + j] as f64, want[i * n + j]);
+                    assert!(
+                        (a - b).abs() / scale < DENSE_F32_REL_TOL as f64,
+                        "t={t} n={n} ({i},{j}): {a} vs {b}"
+                    );
+                }
+            }
         }
     }
 

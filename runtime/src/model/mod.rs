@@ -10,4 +10,4 @@ mod rope;
 pub use kv_cache::KvCache;
 pub use linear::{DenseWeight, HostWeight, Linear, LinearBackend};
 pub use llama::{Llama, LoadError};
-pub use rope::Rope;
+pub use rope::{rope_tables, Rope};

@@ -2,12 +2,14 @@
 //! format: the model builder, the converter and the quantizer read weights through this one
 //! narrow trait instead of knowing about GGUF or safetensors.
 
+mod dequantized;
 mod gguf_source;
 mod memory;
 mod safetensors_dir;
 
 use std::path::{Path, PathBuf};
 
+pub use dequantized::DequantizedSource;
 pub use gguf_source::GgufSource;
 pub use memory::{tiny_config, MemorySource};
 pub use safetensors_dir::SafetensorsDir;

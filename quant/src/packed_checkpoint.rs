@@ -1,0 +1,230 @@
+//! Writes a quantized checkpoint: each quantized linear in compressed-tensors
+//! `pack-quantized` form (the layout defined once in `lmq_runtime::packed`), everything else
+//! as floats, streaming one tensor at a time into a staging directory that is renamed into
+//! place only when complete. RTN quantizes lazily here; calibrated passes hand over their
+//! packed weights.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use lmq_runtime::checkpoint::Checkpoint;
+use lmq_runtime::packed::PackedLinear;
+use serde_json::json;
+
+use crate::convert::{write_tokenizer_files, ConvertOptions};
+use crate::plan::{LinearMethod, QuantPlan};
+use crate::recipe::{FloatDtype, Recipe};
+use crate::rtn;
+use crate::safetensors_writer::{encode_f32, write_streaming, StDtype, TensorSpec};
+use crate::scheme::WeightMatrix;
+use crate::staging::StagingDir;
+
+/// What was written, for the summary line.
+#[derive(Debug, Clone)]
+pub struct QuantSummary {
+    pub out: PathBuf,
+    pub quantized_tensors: usize,
+    pub bytes: u64,
+}
+
+fn le_i32(v: &[i32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// The compressed-tensors `quantization_config` for the plan.
+fn quantization_config(plan: &QuantPlan) -> serde_json::Value {
+    let mut config_groups = serde_json::Map::new();
+    for (i, (m, modules)) in plan.groups.iter().enumerate() {
+        let s = m.scheme();
+        config_groups.insert(
+            format!("group_{i}"),
+            json!({
+                "targets": modules,
+                "weights": {
+                    "num_bits": s.bits, "type": "int", "symmetric": s.symmetric,
+                    "strategy": if s.group_size.is_some() { "group" } else { "channel" },
+                    "group_size": s.group_size, "dynamic": false, "actorder": m.actorder(),
+                    "observer": "minmax",
+                },
+                "input_activations": null,
+                "output_activations": null,
+                "format": "pack-quantized",
+            }),
+        );
+    }
+    json!({
+        "quant_method": "compressed-tensors",
+        "format": "pack-quantized",
+        "quantization_status": "compressed",
+        "config_groups": config_groups,
+        "ignore": plan.ignore,
+        "kv_cache_scheme": null,
+    })
+}
+
+/// Applies a recipe made only of RTN passes to `ckpt` and writes the packed checkpoint.
+pub fn quantize_rtn(
+    ckpt: &Checkpoint,
+    recipe: &Recipe,
+    out: &Path,
+    opts: &ConvertOptions,
+    progress: impl FnMut(&str),
+) -> Result<QuantSummary> {
+    let plan = QuantPlan::from_recipe(recipe, &*ckpt.weights, ckpt.config.tie_word_embeddings)?;
+    if let Some((name, m)) = plan.linears.iter().find(|(_, m)| m.needs_hessian()) {
+        bail!(
+            "{}: `{}` (on {name}) needs calibration data: run it through the calibrated pipeline",
+            recipe.path.display(),
+            m.kind()
+        );
+    }
+    write_packed_checkpoint(
+        ckpt,
+        &plan,
+        out,
+        opts,
+        &[],
+        |name, m| {
+            let shape = ckpt.weights.shape(name).context("target without shape")?;
+            let data = ckpt.weights.load_f32(name)?;
+            let q = rtn::quantize(
+                &WeightMatrix::new(name, &data, shape[0], shape[1])?,
+                &m.scheme(),
+            )?;
+            q.to_packed().with_context(|| format!("packing {name}"))
+        },
+        progress,
+    )
+}
+
+/// Writes `ckpt` with the plan's linears replaced by what `packed_of(tensor, method)`
+/// returns (called once per quantized weight, in file order), plus `extra` files (name,
+/// contents) such as a quantization report, atomically into `out`.
+pub fn write_packed_checkpoint(
+    ckpt: &Checkpoint,
+    plan: &QuantPlan,
+    out: &Path,
+    opts: &ConvertOptions,
+    extra: &[(&str, Vec<u8>)],
+    mut packed_of: impl FnMut(&str, &LinearMethod) -> Result<PackedLinear>,
+    mut progress: impl FnMut(&str),
+) -> Result<QuantSummary> {
+    let names = ckpt.weights.names();
+    let float = match opts.dtype {
+        FloatDtype::F32 => StDtype::F32,
+        FloatDtype::Bf16 => StDtype::BF16,
+    };
+    let mut specs = Vec::new();
+    for name in names
+        .iter()
+        .filter(|n| !(ckpt.config.tie_word_embeddings && *n == "lm_head.weight"))
+    {
+        let shape = ckpt.weights.shape(name).context("tensor without shape")?;
+        let Some(m) = plan.method(name) else {
+            specs.push(TensorSpec {
+                name: name.clone(),
+                dtype: float,
+                shape,
+            });
+            continue;
+        };
+        let s = m.scheme();
+        let prefix = name.trim_end_matches(".weight");
+        let (rows, cols) = (shape[0], shape[1]);
+        let pf = 32 / s.bits as usize;
+        let n_groups = cols / s.group_size.unwrap_or(cols);
+        let mut push = |suffix: &str, dtype, shape| {
+            specs.push(TensorSpec {
+                name: format!("{prefix}.{suffix}"),
+                dtype,
+                shape,
+            })
+        };
+        push("weight_packed", StDtype::I32, vec![rows, cols.div_ceil(pf)]);
+        push("weight_scale", StDtype::F32, vec![rows, n_groups]);
+        if !s.symmetric {
+            push(
+                "weight_zero_point",
+                StDtype::I32,
+                vec![rows.div_ceil(pf), n_groups],
+            );
+        }
+        if m.actorder() == Some("group") {
+            push("weight_g_idx", StDtype::I32, vec![cols]);
+        }
+        push("weight_shape", StDtype::I64, vec![2]);
+    }
+
+    let staging = StagingDir::new(out, opts.force)?;
+    let dir = staging.path();
+    let mut config = ckpt.config.to_hf_json();
+    config["torch_dtype"] = json!(if float == StDtype::F32 {
+        "float32"
+    } else {
+        "bfloat16"
+    });
+    config["quantization_config"] = quantization_config(plan);
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&config)? + "\n",
+    )?;
+
+    let mut current: Option<(String, PackedLinear)> = None;
+    let mut meta = BTreeMap::new();
+    meta.insert("format".to_owned(), "pt".to_owned());
+    write_streaming(&dir.join("model.safetensors"), &specs, &meta, |spec| {
+        let Some((prefix, suffix)) = spec.name.rsplit_once('.') else {
+            bail!("bad tensor name {}", spec.name)
+        };
+        let weight_name = format!("{prefix}.weight");
+        let method = plan.method(&weight_name);
+        let Some(method) = method.filter(|_| suffix != "weight") else {
+            progress(&spec.name);
+            return Ok(encode_f32(&ckpt.weights.load_f32(&spec.name)?, spec.dtype));
+        };
+        if current.as_ref().is_none_or(|(p, _)| p != prefix) {
+            progress(&weight_name);
+            let packed = packed_of(&weight_name, method)?;
+            let shape = ckpt.weights.shape(&weight_name).context("target without shape")?;
+            if [packed.rows, packed.cols] != shape[..] || packed.bits != method.scheme().bits {
+                bail!(
+                    "{weight_name}: packed weight is {}x{} at {} bits, the plan says {:?} at {} bits",
+                    packed.rows,
+                    packed.cols,
+                    packed.bits,
+                    shape,
+                    method.scheme().bits
+                );
+            }
+            current = Some((prefix.to_owned(), packed));
+        }
+        let (_, p) = current.as_ref().expect("set above");
+        Ok(match suffix {
+            "weight_packed" => le_i32(&p.packed),
+            "weight_scale" => encode_f32(&p.scale, StDtype::F32),
+            "weight_zero_point" => le_i32(&p.packed_zero_point()?.unwrap_or_default()),
+            "weight_g_idx" => match &p.g_idx {
+                Some(g) => le_i32(g),
+                None => bail!("{weight_name}: activation-ordered groups but no g_idx"),
+            },
+            "weight_shape" => [p.rows as i64, p.cols as i64]
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect(),
+            other => bail!("unexpected tensor suffix {other}"),
+        })
+    })
+    .context("writing model.safetensors")?;
+    write_tokenizer_files(ckpt, dir, opts.recipe.as_deref())?;
+    for (name, contents) in extra {
+        std::fs::write(dir.join(name), contents).with_context(|| format!("writing {name}"))?;
+    }
+    let bytes = std::fs::metadata(dir.join("model.safetensors"))?.len();
+    let out = staging.commit()?;
+    Ok(QuantSummary {
+        out,
+        quantized_tensors: plan.linears.len(),
+        bytes,
+    })
+}

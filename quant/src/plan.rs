@@ -1,0 +1,128 @@
+//! What happens to each linear weight of a checkpoint, decided once from the recipe: the
+//! writer, the calibrated pipeline and the summary all read this instead of re-walking the
+//! recipe's stages and patterns.
+
+use std::collections::BTreeMap;
+
+use anyhow::{anyhow, Context, Result};
+use lmq_runtime::weights::WeightSource;
+
+use crate::gptq::GptqOptions;
+use crate::pipeline::hessian::HessianOptions;
+use crate::recipe::{linear_module, Pass, Recipe};
+use crate::scheme::QuantScheme;
+
+/// How one linear weight is quantized.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LinearMethod {
+    /// Round to nearest: needs only the weight.
+    Rtn(QuantScheme),
+    /// GPTQ: needs the Hessian of the layer's inputs, accumulated as the options say.
+    Gptq(GptqOptions, HessianOptions),
+}
+
+impl LinearMethod {
+    /// The integer grid the codes are written on.
+    pub fn scheme(&self) -> QuantScheme {
+        match self {
+            Self::Rtn(s) => *s,
+            Self::Gptq(o, _) => o.scheme,
+        }
+    }
+
+    /// How the Hessian is accumulated, for methods that need one.
+    pub fn hessian_options(&self) -> Option<HessianOptions> {
+        match self {
+            Self::Gptq(_, h) => Some(*h),
+            Self::Rtn(_) => None,
+        }
+    }
+
+    /// Whether calibration statistics (a Hessian) are needed.
+    pub fn needs_hessian(&self) -> bool {
+        matches!(self, Self::Gptq(..))
+    }
+
+    /// compressed-tensors' `actorder` for the weights this method writes: `group` means the
+    /// checkpoint carries `weight_g_idx`; `static` orders columns during quantization but
+    /// keeps natural groups (no `g_idx`).
+    pub fn actorder(&self) -> Option<&'static str> {
+        match self {
+            Self::Gptq(o, _) if o.act_order && o.static_groups => Some("static"),
+            Self::Gptq(o, _) if o.act_order => Some("group"),
+            _ => None,
+        }
+    }
+
+    /// Short label for summaries (`gptq`, `rtn`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Rtn(_) => "rtn",
+            Self::Gptq(..) => "gptq",
+        }
+    }
+}
+
+/// The quantization decided for a whole checkpoint.
+#[derive(Debug, Clone)]
+pub struct QuantPlan {
+    /// Every quantized weight (`….weight` tensor name) and its method.
+    pub linears: BTreeMap<String, LinearMethod>,
+    /// compressed-tensors `config_groups`: one entry per pass, with its method and modules.
+    pub groups: Vec<(LinearMethod, Vec<String>)>,
+    /// Linear modules left in floating point (compressed-tensors `ignore`).
+    pub ignore: Vec<String>,
+}
+
+impl QuantPlan {
+    /// Resolves the recipe's passes against the checkpoint's tensors. Errors name the recipe
+    /// file and the pass key; a group size that does not divide a weight's input dimension
+    /// names the tensor and the sizes that would work.
+    pub fn from_recipe(recipe: &Recipe, weights: &dyn WeightSource, tied: bool) -> Result<Self> {
+        let names = weights.names();
+        let targets = recipe.resolve_targets(&names)?;
+        let mut linears = BTreeMap::new();
+        let mut groups = Vec::new();
+        for t in &targets {
+            let pass = &recipe.stages[t.stage].passes[t.pass];
+            let at = |e: String| anyhow!("{}: {}: {e}", recipe.path.display(), t.key);
+            let method = match pass {
+                Pass::Rtn(args) => LinearMethod::Rtn(args.scheme().map_err(at)?),
+                Pass::Gptq(args) => {
+                    LinearMethod::Gptq(args.options().map_err(at)?, args.hessian_options())
+                }
+            };
+            let mut modules = Vec::new();
+            for name in &t.tensors {
+                let shape = weights.shape(name).context("target without shape")?;
+                method.scheme().validate_for(name, shape[1])?;
+                linears.insert(name.clone(), method);
+                modules.push(name.trim_end_matches(".weight").to_owned());
+            }
+            groups.push((method, modules));
+        }
+        let mut ignore: Vec<String> = names
+            .iter()
+            .filter(|n| linear_module(n).is_some() && !linears.contains_key(*n))
+            .map(|n| n.trim_end_matches(".weight").to_owned())
+            .collect();
+        if tied && !ignore.iter().any(|m| m == "lm_head") {
+            ignore.push("lm_head".into());
+        }
+        Ok(Self {
+            linears,
+            groups,
+            ignore,
+        })
+    }
+
+    /// Whether any weight needs calibration activations.
+    pub fn needs_calibration(&self) -> bool {
+        self.linears.values().any(LinearMethod::needs_hessian)
+    }
+
+    /// The method for `tensor`, if it is quantized.
+    pub fn method(&self, tensor: &str) -> Option<&LinearMethod> {
+        self.linears.get(tensor)
+    }
+}
