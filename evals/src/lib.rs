@@ -1,5 +1,7 @@
-//! Evaluations over the runtime: perplexity (GPTQ protocol) now, zero-shot tasks next.
+//! Evaluations over the runtime: perplexity (GPTQ protocol) and zero-shot tasks scored the
+//! lm-evaluation-harness way.
 
 pub mod nll;
 pub mod perplexity;
 pub mod text;
+pub mod zeroshot;

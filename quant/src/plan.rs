@@ -95,7 +95,10 @@ impl QuantPlan {
             let mut modules = Vec::new();
             for name in &t.tensors {
                 let shape = weights.shape(name).context("target without shape")?;
-                method.scheme().validate_for(name, shape[1])?;
+                method
+                    .scheme()
+                    .validate_for(name, shape[1])
+                    .map_err(|e| at(e.to_string()))?;
                 linears.insert(name.clone(), method);
                 modules.push(name.trim_end_matches(".weight").to_owned());
             }

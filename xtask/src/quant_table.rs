@@ -27,32 +27,32 @@ const SETTINGS: &[Setting] = &[
         fields: "bits: 4, group_size: 64, symmetric: false",
     },
     Setting {
-        label: "w4g128",
-        fields: "bits: 4, group_size: 128, symmetric: true",
-    },
-    Setting {
         label: "w3g64",
         fields: "bits: 3, group_size: 64, symmetric: true",
-    },
-    Setting {
-        label: "w3g64-asym",
-        fields: "bits: 3, group_size: 64, symmetric: false",
     },
     Setting {
         label: "w8",
         fields: "bits: 8, group_size: channel, symmetric: true",
     },
     Setting {
-        label: "w8-asym",
-        fields: "bits: 8, group_size: channel, symmetric: false",
-    },
-    Setting {
         label: "w2g64",
         fields: "bits: 2, group_size: 64, symmetric: true",
     },
     Setting {
+        label: "w3g64-asym",
+        fields: "bits: 3, group_size: 64, symmetric: false",
+    },
+    Setting {
         label: "w2g64-asym",
         fields: "bits: 2, group_size: 64, symmetric: false",
+    },
+    Setting {
+        label: "w8-asym",
+        fields: "bits: 8, group_size: channel, symmetric: false",
+    },
+    Setting {
+        label: "w4g128",
+        fields: "bits: 4, group_size: 128, symmetric: true",
     },
 ];
 
@@ -122,6 +122,16 @@ fn evaluate(a: &QuantTableArgs, model: &str, tag: &str) -> Result<Value> {
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
+/// The perplexity in `evaluate --json` output (top level, or under `ppl` when the report
+/// also carries zero-shot tasks).
+fn ppl_of(r: &Value) -> f64 {
+    match &r["ppl"] {
+        Value::Object(o) => o.get("ppl").and_then(Value::as_f64),
+        v => v.as_f64(),
+    }
+    .unwrap_or(f64::NAN)
+}
+
 /// Runs the table and prints it.
 pub fn run(mut a: QuantTableArgs) -> Result<()> {
     a.out = std::env::current_dir()?.join(&a.out);
@@ -150,11 +160,8 @@ pub fn run(mut a: QuantTableArgs) -> Result<()> {
         windows, a.eval_seqlen
     );
     println!("|---|---|---|---|---|---|");
-    println!(
-        "| f32 | — | {:.4} | | | |",
-        fp["ppl"].as_f64().unwrap_or(f64::NAN)
-    );
-    rows.push(json!({"setting": "f32", "ppl": fp["ppl"]}));
+    println!("| f32 | — | {:.4} | | | |", ppl_of(&fp));
+    rows.push(json!({"setting": "f32", "ppl": ppl_of(&fp)}));
     for s in SETTINGS
         .iter()
         .filter(|s| a.settings.iter().any(|x| x == s.label || x == "all"))
@@ -198,7 +205,7 @@ pub fn run(mut a: QuantTableArgs) -> Result<()> {
                 m
             };
             let r = evaluate(&a, dir.to_str().context("non-UTF-8 path")?, &tag)?;
-            let ppl = r["ppl"].as_f64().unwrap_or(f64::NAN);
+            let ppl = ppl_of(&r);
             println!(
                 "| {} | {method} | {ppl:.4} | {:.1} | {:.0} | {:.1} |",
                 s.label,

