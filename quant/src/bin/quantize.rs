@@ -116,10 +116,16 @@ fn run(args: Args) -> Result<()> {
         PipelineEvent::Stage { layer, what } => bar.set_message(format!("layer {layer}: {what}")),
         PipelineEvent::LayerDone(r) => {
             let (g, rt) = mean_errors(r.linears.iter());
-            bar.println(format!(
+            let line = format!(
                 "layer {:>3}: {:6.1} s   output error GPTQ {:.3e}  RTN {:.3e}",
                 r.index, r.seconds, g, rt
-            ));
+            );
+            // A hidden bar (stderr not a terminal: CI logs, `2> file`) swallows println.
+            if bar.is_hidden() {
+                eprintln!("{line}");
+            } else {
+                bar.println(line);
+            }
             bar.inc(1);
         }
     };
