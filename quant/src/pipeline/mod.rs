@@ -271,10 +271,11 @@ pub fn run(
             acc.finish()
         });
         let mut reports = Vec::new();
+        let h32 = h.as_deref().map(to_f32);
         quantize_linear(
             &mut head,
             method,
-            h.as_deref(),
+            h.as_deref().zip(h32.as_deref()),
             opts,
             &mut packed,
             &mut reports,
@@ -332,20 +333,28 @@ fn quantize_group(
     } else {
         None
     };
+    // The f32 copy the error figures use, made once for the whole group.
+    let h32 = hessian.as_deref().map(to_f32);
     for (lin, method) in layer.group_mut(group).into_iter().zip(methods) {
         if let Some(m) = method {
-            quantize_linear(lin, &m, hessian.as_deref(), opts, packed, reports)?;
+            let h = hessian.as_deref().zip(h32.as_deref());
+            quantize_linear(lin, &m, h, opts, packed, reports)?;
         }
     }
     Ok(())
 }
 
+fn to_f32(h: &[f64]) -> Vec<f32> {
+    h.iter().map(|v| *v as f32).collect()
+}
+
 /// Quantizes one linear in place (its weight becomes the dequantized result, which is what
-/// later groups and layers are calibrated through) and stores its packed form.
+/// later groups and layers are calibrated through) and stores its packed form. `hessian` is
+/// the f64 Hessian GPTQ factors and its f32 copy for the output-error figures.
 fn quantize_linear(
     lin: &mut layer::HostLinear,
     method: &LinearMethod,
-    hessian: Option<&[f64]>,
+    hessian: Option<(&[f64], &[f32])>,
     opts: PipelineOptions,
     packed: &mut HashMap<String, PackedLinear>,
     reports: &mut Vec<LinearReport>,
@@ -360,18 +369,16 @@ fn quantize_linear(
             (q, dq, None)
         }
         LinearMethod::Gptq(o, _) => {
-            let h = hessian.context("GPTQ without a Hessian")?;
+            let (h, _) = hessian.context("GPTQ without a Hessian")?;
             let r = gptq::quantize(&wm, h, o)?;
             let info = (r.loss, r.dampening_used, r.retries, r.dead_columns);
             (r.quantized, r.dequantized, Some(info))
         }
     };
     let seconds = t0.elapsed().as_secs_f64();
-    let h32: Option<Vec<f32>> = hessian.map(|h| h.iter().map(|v| *v as f32).collect());
-    let rel = h32
-        .as_ref()
-        .map(|h| relative_output_error(&lin.weight, &dequantized, h, lin.out, lin.inp));
-    let rtn_rel = match (&h32, opts.compare_rtn && method.needs_hessian()) {
+    let h32 = hessian.map(|(_, h)| h);
+    let rel = h32.map(|h| relative_output_error(&lin.weight, &dequantized, h, lin.out, lin.inp));
+    let rtn_rel = match (h32, opts.compare_rtn && method.needs_hessian()) {
         (Some(h), true) => {
             let dq = rtn::dequantize(&rtn::quantize(&wm, &scheme)?)?;
             Some(relative_output_error(&lin.weight, &dq, h, lin.out, lin.inp))
