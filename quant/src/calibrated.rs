@@ -85,6 +85,7 @@ pub fn quantize_calibrated(
         out,
         opts,
         &[("quantize-report.json", report)],
+        &mut std::mem::take(&mut model.floats),
         |name, _| {
             packed
                 .remove(name)

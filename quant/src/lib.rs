@@ -1,6 +1,7 @@
 //! Offline model transformation: recipes, conversion and (next) quantization passes, and the
 //! writer that produces HF-layout checkpoint directories.
 
+pub mod awq;
 pub mod calibrated;
 pub mod convert;
 pub mod gptq;

@@ -4,7 +4,7 @@
 //! place only when complete. RTN quantizes lazily here; calibrated passes hand over their
 //! packed weights.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -85,6 +85,7 @@ pub fn quantize_rtn(
         out,
         opts,
         &[],
+        &mut Default::default(),
         |name, m| {
             let shape = ckpt.weights.shape(name).context("target without shape")?;
             let data = ckpt.weights.load_f32(name)?;
@@ -99,14 +100,18 @@ pub fn quantize_rtn(
 }
 
 /// Writes `ckpt` with the plan's linears replaced by what `packed_of(tensor, method)`
-/// returns (called once per quantized weight, in file order), plus `extra` files (name,
-/// contents) such as a quantization report, atomically into `out`.
+/// returns (called once per quantized weight, in file order), the float tensors in `floats`
+/// (taken out of it) replacing the checkpoint's, plus `extra` files (name, contents) such as
+/// a quantization report, atomically into `out`. A plan that quantizes nothing (AWQ scaling
+/// alone) writes a plain float checkpoint, without `quantization_config`.
+#[allow(clippy::too_many_arguments)]
 pub fn write_packed_checkpoint(
     ckpt: &Checkpoint,
     plan: &QuantPlan,
     out: &Path,
     opts: &ConvertOptions,
     extra: &[(&str, Vec<u8>)],
+    floats: &mut HashMap<String, Vec<f32>>,
     mut packed_of: impl FnMut(&str, &LinearMethod) -> Result<PackedLinear>,
     mut progress: impl FnMut(&str),
 ) -> Result<QuantSummary> {
@@ -164,7 +169,9 @@ pub fn write_packed_checkpoint(
     } else {
         "bfloat16"
     });
-    config["quantization_config"] = quantization_config(plan);
+    if !plan.linears.is_empty() {
+        config["quantization_config"] = quantization_config(plan);
+    }
     std::fs::write(
         dir.join("config.json"),
         serde_json::to_string_pretty(&config)? + "\n",
@@ -181,7 +188,11 @@ pub fn write_packed_checkpoint(
         let method = plan.method(&weight_name);
         let Some(method) = method.filter(|_| suffix != "weight") else {
             progress(&spec.name);
-            return Ok(encode_f32(&ckpt.weights.load_f32(&spec.name)?, spec.dtype));
+            let values = match floats.remove(&spec.name) {
+                Some(v) => v,
+                None => ckpt.weights.load_f32(&spec.name)?,
+            };
+            return Ok(encode_f32(&values, spec.dtype));
         };
         if current.as_ref().is_none_or(|(p, _)| p != prefix) {
             progress(&weight_name);
@@ -216,6 +227,9 @@ pub fn write_packed_checkpoint(
         })
     })
     .context("writing model.safetensors")?;
+    if let Some(name) = floats.keys().next() {
+        bail!("{name}: changed by a pass but not a tensor of the checkpoint");
+    }
     write_tokenizer_files(ckpt, dir, opts.recipe.as_deref())?;
     for (name, contents) in extra {
         std::fs::write(dir.join(name), contents).with_context(|| format!("writing {name}"))?;

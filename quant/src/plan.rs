@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use anyhow::{anyhow, Context, Result};
 use lmq_runtime::weights::WeightSource;
 
+use crate::awq::AwqOptions;
 use crate::gptq::GptqOptions;
 use crate::pipeline::hessian::HessianOptions;
 use crate::recipe::{linear_module, Pass, Recipe};
@@ -63,9 +64,20 @@ impl LinearMethod {
     }
 }
 
+/// AWQ's share of the plan: the linears it may rescale and the scheme each one's searches
+/// fake-quantize it with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AwqPlan {
+    pub options: AwqOptions,
+    /// Weight name (`….weight`) → search scheme.
+    pub schemes: BTreeMap<String, QuantScheme>,
+}
+
 /// The quantization decided for a whole checkpoint.
 #[derive(Debug, Clone)]
 pub struct QuantPlan {
+    /// AWQ scaling and clipping applied before quantization, if the recipe has an `awq` pass.
+    pub awq: Option<AwqPlan>,
     /// Every quantized weight (`….weight` tensor name) and its method.
     pub linears: BTreeMap<String, LinearMethod>,
     /// compressed-tensors `config_groups`: one entry per pass, with its method and modules.
@@ -83,6 +95,7 @@ impl QuantPlan {
         let targets = recipe.resolve_targets(&names)?;
         let mut linears = BTreeMap::new();
         let mut groups = Vec::new();
+        let mut awq_passes = Vec::new();
         for t in &targets {
             let pass = &recipe.stages[t.stage].passes[t.pass];
             let at = |e: String| anyhow!("{}: {}: {e}", recipe.path.display(), t.key);
@@ -90,6 +103,10 @@ impl QuantPlan {
                 Pass::Rtn(args) => LinearMethod::Rtn(args.scheme().map_err(at)?),
                 Pass::Gptq(args) => {
                     LinearMethod::Gptq(args.options().map_err(at)?, args.hessian_options())
+                }
+                Pass::Awq(args) => {
+                    awq_passes.push((t, args));
+                    continue;
                 }
             };
             let mut modules = Vec::new();
@@ -112,7 +129,44 @@ impl QuantPlan {
         if tied && !ignore.iter().any(|m| m == "lm_head") {
             ignore.push("lm_head".into());
         }
+        let awq = match awq_passes.as_slice() {
+            [] => None,
+            [(t, args)] => {
+                let at = |e: String| anyhow!("{}: {}: {e}", recipe.path.display(), t.key);
+                let own = args.own_scheme().transpose().map_err(at)?;
+                let mut schemes = BTreeMap::new();
+                for name in &t.tensors {
+                    let scheme = match (own, linears.get(name)) {
+                        (Some(s), _) => s,
+                        (None, Some(m)) => m.scheme(),
+                        (None, None) => {
+                            return Err(at(format!(
+                                "{name} is not quantized by any pass, so AWQ has no scheme to \
+                                 search with: give the awq pass a `scheme`, or `ignore` it"
+                            )))
+                        }
+                    };
+                    let shape = weights.shape(name).context("target without shape")?;
+                    scheme
+                        .validate_for(name, shape[1])
+                        .map_err(|e| at(e.to_string()))?;
+                    schemes.insert(name.clone(), scheme);
+                }
+                Some(AwqPlan {
+                    options: args.options(),
+                    schemes,
+                })
+            }
+            [_, (t, _), ..] => {
+                return Err(anyhow!(
+                    "{}: {}: a recipe takes one awq pass (use its `targets`/`ignore`)",
+                    recipe.path.display(),
+                    t.key
+                ))
+            }
+        };
         Ok(Self {
+            awq,
             linears,
             groups,
             ignore,
@@ -121,7 +175,7 @@ impl QuantPlan {
 
     /// Whether any weight needs calibration activations.
     pub fn needs_calibration(&self) -> bool {
-        self.linears.values().any(LinearMethod::needs_hessian)
+        self.awq.is_some() || self.linears.values().any(LinearMethod::needs_hessian)
     }
 
     /// The method for `tensor`, if it is quantized.

@@ -115,11 +115,7 @@ fn run(args: Args) -> Result<()> {
         }
         PipelineEvent::Stage { layer, what } => bar.set_message(format!("layer {layer}: {what}")),
         PipelineEvent::LayerDone(r) => {
-            let (g, rt) = mean_errors(r.linears.iter());
-            let line = format!(
-                "layer {:>3}: {:6.1} s   output error GPTQ {:.3e}  RTN {:.3e}",
-                r.index, r.seconds, g, rt
-            );
+            let line = layer_line(r);
             // A hidden bar (stderr not a terminal: CI logs, `2> file`) swallows println.
             if bar.is_hidden() {
                 eprintln!("{line}");
@@ -143,6 +139,29 @@ fn run(args: Args) -> Result<()> {
         peak_rss_mib()
     );
     Ok(())
+}
+
+/// One line per finished layer: GPTQ's and RTN's output errors, AWQ's chosen exponents and
+/// block errors relative to plain rounding.
+fn layer_line(r: &lmq_quant::pipeline::LayerReport) -> String {
+    let mut line = format!("layer {:>3}: {:6.1} s", r.index, r.seconds);
+    let (g, rt) = mean_errors(r.linears.iter());
+    if g.is_finite() {
+        line += &format!("   output error GPTQ {g:.3e}  RTN {rt:.3e}");
+    }
+    if let Some(a) = &r.awq {
+        line += "   AWQ";
+        for m in &a.mappings {
+            let short = m.mapping.split('→').next_back().unwrap_or(m.mapping);
+            match m.ratio {
+                Some(ratio) => {
+                    line += &format!(" {short} r={ratio:.2} ×{:.2}", m.loss_awq / m.loss_rtn)
+                }
+                None => line += &format!(" {short} unscaled"),
+            }
+        }
+    }
+    line
 }
 
 /// Mean relative output errors (calibrated method, RTN) over linears that have them.
@@ -213,5 +232,56 @@ fn print_summary(model: &CalibratedModel) {
         );
     }
     let (g, r) = mean_errors(all.iter().copied());
-    println!("all linears: calibrated {g:.4e}, RTN {r:.4e}");
+    if g.is_finite() {
+        println!("all linears: calibrated {g:.4e}, RTN {r:.4e}");
+    }
+    print_awq_summary(model);
+}
+
+/// AWQ's effect per mapping (block output error at the chosen scales / with plain rounding,
+/// mean over layers) and clipping's per linear kind.
+fn print_awq_summary(model: &CalibratedModel) {
+    let awq: Vec<_> = model.layers.iter().filter_map(|l| l.awq.as_ref()).collect();
+    if awq.is_empty() {
+        return;
+    }
+    println!("AWQ block output error relative to plain rounding on the search tokens (mean over layers):");
+    let mut names: Vec<&str> = awq
+        .iter()
+        .flat_map(|a| a.mappings.iter().map(|m| m.mapping))
+        .collect();
+    names.dedup();
+    names.sort();
+    names.dedup();
+    for name in names {
+        let ms: Vec<_> = awq
+            .iter()
+            .flat_map(|a| &a.mappings)
+            .filter(|m| m.mapping == name)
+            .collect();
+        let ratio = ms.iter().map(|m| m.loss_awq / m.loss_rtn).sum::<f64>() / ms.len() as f64;
+        let scaled = ms.iter().filter(|m| m.ratio.is_some()).count();
+        println!(
+            "  {name:<36} ×{ratio:.3}   scaled in {scaled}/{} layers",
+            ms.len()
+        );
+    }
+    let clips: Vec<_> = awq.iter().flat_map(|a| &a.clips).collect();
+    if !clips.is_empty() {
+        let groups: usize = clips.iter().map(|c| c.clipped_groups).sum();
+        let ratio = clips
+            .iter()
+            .map(|c| c.loss_after / c.loss_before.max(f64::MIN_POSITIVE))
+            .sum::<f64>()
+            / clips.len() as f64;
+        println!(
+            "  clipping: {groups} groups shrunk, group output error ×{ratio:.3} (mean over {} linears)",
+            clips.len()
+        );
+    }
+    if let Some(skip) = awq.first().map(|a| &a.skipped) {
+        for s in skip {
+            println!("  skipped {s}");
+        }
+    }
 }

@@ -182,6 +182,30 @@ impl HostLayer {
         }
     }
 
+    /// The current value of the layer's tensor `name` (a full checkpoint name under
+    /// `prefix`, e.g. `model.layers.3.mlp.up_proj.weight`), for writing what a pass changed.
+    pub fn tensor(&self, prefix: &str, name: &str) -> Option<&[f32]> {
+        match name.strip_prefix(prefix)?.strip_prefix('.')? {
+            "input_layernorm.weight" => return Some(&self.input_norm),
+            "post_attention_layernorm.weight" => return Some(&self.post_norm),
+            _ => {}
+        }
+        [
+            &self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down,
+        ]
+        .into_iter()
+        .find_map(|l| {
+            let base = l.name.trim_end_matches(".weight");
+            if l.name == name {
+                Some(l.weight.as_slice())
+            } else if name.strip_prefix(base) == Some(".bias") {
+                l.bias.as_deref()
+            } else {
+                None
+            }
+        })
+    }
+
     /// Input of the q/k/v projections: RMSNorm of the residual stream `x` `[t, hidden]`.
     pub fn attn_norm(&self, g: &LayerGeometry, x: &[f32]) -> Vec<f32> {
         rms_norm(x, &self.input_norm, g.eps)

@@ -6,10 +6,11 @@
 //! Peak memory is the calibration activations (two `[tokens, hidden]` buffers) plus one
 //! layer's weights and Hessians; the model itself is read one layer at a time.
 
+pub mod awq_layer;
 pub mod hessian;
 pub mod layer;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -22,6 +23,7 @@ use crate::gptq;
 use crate::plan::{LinearMethod, QuantPlan};
 use crate::rtn;
 use crate::scheme::WeightMatrix;
+use awq_layer::{awq_layer, AwqLayerReport};
 use hessian::{relative_output_error, HessianAccumulator};
 use layer::{HostLayer, LayerGeometry, LinearGroup};
 
@@ -66,6 +68,9 @@ pub struct LayerReport {
     pub index: usize,
     pub seconds: f64,
     pub linears: Vec<LinearReport>,
+    /// What AWQ chose, when the recipe has an `awq` pass.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub awq: Option<AwqLayerReport>,
 }
 
 /// Progress of a pipeline run, for a progress bar.
@@ -79,10 +84,13 @@ pub enum PipelineEvent<'a> {
     LayerDone(&'a LayerReport),
 }
 
-/// The result: every quantized linear packed, and the reports.
+/// The result: every quantized linear packed, the float tensors a pass changed, and the
+/// reports.
 #[derive(Debug)]
 pub struct CalibratedModel {
     pub packed: HashMap<String, PackedLinear>,
+    /// Unquantized tensors whose values differ from the checkpoint's (AWQ's folded scales).
+    pub floats: HashMap<String, Vec<f32>>,
     pub layers: Vec<LayerReport>,
     pub calibration_tokens: usize,
     pub seconds: f64,
@@ -155,6 +163,7 @@ pub fn run(
     } else {
         plan.linears
             .keys()
+            .chain(plan.awq.iter().flat_map(|a| a.schemes.keys()))
             .filter_map(|n| layer_of(n))
             .max()
             .map_or(0, |m| m + 1)
@@ -165,12 +174,22 @@ pub fn run(
     });
 
     let mut packed = HashMap::new();
+    let mut floats = HashMap::new();
     let mut layers = Vec::with_capacity(c.num_layers);
     for li in 0..run_layers {
         let t0 = Instant::now();
         let mut layer = HostLayer::load(weights, c, li)?;
         let mut reports = Vec::new();
         let mut stage = |what: &str| progress(PipelineEvent::Stage { layer: li, what });
+        let prefix = format!("model.layers.{li}");
+        let (awq_report, awq_changed) = match &plan.awq {
+            Some(a) => {
+                stage("awq");
+                let (r, changed) = awq_layer(&mut layer, &geom, &x, a, &prefix)?;
+                (Some(r), changed.into_iter().collect::<BTreeSet<_>>())
+            }
+            None => (None, BTreeSet::new()),
+        };
 
         stage("q/k/v");
         quantize_group(
@@ -241,10 +260,19 @@ pub fn run(
             };
         }
         drop(acts);
+        for name in awq_changed {
+            if plan.method(&name).is_none() {
+                let v = layer
+                    .tensor(&prefix, &name)
+                    .with_context(|| format!("{name}: changed by AWQ but not in the layer"))?;
+                floats.insert(name, v.to_vec());
+            }
+        }
         let report = LayerReport {
             index: li,
             seconds: t0.elapsed().as_secs_f64(),
             linears: reports,
+            awq: awq_report,
         };
         progress(PipelineEvent::LayerDone(&report));
         layers.push(report);
@@ -284,10 +312,12 @@ pub fn run(
             index: c.num_layers,
             seconds: reports[0].seconds,
             linears: reports,
+            awq: None,
         });
     }
     Ok(CalibratedModel {
         packed,
+        floats,
         layers,
         calibration_tokens: tokens,
         seconds: started.elapsed().as_secs_f64(),

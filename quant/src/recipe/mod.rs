@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub use schema::{
-    Bits, CalibrationSource, CalibrationSpec, Dampening, FloatDtype, GptqArgs, GroupSize,
+    AwqArgs, Bits, CalibrationSource, CalibrationSpec, Dampening, FloatDtype, GptqArgs, GroupSize,
     OutputSpec, Pass, PassArgs, Positive, RtnArgs, SchemeName, Stage, TokenClip,
 };
 pub use targets::{linear_module, PassTargets, Pattern};
@@ -156,7 +156,7 @@ impl Recipe {
             let args = pass.args();
             let key = format!("stages[{i}].passes[{j}].{}", args.kind());
             let line = locate(&self.text, args.kind(), Find::Key, seen.next(args.kind()));
-            if let Some(Err(msg)) = args.weight_scheme() {
+            if let Some(Err(msg)) = args.written_scheme() {
                 return Err(self.error(line, key, msg));
             }
             if args.targets().is_empty() {

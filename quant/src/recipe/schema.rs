@@ -15,6 +15,9 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 use super::targets::Pattern;
+use crate::awq::{
+    AwqOptions, DEFAULT_CLIP_GRID, DEFAULT_GRID, DEFAULT_MAX_SHRINK, DEFAULT_SEARCH_TOKENS,
+};
 use crate::gptq::{GptqOptions, DEFAULT_BLOCK_SIZE, DEFAULT_DAMPENING};
 use crate::pipeline::hessian::{HessianOptions, DEFAULT_TOKEN_CLIP};
 use crate::scheme::{QuantScheme, SUPPORTED_BITS};
@@ -420,11 +423,13 @@ pub enum Pass {
     Rtn(RtnArgs),
     /// GPTQ: Hessian-aware rounding from calibration activations.
     Gptq(GptqArgs),
+    /// AWQ: activation-aware channel scaling and clipping ahead of the quantizing pass.
+    Awq(AwqArgs),
 }
 
 impl Pass {
     /// Every pass key, for "unknown pass" errors.
-    pub const KINDS: &'static [&'static str] = &["rtn", "gptq"];
+    pub const KINDS: &'static [&'static str] = &["rtn", "gptq", "awq"];
 
     /// The pass's arguments behind the common interface; with `visit_map` below, the only
     /// places that match on pass kinds.
@@ -432,6 +437,7 @@ impl Pass {
         match self {
             Self::Rtn(a) => a,
             Self::Gptq(a) => a,
+            Self::Awq(a) => a,
         }
     }
 
@@ -460,6 +466,7 @@ impl<'de> Deserialize<'de> for Pass {
                 let pass = match key.as_str() {
                     "rtn" => Pass::Rtn(map.next_value()?),
                     "gptq" => Pass::Gptq(map.next_value()?),
+                    "awq" => Pass::Awq(map.next_value()?),
                     other => {
                         return Err(de::Error::custom(format!(
                             "unknown pass `{other}`: known passes are {}",
@@ -493,6 +500,11 @@ pub trait PassArgs: fmt::Debug {
     /// The integer weight scheme the pass writes, if it quantizes weights itself
     /// (SmoothQuant, for one, only rescales).
     fn weight_scheme(&self) -> Option<Result<QuantScheme, String>>;
+    /// Any scheme written in the pass, checked when the recipe is parsed: the one it
+    /// quantizes with, or (AWQ) the one its searches assume.
+    fn written_scheme(&self) -> Option<Result<QuantScheme, String>> {
+        self.weight_scheme()
+    }
     /// Whether the pass needs calibration activations.
     fn needs_calibration(&self) -> bool;
 }
@@ -661,6 +673,134 @@ impl PassArgs for GptqArgs {
     }
     fn weight_scheme(&self) -> Option<Result<QuantScheme, String>> {
         Some(self.scheme())
+    }
+    fn needs_calibration(&self) -> bool {
+        true
+    }
+}
+
+/// `max_shrink`: a fraction in `(0, 1)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Shrink(pub f32);
+
+impl<'de> Deserialize<'de> for Shrink {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Shrink;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a fraction of the range between 0 and 1")
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                if v > 0.0 && v < 1.0 {
+                    Ok(Shrink(v as f32))
+                } else {
+                    Err(E::custom(format!(
+                        "max_shrink {v} is invalid: use a fraction of the range in (0, 1) \
+                         (default {DEFAULT_MAX_SHRINK})"
+                    )))
+                }
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                self.visit_f64(v as f64)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                self.visit_f64(v as f64)
+            }
+        }
+        d.deserialize_f64(V)
+    }
+}
+
+/// `awq:` arguments. The scale and clipping searches fake-quantize each linear with the
+/// scheme of the pass that quantizes it (`rtn` or `gptq` in the same recipe), as
+/// llm-compressor's AWQModifier does with its QuantizationModifier; a scheme given here is
+/// used instead, and is required for linears no pass quantizes (AWQ-smoothed float output).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AwqArgs {
+    #[serde(default)]
+    pub scheme: Option<SchemeName>,
+    #[serde(default)]
+    pub bits: Option<Bits>,
+    #[serde(default)]
+    pub group_size: Option<GroupSize>,
+    #[serde(default)]
+    pub symmetric: Option<bool>,
+    /// Exponents tried by the scale search (`r = i / grid`).
+    #[serde(default = "default_awq_grid")]
+    pub grid: Positive,
+    /// `s = x_mean^r / w_mean^(1−r)` (true) or `s = x_mean^r`.
+    #[serde(default = "default_true")]
+    pub duo_scaling: bool,
+    /// Search a clipping range per (row, group) after scaling (never on q/k).
+    #[serde(default = "default_true")]
+    pub clip: bool,
+    #[serde(default = "default_clip_grid")]
+    pub clip_grid: Positive,
+    #[serde(default = "default_max_shrink")]
+    pub max_shrink: Shrink,
+    /// Calibration tokens the searches compare block outputs on (means use every token).
+    #[serde(default = "default_search_tokens")]
+    pub search_tokens: Positive,
+    #[serde(default = "default_targets")]
+    pub targets: Vec<Pattern>,
+    #[serde(default)]
+    pub ignore: Vec<Pattern>,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_awq_grid() -> Positive {
+    Positive(DEFAULT_GRID)
+}
+fn default_clip_grid() -> Positive {
+    Positive(DEFAULT_CLIP_GRID)
+}
+fn default_max_shrink() -> Shrink {
+    Shrink(DEFAULT_MAX_SHRINK)
+}
+fn default_search_tokens() -> Positive {
+    Positive(DEFAULT_SEARCH_TOKENS)
+}
+
+impl AwqArgs {
+    /// The search scheme given in the pass itself, if any.
+    pub fn own_scheme(&self) -> Option<Result<QuantScheme, String>> {
+        (self.scheme.is_some() || self.bits.is_some())
+            .then(|| resolve_scheme(&self.scheme, self.bits, self.group_size, self.symmetric))
+    }
+
+    /// The options `awq` takes.
+    pub fn options(&self) -> AwqOptions {
+        AwqOptions {
+            grid: self.grid.0,
+            duo_scaling: self.duo_scaling,
+            clip: self.clip,
+            clip_grid: self.clip_grid.0,
+            max_shrink: self.max_shrink.0,
+            search_tokens: self.search_tokens.0,
+        }
+    }
+}
+
+impl PassArgs for AwqArgs {
+    fn kind(&self) -> &'static str {
+        "awq"
+    }
+    fn targets(&self) -> &[Pattern] {
+        &self.targets
+    }
+    fn ignore(&self) -> &[Pattern] {
+        &self.ignore
+    }
+    fn weight_scheme(&self) -> Option<Result<QuantScheme, String>> {
+        // Rescales only; the weights are quantized by another pass.
+        None
+    }
+    fn written_scheme(&self) -> Option<Result<QuantScheme, String>> {
+        self.own_scheme()
     }
     fn needs_calibration(&self) -> bool {
         true

@@ -103,6 +103,30 @@ fn shipped_recipes_mean_what_their_names_say() {
     assert_eq!(scheme("gptq-w2g64.yaml"), s(2, Some(64), true));
     assert_eq!(scheme("gptq-w4g64.yaml"), s(4, Some(64), true));
 
+    // AWQ recipes: the awq pass first, its quantizing pass second.
+    for (f, want) in [
+        ("awq-w4.yaml", s(4, Some(64), false)),
+        ("awq-w4g128.yaml", s(4, Some(128), false)),
+        ("awq-w3.yaml", s(3, Some(64), false)),
+        ("awq-gptq-w4.yaml", s(4, Some(64), false)),
+    ] {
+        let r = Recipe::from_file(&dir.join(f)).unwrap();
+        let passes = &r.stages[0].passes;
+        let Pass::Awq(a) = &passes[0] else {
+            panic!("{f}: first pass is not awq")
+        };
+        assert_eq!(a.options(), crate::awq::AwqOptions::default(), "{f}");
+        assert_eq!(
+            passes[1].args().weight_scheme().unwrap().unwrap(),
+            want,
+            "{f}"
+        );
+        assert_eq!(
+            passes[1].kind(),
+            if f.contains("gptq") { "gptq" } else { "rtn" }
+        );
+    }
+
     let r = Recipe::from_file(&dir.join("gptq-w4g64-llmcompressor.yaml")).unwrap();
     let Pass::Gptq(g) = &r.stages[0].passes[0] else {
         panic!("not gptq")
@@ -142,14 +166,14 @@ fn unknown_key_names_file_line_and_key() {
     let msg = err("calibration: {source: hellaswag, samples: 4}\n");
     assert_msg(&msg, &["line 1", "calibration", "samples"]);
 
-    let msg = err("stages:\n  - passes:\n      - awq: {bits: 4}\n");
+    let msg = err("stages:\n  - passes:\n      - awx: {bits: 4}\n");
     assert_msg(
         &msg,
         &[
             "line 3",
             "stages[0].passes[0]",
-            "unknown pass `awq`",
-            "rtn, gptq",
+            "unknown pass `awx`",
+            "rtn, gptq, awq",
         ],
     );
 }
@@ -215,6 +239,17 @@ fn other_bad_values_are_located() {
         &msg,
         &["line 7", "gptq.token_clip", "null to turn clipping off"],
     );
+    let awq = GPTQ
+        .replace("gptq:", "awq:")
+        .replace("bits: 4", "max_shrink: 1.5");
+    let msg = err(&awq);
+    assert_msg(&msg, &["line 7", "awq.max_shrink", "(0, 1)"]);
+    let msg = err(&GPTQ.replace("gptq:", "awq:").replace("bits: 4", "grid: 0"));
+    assert_msg(&msg, &["line 7", "awq.grid", "positive"]);
+    let msg = err(&GPTQ
+        .replace("gptq:", "awq:")
+        .replace("bits: 4", "dampening: 0.1"));
+    assert_msg(&msg, &["line 7", "unknown field `dampening`"]);
     let msg = err(&GPTQ.replace("hellaswag", "wiki.jsonl"));
     assert_msg(&msg, &["line 1", "calibration.source", "wiki.jsonl:text"]);
     let msg = err(&GPTQ.replace("hellaswag", "../shared/data/wikitext-2-raw/wiki.test.raw"));
