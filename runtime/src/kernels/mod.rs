@@ -5,6 +5,7 @@
 
 pub mod attention;
 pub mod dense_f32;
+pub mod int8;
 pub mod packed_q;
 mod simd;
 

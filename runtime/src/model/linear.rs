@@ -9,9 +9,10 @@ use std::sync::Arc;
 use burn::backend::Flex;
 use burn::prelude::*;
 
+use crate::kernels::int8::matmul_i8_nt;
 use crate::kernels::matmul_f32_nt;
 use crate::kernels::packed_q::matmul_packed_nt;
-use crate::packed::PackedLinear;
+use crate::packed::{Int8Linear, PackedLinear};
 
 /// A weight matrix as loaded: rows of `in_features` f32 values, one per output feature.
 #[derive(Debug, Clone)]
@@ -33,13 +34,15 @@ impl DenseWeight {
     }
 }
 
-/// A weight as the runtime holds it on the host: f32 rows, or a packed quantized matrix
+/// A weight as the runtime holds it on the host: f32 rows, a packed quantized matrix
 /// (compressed-tensors `pack-quantized`) that stays packed in memory and is dequantized
-/// inside the matmul kernel.
+/// inside the matmul kernel, or an int8 matrix (`int-quantized` W8A8) whose inputs are
+/// quantized per token and multiplied in integers.
 #[derive(Debug, Clone)]
 pub enum HostWeight {
     Dense(DenseWeight),
     Packed(Arc<PackedLinear>),
+    Int8(Arc<Int8Linear>),
 }
 
 impl HostWeight {
@@ -48,6 +51,7 @@ impl HostWeight {
         match self {
             HostWeight::Dense(w) => (w.out_features, w.in_features),
             HostWeight::Packed(p) => (p.rows, p.cols),
+            HostWeight::Int8(w) => (w.rows, w.cols),
         }
     }
 }
@@ -85,6 +89,7 @@ impl LinearBackend for Flex {
         let y = match w {
             HostWeight::Dense(d) => matmul_f32_nt(&xs, &d.data, m, k, n),
             HostWeight::Packed(p) => matmul_packed_nt(&xs, p, m),
+            HostWeight::Int8(w) => matmul_i8_nt(&xs, w, m),
         };
         Tensor::from_data(TensorData::new(y, [m, n]), &device)
     }
@@ -98,6 +103,7 @@ impl LinearBackend for Flex {
             match w {
                 HostWeight::Dense(w) => dst.copy_from_slice(&w.data[id * d..(id + 1) * d]),
                 HostWeight::Packed(p) => p.dequantize_rows_into(id, dst),
+                HostWeight::Int8(w) => w.dequantize_rows_into(id, dst),
             }
         }
         Tensor::from_data(TensorData::new(out, [ids.len(), d]), device)

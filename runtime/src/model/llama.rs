@@ -97,7 +97,20 @@ impl<B: LinearBackend> Loader<'_, B> {
                 }
                 B::upload(HostWeight::Packed(std::sync::Arc::new(p)), self.device)
             }
-            None => self.weight(&format!("{prefix}.weight"), out, inp)?,
+            None => match self.src.load_int8(prefix)? {
+                Some(w) => {
+                    if (w.rows, w.cols) != (out, inp) {
+                        return Err(WeightError::Shape {
+                            path: self.origin.to_owned(),
+                            name: format!("{prefix}.weight"),
+                            actual: vec![w.rows, w.cols],
+                            expected: vec![out, inp],
+                        });
+                    }
+                    B::upload(HostWeight::Int8(std::sync::Arc::new(w)), self.device)
+                }
+                None => self.weight(&format!("{prefix}.weight"), out, inp)?,
+            },
         };
         Ok(Linear {
             weight,

@@ -3,6 +3,8 @@
 //! exactly what is executed. Each layout has pack, unpack and a scalar dequantize reference
 //! that the fast kernels in [`crate::kernels`] are tested against.
 
+pub mod int_quantized;
 pub mod pack_quantized;
 
+pub use int_quantized::Int8Linear;
 pub use pack_quantized::{PackError, PackedLinear};

@@ -48,10 +48,18 @@ impl<S: WeightSource> WeightSource for DequantizedSource<S> {
     }
 
     fn load_f32(&self, name: &str) -> Result<Vec<f32>, WeightError> {
-        match self.packed_of(name)? {
-            Some(p) => Ok(p.dequantize_ref()),
-            None => self.inner.load_f32(name),
+        if let Some(p) = self.packed_of(name)? {
+            return Ok(p.dequantize_ref());
         }
+        if let Some(w) = name
+            .strip_suffix(".weight")
+            .map(|prefix| self.inner.load_int8(prefix))
+            .transpose()?
+            .flatten()
+        {
+            return Ok(w.dequantize_ref());
+        }
+        self.inner.load_f32(name)
     }
 }
 
@@ -67,5 +75,8 @@ impl WeightSource for Box<dyn WeightSource> {
     }
     fn load_packed(&self, prefix: &str) -> Result<Option<PackedLinear>, WeightError> {
         (**self).load_packed(prefix)
+    }
+    fn load_int8(&self, prefix: &str) -> Result<Option<crate::packed::Int8Linear>, WeightError> {
+        (**self).load_int8(prefix)
     }
 }

@@ -31,6 +31,11 @@ pub trait WeightSource: Send + Sync {
     ) -> Result<Option<crate::packed::PackedLinear>, WeightError> {
         Ok(None)
     }
+    /// The int8 (`int-quantized`, W8A8) form of linear `prefix`, if the checkpoint stores
+    /// its `{prefix}.weight` as int8 codes with a per-channel `weight_scale`.
+    fn load_int8(&self, _prefix: &str) -> Result<Option<crate::packed::Int8Linear>, WeightError> {
+        Ok(None)
+    }
 }
 
 /// Why a weight could not be read; every variant names the file and the tensor or field.

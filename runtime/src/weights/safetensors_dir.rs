@@ -10,7 +10,7 @@ use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
 use super::{WeightError, WeightSource};
-use crate::packed::PackedLinear;
+use crate::packed::{Int8Linear, PackedLinear};
 
 struct Shard {
     path: PathBuf,
@@ -201,6 +201,30 @@ impl WeightSource for SafetensorsDir {
             name: name.to_owned(),
             dtype: format!("{dtype:?}"),
         })
+    }
+
+    fn load_int8(&self, prefix: &str) -> Result<Option<Int8Linear>, WeightError> {
+        let name = format!("{prefix}.weight");
+        let Some((Dtype::I8, shape, bytes)) = self.raw(&name) else {
+            return Ok(None);
+        };
+        let path = self.shards[self.index[&name].shard].path.clone();
+        let bad = |reason: String| WeightError::Other {
+            path: path.clone(),
+            reason: format!("{name}: {reason}"),
+        };
+        let [rows, cols] = shape[..] else {
+            return Err(bad(format!("int8 weight of shape {shape:?} is not 2-D")));
+        };
+        let scale_name = format!("{prefix}.weight_scale");
+        if !self.index.contains_key(&scale_name) {
+            return Err(bad(format!("int8 weight without `{scale_name}`")));
+        }
+        let scale = self.load_f32(&scale_name)?;
+        let codes = bytes.iter().map(|&b| b as i8).collect();
+        Int8Linear::new(rows, cols, codes, scale)
+            .map(Some)
+            .map_err(|e| bad(e.to_string()))
     }
 
     fn load_packed(&self, prefix: &str) -> Result<Option<PackedLinear>, WeightError> {

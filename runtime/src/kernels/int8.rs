@@ -1,0 +1,379 @@
+//! W8A8: `y = x · Wᵀ` for an int8 weight ([`Int8Linear`], per-output-channel scales) with
+//! the activations quantized at run time to int8, one scale per token, and the products
+//! summed in i32 — real integer arithmetic, not dequantized floats.
+//!
+//! Activation quantization is vLLM's dynamic per-token scheme (`scaled_int8_quant`):
+//! `scale = absmax / 127`, `q = round_half_even(x / scale)`, codes in `[−127, 127]`. The
+//! weights use compressed-tensors' full `[−128, 127]`.
+//!
+//! The fast path (AVX2) widens 16 int8 values to int16 and multiplies pairs with
+//! `vpmaddwd` (16 products summed into 8 int32 lanes per instruction), over tiles of
+//! 2 tokens × 4 output rows so each loaded vector feeds several products; output rows are
+//! split across threads. Every product and partial sum is an exact integer (|q_x·q_w| ≤
+//! 127·128, and `cols` < 2³¹ / 16256 is asserted), so the fast path equals the scalar
+//! reference bit for bit: the i32 sums are identical, and the float epilogue
+//! `acc · (s_x · s_w)` is computed the same way in both.
+
+use rayon::prelude::*;
+
+use crate::packed::Int8Linear;
+
+/// Largest activation code (vLLM's symmetric per-token range).
+pub const ACT_QMAX: f32 = 127.0;
+
+/// Widest input for which an i32 accumulator cannot overflow: 127 · 128 per product.
+const MAX_COLS: usize = (i32::MAX / (127 * 128)) as usize;
+
+/// Output rows per rayon task.
+const ROWS_PER_TASK: usize = 16;
+
+/// Activations quantized per token: codes `[m, k]` and one scale per row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantizedActs {
+    pub codes: Vec<i8>,
+    pub scale: Vec<f32>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// Per-token symmetric int8 quantization of `x` `[m, k]` (an all-zero row gets scale 1 and
+/// zero codes).
+pub fn quantize_per_token(x: &[f32], m: usize, k: usize) -> QuantizedActs {
+    assert_eq!(x.len(), m * k, "activation shape");
+    let mut codes = vec![0i8; m * k];
+    let mut scale = vec![0.0f32; m];
+    codes
+        .par_chunks_mut(k.max(1))
+        .zip(scale.par_iter_mut())
+        .zip(x.par_chunks(k.max(1)))
+        .for_each(|((q, s), row)| {
+            let amax = row.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+            *s = if amax > 0.0 { amax / ACT_QMAX } else { 1.0 };
+            let inv = 1.0 / *s;
+            for (c, v) in q.iter_mut().zip(row) {
+                *c = round_half_even((v * inv).clamp(-ACT_QMAX, ACT_QMAX)) as i8;
+            }
+        });
+    QuantizedActs {
+        codes,
+        scale,
+        rows: m,
+        cols: k,
+    }
+}
+
+/// Round half to even for |v| < 2²²: adding and removing 1.5·2²³ leaves the integer the FPU
+/// rounds to (round-to-nearest-even, the default mode). The same as `f32::round_ties_even`,
+/// which is a library call without SSE4.1 at compile time; this one vectorizes.
+#[inline]
+fn round_half_even(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (v + MAGIC) - MAGIC
+}
+
+/// The float result of one integer dot product: `acc · (s_x · s_w)`, shared by the reference
+/// and the fast path so both round identically.
+#[inline]
+fn epilogue(acc: i32, sx: f32, sw: f32) -> f32 {
+    acc as f32 * (sx * sw)
+}
+
+/// Plain definition: i32 sums of code products, then [`epilogue`]. Returns `[m, rows]`.
+pub fn matmul_i8_ref(x: &QuantizedActs, w: &Int8Linear) -> Vec<f32> {
+    assert_eq!(x.cols, w.cols, "activation width");
+    let (m, n, k) = (x.rows, w.rows, w.cols);
+    let mut y = vec![0.0f32; m * n];
+    for t in 0..m {
+        for o in 0..n {
+            let mut acc = 0i32;
+            for c in 0..k {
+                acc += i32::from(x.codes[t * k + c]) * i32::from(w.codes[o * k + c]);
+            }
+            y[t * n + o] = epilogue(acc, x.scale[t], w.scale[o]);
+        }
+    }
+    y
+}
+
+/// The integer sums `acc[t][o]` for output rows `o0..o0+rows` (into `out`, `[m, rows]`).
+fn int_sums_portable(x: &QuantizedActs, w: &Int8Linear, o0: usize, rows: usize, out: &mut [i32]) {
+    let k = w.cols;
+    for t in 0..x.rows {
+        let xr = &x.codes[t * k..(t + 1) * k];
+        for r in 0..rows {
+            let wr = &w.codes[(o0 + r) * k..(o0 + r + 1) * k];
+            out[t * rows + r] = xr
+                .iter()
+                .zip(wr)
+                .map(|(a, b)| i32::from(*a) * i32::from(*b))
+                .sum();
+        }
+    }
+}
+
+/// `x · Wᵀ` with `x` `[m, w.cols]` f32: quantizes `x` per token, multiplies in integers,
+/// rescales. Returns `[m, w.rows]`.
+pub fn matmul_i8_nt(x: &[f32], w: &Int8Linear, m: usize) -> Vec<f32> {
+    let xq = quantize_per_token(x, m, w.cols);
+    matmul_i8(&xq, w)
+}
+
+/// The fast integer matmul on already quantized activations (equal to [`matmul_i8_ref`]).
+pub fn matmul_i8(x: &QuantizedActs, w: &Int8Linear) -> Vec<f32> {
+    assert_eq!(x.cols, w.cols, "activation width");
+    assert!(
+        w.cols <= MAX_COLS,
+        "{} inputs could overflow i32 sums",
+        w.cols
+    );
+    let (m, n) = (x.rows, w.rows);
+    let avx2 = has_avx2();
+    // Bands of output rows; each band writes its [m, band] block of sums, placed after.
+    let bands: Vec<(usize, Vec<i32>)> = (0..n)
+        .step_by(ROWS_PER_TASK)
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(|o0| {
+            let rows = ROWS_PER_TASK.min(n - o0);
+            let mut sums = vec![0i32; m * rows];
+            #[cfg(target_arch = "x86_64")]
+            if avx2 {
+                // SAFETY: AVX2 presence checked at run time.
+                unsafe { avx2_kernel::int_sums(x, w, o0, rows, &mut sums) };
+                return (o0, sums);
+            }
+            let _ = avx2;
+            int_sums_portable(x, w, o0, rows, &mut sums);
+            (o0, sums)
+        })
+        .collect();
+    let mut y = vec![0.0f32; m * n];
+    for (o0, sums) in bands {
+        let rows = sums.len() / m.max(1);
+        for t in 0..m {
+            for r in 0..rows {
+                y[t * n + o0 + r] = epilogue(sums[t * rows + r], x.scale[t], w.scale[o0 + r]);
+            }
+        }
+    }
+    y
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| is_x86_feature_detected!("avx2"))
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn has_avx2() -> bool {
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2_kernel {
+    use std::arch::x86_64::*;
+
+    use super::QuantizedActs;
+    use crate::packed::Int8Linear;
+
+    /// Horizontal sum of 8 i32 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn hsum(v: __m256i) -> i32 {
+        let lo = _mm256_castsi256_si128(v);
+        let hi = _mm256_extracti128_si256(v, 1);
+        let s = _mm_add_epi32(lo, hi);
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        _mm_cvtsi128_si32(s)
+    }
+
+    /// 16 int8 values at `p` widened to 16 int16 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn widen(p: *const i8) -> __m256i {
+        unsafe { _mm256_cvtepi8_epi16(_mm_loadu_si128(p as *const __m128i)) }
+    }
+
+    /// Integer sums for output rows `o0..o0+rows` and every token, into `out` `[m, rows]`.
+    /// Full tiles of 2 tokens × 4 rows keep their 8 accumulators in registers (fixed-size,
+    /// no indexing); leftover tokens and rows take a 1 × 1 vector loop, and the last
+    /// `cols % 16` inputs a scalar one.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn int_sums(
+        x: &QuantizedActs,
+        w: &Int8Linear,
+        o0: usize,
+        rows: usize,
+        out: &mut [i32],
+    ) {
+        let k = w.cols;
+        let kv = k - k % 16;
+        let m = x.rows;
+        let xr = |t: usize| &x.codes[t * k..(t + 1) * k];
+        let wr = |r: usize| &w.codes[(o0 + r) * k..(o0 + r + 1) * k];
+        let tail = |a: &[i8], b: &[i8]| -> i32 {
+            a[kv..]
+                .iter()
+                .zip(&b[kv..])
+                .map(|(p, q)| i32::from(*p) * i32::from(*q))
+                .sum()
+        };
+        let (mt, rt) = (m - m % 2, rows - rows % 4);
+        for t in (0..mt).step_by(2) {
+            let (x0, x1) = (xr(t).as_ptr(), xr(t + 1).as_ptr());
+            for r in (0..rt).step_by(4) {
+                let w0 = wr(r).as_ptr();
+                let w1 = wr(r + 1).as_ptr();
+                let w2 = wr(r + 2).as_ptr();
+                let w3 = wr(r + 3).as_ptr();
+                let z = _mm256_setzero_si256();
+                let (mut a00, mut a01, mut a02, mut a03) = (z, z, z, z);
+                let (mut a10, mut a11, mut a12, mut a13) = (z, z, z, z);
+                let mut c = 0;
+                while c < kv {
+                    // SAFETY: c + 16 ≤ kv ≤ k, inside every row.
+                    unsafe {
+                        let p = widen(x0.add(c));
+                        let q = widen(x1.add(c));
+                        let v = widen(w0.add(c));
+                        a00 = _mm256_add_epi32(a00, _mm256_madd_epi16(p, v));
+                        a10 = _mm256_add_epi32(a10, _mm256_madd_epi16(q, v));
+                        let v = widen(w1.add(c));
+                        a01 = _mm256_add_epi32(a01, _mm256_madd_epi16(p, v));
+                        a11 = _mm256_add_epi32(a11, _mm256_madd_epi16(q, v));
+                        let v = widen(w2.add(c));
+                        a02 = _mm256_add_epi32(a02, _mm256_madd_epi16(p, v));
+                        a12 = _mm256_add_epi32(a12, _mm256_madd_epi16(q, v));
+                        let v = widen(w3.add(c));
+                        a03 = _mm256_add_epi32(a03, _mm256_madd_epi16(p, v));
+                        a13 = _mm256_add_epi32(a13, _mm256_madd_epi16(q, v));
+                    }
+                    c += 16;
+                }
+                for (j, (a0, a1)) in [(a00, a10), (a01, a11), (a02, a12), (a03, a13)]
+                    .into_iter()
+                    .enumerate()
+                {
+                    out[t * rows + r + j] = hsum(a0) + tail(xr(t), wr(r + j));
+                    out[(t + 1) * rows + r + j] = hsum(a1) + tail(xr(t + 1), wr(r + j));
+                }
+            }
+        }
+        // Leftovers: the last token (odd m) against every row, the last rows (rows % 4)
+        // against every token.
+        let single = |t: usize, r: usize| -> i32 {
+            let (a, b) = (xr(t), wr(r));
+            let mut acc = _mm256_setzero_si256();
+            let mut c = 0;
+            while c < kv {
+                // SAFETY: as above.
+                unsafe {
+                    let p = widen(a.as_ptr().add(c));
+                    let v = widen(b.as_ptr().add(c));
+                    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, v));
+                }
+                c += 16;
+            }
+            hsum(acc) + tail(a, b)
+        };
+        for t in 0..m {
+            let r_from = if t < mt { rt } else { 0 };
+            for r in r_from..rows {
+                out[t * rows + r] = single(t, r);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: u64) -> impl FnMut() -> u64 {
+        let mut s = seed;
+        move || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            s >> 33
+        }
+    }
+
+    fn weight(rows: usize, cols: usize, seed: u64) -> Int8Linear {
+        let mut r = lcg(seed);
+        let codes = (0..rows * cols).map(|_| (r() % 256) as i64 as i8).collect();
+        let scale = (0..rows).map(|i| 0.01 + i as f32 * 1e-3).collect();
+        Int8Linear::new(rows, cols, codes, scale).unwrap()
+    }
+
+    fn acts(m: usize, k: usize, seed: u64) -> Vec<f32> {
+        let mut r = lcg(seed);
+        (0..m * k)
+            .map(|_| (r() % 20001) as f32 / 1000.0 - 10.0)
+            .collect()
+    }
+
+    #[test]
+    fn per_token_codes_use_absmax_over_127_and_round_half_even() {
+        let q = quantize_per_token(&[1.0, -2.54, 0.01, 0.0, 0.0, 0.0], 2, 3);
+        assert_eq!(q.scale[0], 2.54 / 127.0);
+        assert_eq!(&q.codes[..3], &[50, -127, 0]);
+        assert_eq!(q.scale[1], 1.0);
+        assert_eq!(&q.codes[3..], &[0, 0, 0]);
+        let q = quantize_per_token(&[0.5, 127.0], 1, 2);
+        assert_eq!(q.codes, vec![0, 127], "0.5 rounds to the even 0");
+        for v in [-2.5f32, -1.5, -0.5, 0.5, 1.5, 2.5, 3.49, -126.5, 126.5] {
+            assert_eq!(round_half_even(v), v.round_ties_even(), "{v}");
+        }
+    }
+
+    #[test]
+    fn fast_path_equals_the_reference_exactly_on_every_tile_shape() {
+        // Extreme codes (−128 weights against ±127 activations) included by the generator;
+        // odd sizes exercise token, row and column tails.
+        for (m, n, k) in [(1, 5, 7), (2, 4, 16), (3, 9, 40), (7, 33, 96), (8, 16, 576)] {
+            let w = weight(n, k, (m * n + k) as u64);
+            let xq = quantize_per_token(&acts(m, k, k as u64), m, k);
+            assert_eq!(matmul_i8(&xq, &w), matmul_i8_ref(&xq, &w), "{m}x{n}x{k}");
+        }
+        // All-extreme values: the largest sums the kernel must hold.
+        let k = 160;
+        let w = Int8Linear::new(3, k, vec![-128; 3 * k], vec![1.0; 3]).unwrap();
+        let xq = QuantizedActs {
+            codes: vec![-127; 2 * k],
+            scale: vec![1.0; 2],
+            rows: 2,
+            cols: k,
+        };
+        let y = matmul_i8(&xq, &w);
+        assert_eq!(y, vec![(127 * 128 * k) as f32; 6]);
+        assert_eq!(y, matmul_i8_ref(&xq, &w));
+    }
+
+    #[test]
+    fn int8_matmul_approximates_the_float_product() {
+        let (m, n, k) = (4, 8, 256);
+        let w = weight(n, k, 3);
+        let x = acts(m, k, 4);
+        let y = matmul_i8_nt(&x, &w, m);
+        let wd = w.dequantize_ref();
+        for t in 0..m {
+            for o in 0..n {
+                let exact: f64 = (0..k)
+                    .map(|c| x[t * k + c] as f64 * wd[o * k + c] as f64)
+                    .sum();
+                let norm: f64 = (0..k)
+                    .map(|c| (x[t * k + c] * wd[o * k + c]).abs() as f64)
+                    .sum();
+                // Activation rounding: at most half a step (absmax/254) per element.
+                assert!(
+                    (y[t * n + o] as f64 - exact).abs() <= norm / 127.0,
+                    "{t},{o}: {} vs {exact}",
+                    y[t * n + o]
+                );
+            }
+        }
+    }
+}
