@@ -100,7 +100,10 @@ impl ChannelAbsMean {
 /// is drawn. `weights` are `[rows_i, cols]` matrices sharing `cols`; `group` is the group
 /// size (`cols` for per-channel schemes).
 pub fn weight_channel_mean(weights: &[&[f32]], cols: usize, group: usize) -> Vec<f32> {
-    assert!(group > 0 && cols.is_multiple_of(group), "group must divide cols");
+    assert!(
+        group > 0 && cols.is_multiple_of(group),
+        "group must divide cols"
+    );
     let mut sum = vec![0.0f64; cols];
     let mut rows = 0usize;
     for w in weights {

@@ -13,4 +13,5 @@ pub mod recipe;
 pub mod rtn;
 pub mod safetensors_writer;
 pub mod scheme;
+pub mod smoothquant;
 pub mod staging;

@@ -32,11 +32,29 @@ fn le_i32(v: &[i32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-/// The compressed-tensors `quantization_config` for the plan.
+/// The compressed-tensors `quantization_config` for the plan: `pack-quantized` groups for
+/// weight-only schemes, `int-quantized` ones (with dynamic per-token int8
+/// `input_activations`) for W8A8, and `mixed-precision` at the top when both occur.
 fn quantization_config(plan: &QuantPlan) -> serde_json::Value {
     let mut config_groups = serde_json::Map::new();
+    let mut formats = std::collections::BTreeSet::new();
     for (i, (m, modules)) in plan.groups.iter().enumerate() {
         let s = m.scheme();
+        let w8a8 = modules
+            .iter()
+            .any(|n| plan.int8_activations.contains(&format!("{n}.weight")));
+        let format = if w8a8 {
+            "int-quantized"
+        } else {
+            "pack-quantized"
+        };
+        formats.insert(format);
+        let input_activations = w8a8.then(|| {
+            json!({
+                "num_bits": 8, "type": "int", "symmetric": true, "strategy": "token",
+                "dynamic": true, "group_size": null, "observer": null, "actorder": null,
+            })
+        });
         config_groups.insert(
             format!("group_{i}"),
             json!({
@@ -47,15 +65,19 @@ fn quantization_config(plan: &QuantPlan) -> serde_json::Value {
                     "group_size": s.group_size, "dynamic": false, "actorder": m.actorder(),
                     "observer": "minmax",
                 },
-                "input_activations": null,
+                "input_activations": input_activations,
                 "output_activations": null,
-                "format": "pack-quantized",
+                "format": format,
             }),
         );
     }
+    let format = match formats.len() {
+        1 => formats.into_iter().next().unwrap_or("pack-quantized"),
+        _ => "mixed-precision",
+    };
     json!({
         "quant_method": "compressed-tensors",
-        "format": "pack-quantized",
+        "format": format,
         "quantization_status": "compressed",
         "config_groups": config_groups,
         "ignore": plan.ignore,
@@ -137,6 +159,20 @@ pub fn write_packed_checkpoint(
         let s = m.scheme();
         let prefix = name.trim_end_matches(".weight");
         let (rows, cols) = (shape[0], shape[1]);
+        if plan.int8_activations.contains(name) {
+            // int-quantized: unpacked int8 codes under the weight's own name.
+            specs.push(TensorSpec {
+                name: name.clone(),
+                dtype: StDtype::I8,
+                shape: vec![rows, cols],
+            });
+            specs.push(TensorSpec {
+                name: format!("{prefix}.weight_scale"),
+                dtype: StDtype::F32,
+                shape: vec![rows, 1],
+            });
+            continue;
+        }
         let pf = 32 / s.bits as usize;
         let n_groups = cols / s.group_size.unwrap_or(cols);
         let mut push = |suffix: &str, dtype, shape| {
@@ -186,7 +222,8 @@ pub fn write_packed_checkpoint(
         };
         let weight_name = format!("{prefix}.weight");
         let method = plan.method(&weight_name);
-        let Some(method) = method.filter(|_| suffix != "weight") else {
+        let int8 = plan.int8_activations.contains(&weight_name);
+        let Some(method) = method.filter(|_| suffix != "weight" || int8) else {
             progress(&spec.name);
             let values = match floats.remove(&spec.name) {
                 Some(v) => v,
@@ -211,6 +248,18 @@ pub fn write_packed_checkpoint(
             current = Some((prefix.to_owned(), packed));
         }
         let (_, p) = current.as_ref().expect("set above");
+        if int8 {
+            return Ok(match suffix {
+                "weight" => p
+                    .unpack_codes()
+                    .with_context(|| format!("unpacking {weight_name}"))?
+                    .into_iter()
+                    .map(|c| c as u8)
+                    .collect(),
+                "weight_scale" => encode_f32(&p.scale, StDtype::F32),
+                other => bail!("unexpected tensor suffix {other} of an int8 weight"),
+            });
+        }
         Ok(match suffix {
             "weight_packed" => le_i32(&p.packed),
             "weight_scale" => encode_f32(&p.scale, StDtype::F32),

@@ -2,7 +2,7 @@
 //! writer, the calibrated pipeline and the summary all read this instead of re-walking the
 //! recipe's stages and patterns.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{anyhow, Context, Result};
 use lmq_runtime::weights::WeightSource;
@@ -73,17 +73,33 @@ pub struct AwqPlan {
     pub schemes: BTreeMap<String, QuantScheme>,
 }
 
+/// SmoothQuant's share of the plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SmoothPlan {
+    /// `α` for input_layernorm → q/k/v.
+    pub alpha_attention: f32,
+    /// `α` for post_attention_layernorm → gate/up.
+    pub alpha_mlp: f32,
+    /// The linears it may rescale (a mapping is smoothed only if all its linears are here).
+    pub targets: BTreeSet<String>,
+}
+
 /// The quantization decided for a whole checkpoint.
 #[derive(Debug, Clone)]
 pub struct QuantPlan {
     /// AWQ scaling and clipping applied before quantization, if the recipe has an `awq` pass.
     pub awq: Option<AwqPlan>,
+    /// SmoothQuant scaling applied before AWQ and quantization, if the recipe has one.
+    pub smoothquant: Option<SmoothPlan>,
     /// Every quantized weight (`….weight` tensor name) and its method.
     pub linears: BTreeMap<String, LinearMethod>,
     /// compressed-tensors `config_groups`: one entry per pass, with its method and modules.
     pub groups: Vec<(LinearMethod, Vec<String>)>,
     /// Linear modules left in floating point (compressed-tensors `ignore`).
     pub ignore: Vec<String>,
+    /// Quantized weights whose inputs are quantized to int8 per token at run time (W8A8),
+    /// written in compressed-tensors' `int-quantized` format.
+    pub int8_activations: BTreeSet<String>,
 }
 
 impl QuantPlan {
@@ -95,7 +111,9 @@ impl QuantPlan {
         let targets = recipe.resolve_targets(&names)?;
         let mut linears = BTreeMap::new();
         let mut groups = Vec::new();
+        let mut int8_activations = BTreeSet::new();
         let mut awq_passes = Vec::new();
+        let mut smoothquant = None;
         for t in &targets {
             let pass = &recipe.stages[t.stage].passes[t.pass];
             let at = |e: String| anyhow!("{}: {}: {e}", recipe.path.display(), t.key);
@@ -108,6 +126,18 @@ impl QuantPlan {
                     awq_passes.push((t, args));
                     continue;
                 }
+                Pass::SmoothQuant(args) => {
+                    if smoothquant.is_some() {
+                        return Err(at("a recipe takes one smoothquant pass".into()));
+                    }
+                    let (alpha_attention, alpha_mlp) = args.alphas();
+                    smoothquant = Some(SmoothPlan {
+                        alpha_attention,
+                        alpha_mlp,
+                        targets: t.tensors.iter().cloned().collect(),
+                    });
+                    continue;
+                }
             };
             let mut modules = Vec::new();
             for name in &t.tensors {
@@ -117,6 +147,9 @@ impl QuantPlan {
                     .validate_for(name, shape[1])
                     .map_err(|e| at(e.to_string()))?;
                 linears.insert(name.clone(), method);
+                if pass.args().int8_activations() {
+                    int8_activations.insert(name.clone());
+                }
                 modules.push(name.trim_end_matches(".weight").to_owned());
             }
             groups.push((method, modules));
@@ -167,6 +200,8 @@ impl QuantPlan {
         };
         Ok(Self {
             awq,
+            smoothquant,
+            int8_activations,
             linears,
             groups,
             ignore,
@@ -175,7 +210,9 @@ impl QuantPlan {
 
     /// Whether any weight needs calibration activations.
     pub fn needs_calibration(&self) -> bool {
-        self.awq.is_some() || self.linears.values().any(LinearMethod::needs_hessian)
+        self.awq.is_some()
+            || self.smoothquant.is_some()
+            || self.linears.values().any(LinearMethod::needs_hessian)
     }
 
     /// The method for `tensor`, if it is quantized.

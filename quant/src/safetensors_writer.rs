@@ -14,6 +14,7 @@ pub enum StDtype {
     I32,
     I64,
     U8,
+    I8,
 }
 
 impl StDtype {
@@ -25,6 +26,7 @@ impl StDtype {
             StDtype::I32 => "I32",
             StDtype::I64 => "I64",
             StDtype::U8 => "U8",
+            StDtype::I8 => "I8",
         }
     }
 
@@ -34,7 +36,7 @@ impl StDtype {
             StDtype::F32 | StDtype::I32 => 4,
             StDtype::I64 => 8,
             StDtype::BF16 | StDtype::F16 => 2,
-            StDtype::U8 => 1,
+            StDtype::U8 | StDtype::I8 => 1,
         }
     }
 }
@@ -102,7 +104,7 @@ pub fn encode_f32(values: &[f32], dtype: StDtype) -> Vec<u8> {
             .iter()
             .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
             .collect(),
-        StDtype::I32 | StDtype::I64 | StDtype::U8 => {
+        StDtype::I32 | StDtype::I64 | StDtype::U8 | StDtype::I8 => {
             panic!("encode_f32: {dtype:?} is not a float type")
         }
     }

@@ -91,7 +91,10 @@ impl QuantScheme {
     pub const W2A16_ASYM: Self = Self::group(2, 128, false);
 
     /// Every named preset, for recipe lookup and for listing the valid names in errors.
-    pub const PRESETS: [(&'static str, Self); 8] = [
+    /// `W8A8`'s weights are `W8A16`'s; its per-token int8 activations are recorded by the
+    /// plan (see [`is_w8a8`]).
+    pub const PRESETS: [(&'static str, Self); 9] = [
+        ("W8A8", Self::W8A16),
         ("W4A16", Self::W4A16),
         ("W4A16_ASYM", Self::W4A16_ASYM),
         ("W8A16", Self::W8A16),
@@ -101,6 +104,11 @@ impl QuantScheme {
         ("W2A16", Self::W2A16),
         ("W2A16_ASYM", Self::W2A16_ASYM),
     ];
+
+    /// Whether the scheme can carry W8A8's integer matmul: 8-bit symmetric per channel.
+    pub fn is_w8a8_weights(&self) -> bool {
+        *self == Self::W8A16
+    }
 
     const fn group(bits: u8, group_size: usize, symmetric: bool) -> Self {
         Self {
@@ -528,6 +536,12 @@ impl QuantizedWeight {
         }
         Ok(())
     }
+}
+
+/// Whether a preset name asks for int8 activations as well (compressed-tensors' `W8A8`:
+/// dynamic per-token symmetric int8 inputs).
+pub fn is_w8a8(preset: &str) -> bool {
+    preset.eq_ignore_ascii_case("W8A8")
 }
 
 /// Scale and zero point for a group whose values span `[min, max]`: compressed-tensors'

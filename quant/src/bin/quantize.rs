@@ -149,6 +149,13 @@ fn layer_line(r: &lmq_quant::pipeline::LayerReport) -> String {
     if g.is_finite() {
         line += &format!("   output error GPTQ {g:.3e}  RTN {rt:.3e}");
     }
+    for s in &r.smoothquant {
+        let short = s.mapping.split('→').next_back().unwrap_or(s.mapping);
+        line += &format!(
+            "   SmoothQuant {short} outliers {:.0}→{:.1}",
+            s.outlier_ratio_before, s.outlier_ratio_after
+        );
+    }
     if let Some(a) = &r.awq {
         line += "   AWQ";
         for m in &a.mappings {

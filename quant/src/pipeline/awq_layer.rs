@@ -7,93 +7,13 @@ use anyhow::Result;
 use lmq_runtime::kernels::dense_f32::gram_acc_f32;
 use serde::Serialize;
 
-use super::layer::{HostLayer, HostLinear, LayerGeometry};
+use super::layer::{HostLayer, LayerGeometry};
+use super::mappings::{divide, fold, linear, linear_mut, unfoldable, Role, MAPPINGS, NO_CLIP};
 use crate::awq::{
-    clip_search, scale_columns, scaled_fake_quantize, search_scales, weight_channel_mean,
-    ChannelAbsMean,
+    clip_search, scaled_fake_quantize, search_scales, weight_channel_mean, ChannelAbsMean,
 };
 use crate::plan::AwqPlan;
 use crate::scheme::QuantScheme;
-
-/// Where the scaled input comes from: the producer that absorbs `1/s`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Smooth {
-    InputNorm,
-    PostNorm,
-    V,
-    Up,
-}
-
-/// Which linears of a layer, by role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    Q,
-    K,
-    V,
-    O,
-    Gate,
-    Up,
-    Down,
-}
-
-/// One AWQ mapping: the producer of an input, the linears reading it, and (implicitly, by
-/// `name`) the block whose output the search compares.
-struct Mapping {
-    name: &'static str,
-    smooth: Smooth,
-    balance: &'static [Role],
-}
-
-/// llm-compressor's default Llama mappings (also Qwen2's).
-const MAPPINGS: [Mapping; 4] = [
-    Mapping {
-        name: "input_layernorm→q/k/v",
-        smooth: Smooth::InputNorm,
-        balance: &[Role::Q, Role::K, Role::V],
-    },
-    Mapping {
-        name: "v_proj→o_proj",
-        smooth: Smooth::V,
-        balance: &[Role::O],
-    },
-    Mapping {
-        name: "post_attention_layernorm→gate/up",
-        smooth: Smooth::PostNorm,
-        balance: &[Role::Gate, Role::Up],
-    },
-    Mapping {
-        name: "up_proj→down_proj",
-        smooth: Smooth::Up,
-        balance: &[Role::Down],
-    },
-];
-
-/// Linears AutoAWQ never clips: errors in q/k are amplified by the softmax.
-const NO_CLIP: [Role; 2] = [Role::Q, Role::K];
-
-fn linear(layer: &HostLayer, r: Role) -> &HostLinear {
-    match r {
-        Role::Q => &layer.q,
-        Role::K => &layer.k,
-        Role::V => &layer.v,
-        Role::O => &layer.o,
-        Role::Gate => &layer.gate,
-        Role::Up => &layer.up,
-        Role::Down => &layer.down,
-    }
-}
-
-fn linear_mut(layer: &mut HostLayer, r: Role) -> &mut HostLinear {
-    match r {
-        Role::Q => &mut layer.q,
-        Role::K => &mut layer.k,
-        Role::V => &mut layer.v,
-        Role::O => &mut layer.o,
-        Role::Gate => &mut layer.gate,
-        Role::Up => &mut layer.up,
-        Role::Down => &mut layer.down,
-    }
-}
 
 /// One mapping's search result.
 #[derive(Debug, Clone, Serialize)]
@@ -248,20 +168,11 @@ pub fn awq_layer(
                 .push(format!("{}: not every linear is targeted", m.name));
             continue;
         }
-        let cols = linear(layer, m.balance[0]).inp;
-        let producer_rows = match m.smooth {
-            Smooth::InputNorm | Smooth::PostNorm => cols,
-            Smooth::V => layer.v.out,
-            Smooth::Up => layer.up.out,
-        };
-        if producer_rows != cols {
-            report.skipped.push(format!(
-                "{}: the producer has {producer_rows} outputs for {cols} inputs (grouped-query \
-                 attention), no per-channel fold exists",
-                m.name
-            ));
+        if let Some(why) = unfoldable(layer, m) {
+            report.skipped.push(why);
             continue;
         }
+        let cols = linear(layer, m.balance[0]).inp;
         let first_scheme = scheme_of(layer, m.balance[0]).expect("checked above");
         let weights: Vec<&[f32]> = m
             .balance
@@ -297,24 +208,7 @@ pub fn awq_layer(
         if result.ratio.is_nan() {
             continue;
         }
-        let s = &result.scales;
-        for &r in m.balance {
-            let lin = linear_mut(layer, r);
-            lin.weight = scale_columns(&lin.weight, lin.inp, s);
-            changed.push(lin.name.clone());
-        }
-        match m.smooth {
-            Smooth::InputNorm => {
-                divide(&mut layer.input_norm, s);
-                changed.push(format!("{layer_prefix}.input_layernorm.weight"));
-            }
-            Smooth::PostNorm => {
-                divide(&mut layer.post_norm, s);
-                changed.push(format!("{layer_prefix}.post_attention_layernorm.weight"));
-            }
-            Smooth::V => changed.extend(divide_rows(&mut layer.v, s)),
-            Smooth::Up => changed.extend(divide_rows(&mut layer.up, s)),
-        }
+        changed.extend(fold(layer, m, &result.scales, layer_prefix));
         applied[mi] = Some(result.scales);
     }
 
@@ -378,23 +272,4 @@ fn input_gram(inputs: &[Vec<f32>], n: usize, scales: Option<&[f32]>) -> Vec<f32>
         gram_acc_f32(&a, a.len() / n, n, &mut h);
     }
     h
-}
-
-fn divide(v: &mut [f32], s: &[f32]) {
-    for (a, b) in v.iter_mut().zip(s) {
-        *a /= b;
-    }
-}
-
-/// Divides output row `j` (and bias `j`) by `s_j`; returns the tensors changed.
-fn divide_rows(lin: &mut HostLinear, s: &[f32]) -> Vec<String> {
-    for (row, sv) in lin.weight.chunks_exact_mut(lin.inp).zip(s) {
-        row.iter_mut().for_each(|v| *v /= sv);
-    }
-    let mut changed = vec![lin.name.clone()];
-    if let Some(b) = &mut lin.bias {
-        divide(b, s);
-        changed.push(format!("{}.bias", lin.name.trim_end_matches(".weight")));
-    }
-    changed
 }

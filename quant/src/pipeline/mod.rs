@@ -9,6 +9,8 @@
 pub mod awq_layer;
 pub mod hessian;
 pub mod layer;
+pub mod mappings;
+pub mod smooth_layer;
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
@@ -26,6 +28,7 @@ use crate::scheme::WeightMatrix;
 use awq_layer::{awq_layer, AwqLayerReport};
 use hessian::{relative_output_error, HessianAccumulator};
 use layer::{HostLayer, LayerGeometry, LinearGroup};
+use smooth_layer::{smooth_layer, SmoothReport};
 
 /// Largest MLP activation buffer (`[tokens, ffn]` f32) kept between computing down_proj's
 /// Hessian and the layer's outputs; beyond it gate/up are recomputed instead.
@@ -71,6 +74,9 @@ pub struct LayerReport {
     /// What AWQ chose, when the recipe has an `awq` pass.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub awq: Option<AwqLayerReport>,
+    /// What SmoothQuant did, when the recipe has a `smoothquant` pass.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub smoothquant: Vec<SmoothReport>,
 }
 
 /// Progress of a pipeline run, for a progress bar.
@@ -164,6 +170,7 @@ pub fn run(
         plan.linears
             .keys()
             .chain(plan.awq.iter().flat_map(|a| a.schemes.keys()))
+            .chain(plan.smoothquant.iter().flat_map(|s| s.targets.iter()))
             .filter_map(|n| layer_of(n))
             .max()
             .map_or(0, |m| m + 1)
@@ -182,13 +189,24 @@ pub fn run(
         let mut reports = Vec::new();
         let mut stage = |what: &str| progress(PipelineEvent::Stage { layer: li, what });
         let prefix = format!("model.layers.{li}");
-        let (awq_report, awq_changed) = match &plan.awq {
+        let mut changed = BTreeSet::new();
+        let smooth_report = match &plan.smoothquant {
+            Some(s) => {
+                stage("smoothquant");
+                let (r, names) = smooth_layer(&mut layer, &geom, &x, s, &prefix);
+                changed.extend(names);
+                r
+            }
+            None => Vec::new(),
+        };
+        let awq_report = match &plan.awq {
             Some(a) => {
                 stage("awq");
-                let (r, changed) = awq_layer(&mut layer, &geom, &x, a, &prefix)?;
-                (Some(r), changed.into_iter().collect::<BTreeSet<_>>())
+                let (r, names) = awq_layer(&mut layer, &geom, &x, a, &prefix)?;
+                changed.extend(names);
+                Some(r)
             }
-            None => (None, BTreeSet::new()),
+            None => None,
         };
 
         stage("q/k/v");
@@ -260,11 +278,11 @@ pub fn run(
             };
         }
         drop(acts);
-        for name in awq_changed {
+        for name in changed {
             if plan.method(&name).is_none() {
                 let v = layer
                     .tensor(&prefix, &name)
-                    .with_context(|| format!("{name}: changed by AWQ but not in the layer"))?;
+                    .with_context(|| format!("{name}: changed by a pass but not in the layer"))?;
                 floats.insert(name, v.to_vec());
             }
         }
@@ -273,6 +291,7 @@ pub fn run(
             seconds: t0.elapsed().as_secs_f64(),
             linears: reports,
             awq: awq_report,
+            smoothquant: smooth_report,
         };
         progress(PipelineEvent::LayerDone(&report));
         layers.push(report);
@@ -313,6 +332,7 @@ pub fn run(
             seconds: reports[0].seconds,
             linears: reports,
             awq: None,
+            smoothquant: Vec::new(),
         });
     }
     Ok(CalibratedModel {

@@ -28,8 +28,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub use schema::{
-    AwqArgs, Bits, CalibrationSource, CalibrationSpec, Dampening, FloatDtype, GptqArgs, GroupSize,
-    OutputSpec, Pass, PassArgs, Positive, RtnArgs, SchemeName, Stage, TokenClip,
+    Alpha, AwqArgs, Bits, CalibrationSource, CalibrationSpec, Dampening, FloatDtype, GptqArgs,
+    GroupSize, MappingAlpha, OutputSpec, Pass, PassArgs, Positive, RtnArgs, SchemeName,
+    SmoothQuantArgs, Stage, TokenClip,
 };
 pub use targets::{linear_module, PassTargets, Pattern};
 
@@ -156,8 +157,21 @@ impl Recipe {
             let args = pass.args();
             let key = format!("stages[{i}].passes[{j}].{}", args.kind());
             let line = locate(&self.text, args.kind(), Find::Key, seen.next(args.kind()));
-            if let Some(Err(msg)) = args.written_scheme() {
-                return Err(self.error(line, key, msg));
+            match args.written_scheme() {
+                Some(Err(msg)) => return Err(self.error(line, key, msg)),
+                Some(Ok(s)) if args.int8_activations() && !s.is_w8a8_weights() => {
+                    return Err(self.error(
+                        line,
+                        key,
+                        format!(
+                            "W8A8 multiplies int8 activations by int8 weights: the weights must \
+                             stay 8-bit, symmetric, per channel (got {} bits, group {:?}, \
+                             symmetric {})",
+                            s.bits, s.group_size, s.symmetric
+                        ),
+                    ))
+                }
+                _ => {}
             }
             if args.targets().is_empty() {
                 return Err(self.error(

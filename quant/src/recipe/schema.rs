@@ -21,6 +21,7 @@ use crate::awq::{
 use crate::gptq::{GptqOptions, DEFAULT_BLOCK_SIZE, DEFAULT_DAMPENING};
 use crate::pipeline::hessian::{HessianOptions, DEFAULT_TOKEN_CLIP};
 use crate::scheme::{QuantScheme, SUPPORTED_BITS};
+use crate::smoothquant::DEFAULT_ALPHA;
 
 /// Storage type of tensors the recipe leaves unquantized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -425,11 +426,13 @@ pub enum Pass {
     Gptq(GptqArgs),
     /// AWQ: activation-aware channel scaling and clipping ahead of the quantizing pass.
     Awq(AwqArgs),
+    /// SmoothQuant: activation outliers migrated into the weights ahead of W8A8.
+    SmoothQuant(SmoothQuantArgs),
 }
 
 impl Pass {
     /// Every pass key, for "unknown pass" errors.
-    pub const KINDS: &'static [&'static str] = &["rtn", "gptq", "awq"];
+    pub const KINDS: &'static [&'static str] = &["rtn", "gptq", "awq", "smoothquant"];
 
     /// The pass's arguments behind the common interface; with `visit_map` below, the only
     /// places that match on pass kinds.
@@ -438,6 +441,7 @@ impl Pass {
             Self::Rtn(a) => a,
             Self::Gptq(a) => a,
             Self::Awq(a) => a,
+            Self::SmoothQuant(a) => a,
         }
     }
 
@@ -467,6 +471,7 @@ impl<'de> Deserialize<'de> for Pass {
                     "rtn" => Pass::Rtn(map.next_value()?),
                     "gptq" => Pass::Gptq(map.next_value()?),
                     "awq" => Pass::Awq(map.next_value()?),
+                    "smoothquant" => Pass::SmoothQuant(map.next_value()?),
                     other => {
                         return Err(de::Error::custom(format!(
                             "unknown pass `{other}`: known passes are {}",
@@ -507,6 +512,16 @@ pub trait PassArgs: fmt::Debug {
     }
     /// Whether the pass needs calibration activations.
     fn needs_calibration(&self) -> bool;
+    /// Whether the linears it quantizes also get int8 activations at run time (`W8A8`).
+    fn int8_activations(&self) -> bool {
+        false
+    }
+}
+
+fn names_w8a8(scheme: &Option<SchemeName>) -> bool {
+    scheme
+        .as_ref()
+        .is_some_and(|s| crate::scheme::is_w8a8(&s.name))
 }
 
 fn default_targets() -> Vec<Pattern> {
@@ -585,6 +600,9 @@ impl PassArgs for RtnArgs {
     }
     fn needs_calibration(&self) -> bool {
         false
+    }
+    fn int8_activations(&self) -> bool {
+        names_w8a8(&self.scheme)
     }
 }
 
@@ -676,6 +694,9 @@ impl PassArgs for GptqArgs {
     }
     fn needs_calibration(&self) -> bool {
         true
+    }
+    fn int8_activations(&self) -> bool {
+        names_w8a8(&self.scheme)
     }
 }
 
@@ -801,6 +822,97 @@ impl PassArgs for AwqArgs {
     }
     fn written_scheme(&self) -> Option<Result<QuantScheme, String>> {
         self.own_scheme()
+    }
+    fn needs_calibration(&self) -> bool {
+        true
+    }
+}
+
+/// SmoothQuant's migration strength `α` in `[0, 1]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Alpha(pub f32);
+
+impl<'de> Deserialize<'de> for Alpha {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Alpha;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a migration strength between 0 and 1")
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                if (0.0..=1.0).contains(&v) {
+                    Ok(Alpha(v as f32))
+                } else {
+                    Err(E::custom(format!(
+                        "alpha {v} is invalid: use a migration strength in [0, 1] (default \
+                         {DEFAULT_ALPHA})"
+                    )))
+                }
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                self.visit_f64(v as f64)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                self.visit_f64(v as f64)
+            }
+        }
+        d.deserialize_f64(V)
+    }
+}
+
+/// Per-mapping overrides of `alpha`, keyed by the norm the scales fold into.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MappingAlpha {
+    #[serde(default)]
+    pub input_layernorm: Option<Alpha>,
+    #[serde(default)]
+    pub post_attention_layernorm: Option<Alpha>,
+}
+
+/// `smoothquant:` arguments.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SmoothQuantArgs {
+    #[serde(default = "default_alpha")]
+    pub alpha: Alpha,
+    #[serde(default)]
+    pub mapping_alpha: MappingAlpha,
+    #[serde(default = "default_targets")]
+    pub targets: Vec<Pattern>,
+    #[serde(default)]
+    pub ignore: Vec<Pattern>,
+}
+
+fn default_alpha() -> Alpha {
+    Alpha(DEFAULT_ALPHA)
+}
+
+impl SmoothQuantArgs {
+    /// `α` for the q/k/v mapping (input_layernorm) and the gate/up one.
+    pub fn alphas(&self) -> (f32, f32) {
+        let m = self.mapping_alpha;
+        (
+            m.input_layernorm.unwrap_or(self.alpha).0,
+            m.post_attention_layernorm.unwrap_or(self.alpha).0,
+        )
+    }
+}
+
+impl PassArgs for SmoothQuantArgs {
+    fn kind(&self) -> &'static str {
+        "smoothquant"
+    }
+    fn targets(&self) -> &[Pattern] {
+        &self.targets
+    }
+    fn ignore(&self) -> &[Pattern] {
+        &self.ignore
+    }
+    fn weight_scheme(&self) -> Option<Result<QuantScheme, String>> {
+        // Rescales only.
+        None
     }
     fn needs_calibration(&self) -> bool {
         true

@@ -1,4 +1,4 @@
-//! AWQ through the calibrated pipeline. Scaling alone (no quantization, no clipping) must
+//! AWQ and SmoothQuant through the calibrated pipeline. Scaling alone (no quantization, no clipping) must
 //! leave the float model's function unchanged: every mapping's fold (norm weight, v_proj and
 //! up_proj rows, their biases) is checked by comparing the runtime's logits of the smoothed
 //! checkpoint with the original's, on tiny seeded models (all four mappings, with biases) and
@@ -134,6 +134,55 @@ fn awq_scaling_alone_keeps_tiny_models_logits_on_every_mapping() {
                 .floats
                 .contains_key("model.layers.0.self_attn.v_proj.bias"));
         }
+        let ids = &windows(&c, 1, 20)[0];
+        let d = rel_diff(
+            &logits(&c, &src, ids),
+            &logits(&c, &smoothed(&src, &model), ids),
+        );
+        assert!(d < INVARIANCE_REL_TOL, "{arch:?}: logits moved by {d:e}");
+    }
+}
+
+#[test]
+fn smoothquant_alone_keeps_tiny_models_logits() {
+    for arch in [Arch::Llama, Arch::Qwen2] {
+        let c = tiny_config(arch);
+        let mut src = MemorySource::random(&c, 33);
+        for l in 0..c.num_layers {
+            let name = format!("model.layers.{l}.post_attention_layernorm.weight");
+            let mut w = src.load_f32(&name).unwrap();
+            w[3] *= 30.0;
+            src.insert(&name, vec![w.len()], w);
+        }
+        let text = "calibration: {source: tokens:x.i32, num_samples: 4, seqlen: 24}\n\
+                    stages:\n  - passes:\n      - smoothquant: {alpha: 0.8, mapping_alpha: \
+                    {input_layernorm: 0.5}}\n";
+        let plan = plan_for(text, &src, c.tie_word_embeddings);
+        let sp = plan.smoothquant.as_ref().unwrap();
+        assert_eq!((sp.alpha_attention, sp.alpha_mlp), (0.5, 0.8));
+        let model = pipeline::run(
+            &c,
+            &src,
+            &plan,
+            &windows(&c, 4, 24),
+            PipelineOptions::default(),
+            &mut |_| {},
+        )
+        .unwrap();
+        for l in &model.layers {
+            assert_eq!(l.smoothquant.len(), 2, "{arch:?}");
+            let mlp = &l.smoothquant[1];
+            assert!(
+                mlp.outlier_ratio_after < mlp.outlier_ratio_before,
+                "{arch:?}: {mlp:?}"
+            );
+        }
+        assert!(model
+            .floats
+            .contains_key("model.layers.1.post_attention_layernorm.weight"));
+        assert!(model
+            .floats
+            .contains_key("model.layers.1.mlp.up_proj.weight"));
         let ids = &windows(&c, 1, 20)[0];
         let d = rel_diff(
             &logits(&c, &src, ids),

@@ -1,0 +1,121 @@
+//! SmoothQuant (Xiao et al. 2023) as pure functions: move the activations' outlier channels
+//! into the weights so both quantize to int8. Per input channel `j` of the linears reading
+//! one norm's output, `s_j = range(X_j)^α / range(W_j)^(1−α)`; the norm's weight is divided
+//! by `s` and the linears' columns multiplied by it (the fold in `pipeline::mappings`), which
+//! leaves the float function unchanged. Ranges as llm-compressor's `SmoothQuantModifier`
+//! computes them: the activation's `max − min` over calibration tokens, and `2·max|W_j|`
+//! over the rows of every balanced linear.
+
+/// Default migration strength (the paper's and the default; llm-compressor's
+/// examples use 0.8).
+pub const DEFAULT_ALPHA: f32 = 0.5;
+
+/// Running per-channel minimum and maximum of activations.
+#[derive(Debug, Clone)]
+pub struct ChannelRange {
+    min: Vec<f32>,
+    max: Vec<f32>,
+}
+
+impl ChannelRange {
+    /// An empty range for `n` channels.
+    pub fn new(n: usize) -> Self {
+        Self {
+            min: vec![f32::INFINITY; n],
+            max: vec![f32::NEG_INFINITY; n],
+        }
+    }
+
+    /// Adds the rows of `x` (`[t, n]`).
+    pub fn add(&mut self, x: &[f32]) {
+        let n = self.min.len();
+        assert_eq!(x.len() % n, 0, "input is not a whole number of rows");
+        for row in x.chunks_exact(n) {
+            for ((lo, hi), &v) in self.min.iter_mut().zip(self.max.iter_mut()).zip(row) {
+                *lo = lo.min(v);
+                *hi = hi.max(v);
+            }
+        }
+    }
+
+    /// `max − min` per channel (0 for channels never seen).
+    pub fn range(&self) -> Vec<f32> {
+        self.min
+            .iter()
+            .zip(&self.max)
+            .map(|(lo, hi)| if hi >= lo { hi - lo } else { 0.0 })
+            .collect()
+    }
+}
+
+/// `2·max_rows |W[:, j]|` over every row of every weight (`[rows_i, cols]`).
+pub fn weight_channel_range(weights: &[&[f32]], cols: usize) -> Vec<f32> {
+    let mut m = vec![0.0f32; cols];
+    for w in weights {
+        assert_eq!(w.len() % cols, 0, "weight is not [rows, cols]");
+        for row in w.chunks_exact(cols) {
+            for (a, v) in m.iter_mut().zip(row) {
+                *a = a.max(v.abs());
+            }
+        }
+    }
+    m.iter().map(|v| 2.0 * v).collect()
+}
+
+/// The smoothing scales: `act^α / w^(1−α)` where the weight range is positive, the
+/// activation range itself where it is not (llm-compressor's rule), and 1 where that would
+/// be zero or not finite (a channel that never fires is left alone).
+pub fn smoothing_scales(act_range: &[f32], w_range: &[f32], alpha: f32) -> Vec<f32> {
+    act_range
+        .iter()
+        .zip(w_range)
+        .map(|(&a, &w)| {
+            let s = if w > 0.0 {
+                a.powf(alpha) / w.powf(1.0 - alpha)
+            } else {
+                a
+            };
+            if s.is_finite() && s > 0.0 {
+                s
+            } else {
+                1.0
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_and_scales_follow_the_definitions() {
+        let mut r = ChannelRange::new(3);
+        r.add(&[1.0, -2.0, 0.0, 3.0, 4.0, 0.0]);
+        assert_eq!(r.range(), vec![2.0, 6.0, 0.0]);
+        let w = weight_channel_range(&[&[0.5, -1.0, 0.0], &[0.25, 0.5, 0.0]], 3);
+        assert_eq!(w, vec![1.0, 2.0, 0.0]);
+        let s = smoothing_scales(&r.range(), &w, 0.5);
+        assert!((s[0] - (2.0f32).sqrt()).abs() < 1e-6);
+        assert!((s[1] - (6.0f32 / 2.0).sqrt()).abs() < 1e-6);
+        assert_eq!(s[2], 1.0, "a dead channel is not scaled");
+        // α = 1 moves everything into the weights: s is the activation range.
+        assert_eq!(smoothing_scales(&[4.0], &[2.0], 1.0), vec![4.0]);
+    }
+
+    #[test]
+    fn smoothing_flattens_outlier_channels() {
+        // One channel 50x the others: after dividing by s its range is close to theirs.
+        let act = [1.0, 1.2, 50.0, 0.8];
+        let w = [0.1, 0.1, 0.1, 0.1];
+        let s = smoothing_scales(&act, &w, 0.5);
+        let smoothed: Vec<f32> = act.iter().zip(&s).map(|(a, s)| a / s).collect();
+        let spread = |v: &[f32]| {
+            v.iter().cloned().fold(f32::MIN, f32::max) / v.iter().cloned().fold(f32::MAX, f32::min)
+        };
+        assert!(
+            spread(&smoothed) < spread(&act).sqrt() + 1e-3,
+            "{smoothed:?}"
+        );
+    }
+}
