@@ -6,10 +6,12 @@
 //! `scale = absmax / 127`, `q = round_half_even(x / scale)`, codes in `[−127, 127]`. The
 //! weights use compressed-tensors' full `[−128, 127]`.
 //!
-//! The fast path (AVX2) widens 16 int8 values to int16 and multiplies pairs with
+//! The fast path (AVX2) works on int16 copies (the activations widened once per call, each
+//! band of weight rows once per band, into L1-resident scratch) and multiplies pairs with
 //! `vpmaddwd` (16 products summed into 8 int32 lanes per instruction), over tiles of
-//! 2 tokens × 4 output rows so each loaded vector feeds several products; output rows are
-//! split across threads. Every product and partial sum is an exact integer (|q_x·q_w| ≤
+//! 2 tokens × 4 output rows so each loaded vector feeds several products; bands of output
+//! rows are split across threads. Without AVX-VNNI (this machine's Zen 3 has none) that is
+//! the exact integer product with the most multiplies per instruction. Every product and partial sum is an exact integer (|q_x·q_w| ≤
 //! 127·128, and `cols` < 2³¹ / 16256 is asserted), so the fast path equals the scalar
 //! reference bit for bit: the i32 sums are identical, and the float epilogue
 //! `acc · (s_x · s_w)` is computed the same way in both.
@@ -128,6 +130,12 @@ pub fn matmul_i8(x: &QuantizedActs, w: &Int8Linear) -> Vec<f32> {
     );
     let (m, n) = (x.rows, w.rows);
     let avx2 = has_avx2();
+    // The activations widened to i16 once, so the inner loop loads them as they are.
+    let xw: Vec<i16> = if avx2 {
+        x.codes.iter().map(|&c| i16::from(c)).collect()
+    } else {
+        Vec::new()
+    };
     // Bands of output rows; each band writes its [m, band] block of sums, placed after.
     let bands: Vec<(usize, Vec<i32>)> = (0..n)
         .step_by(ROWS_PER_TASK)
@@ -139,7 +147,7 @@ pub fn matmul_i8(x: &QuantizedActs, w: &Int8Linear) -> Vec<f32> {
             #[cfg(target_arch = "x86_64")]
             if avx2 {
                 // SAFETY: AVX2 presence checked at run time.
-                unsafe { avx2_kernel::int_sums(x, w, o0, rows, &mut sums) };
+                unsafe { avx2_kernel::int_sums(x, &xw, w, o0, rows, &mut sums) };
                 return (o0, sums);
             }
             let _ = avx2;
@@ -189,20 +197,23 @@ mod avx2_kernel {
         _mm_cvtsi128_si32(s)
     }
 
-    /// 16 int8 values at `p` widened to 16 int16 lanes.
+    /// 16 int16 lanes at `p`.
     #[inline]
     #[target_feature(enable = "avx2")]
-    unsafe fn widen(p: *const i8) -> __m256i {
-        unsafe { _mm256_cvtepi8_epi16(_mm_loadu_si128(p as *const __m128i)) }
+    unsafe fn load16(p: *const i16) -> __m256i {
+        unsafe { _mm256_loadu_si256(p as *const __m256i) }
     }
 
     /// Integer sums for output rows `o0..o0+rows` and every token, into `out` `[m, rows]`.
-    /// Full tiles of 2 tokens × 4 rows keep their 8 accumulators in registers (fixed-size,
-    /// no indexing); leftover tokens and rows take a 1 × 1 vector loop, and the last
-    /// `cols % 16` inputs a scalar one.
+    /// `xw` is the activations' codes widened to i16 (`[m, cols]`). The band's weight rows
+    /// are widened to i16 once into a scratch buffer (it stays in L1), so the inner loop is
+    /// loads, `vpmaddwd` and adds only. Full tiles of 2 tokens × 4 rows keep their 8
+    /// accumulators in registers; leftover tokens and rows take a 1 × 1 vector loop, and
+    /// the last `cols % 16` inputs a scalar one.
     #[target_feature(enable = "avx2")]
     pub unsafe fn int_sums(
         x: &QuantizedActs,
+        xw: &[i16],
         w: &Int8Linear,
         o0: usize,
         rows: usize,
@@ -211,9 +222,13 @@ mod avx2_kernel {
         let k = w.cols;
         let kv = k - k % 16;
         let m = x.rows;
-        let xr = |t: usize| &x.codes[t * k..(t + 1) * k];
-        let wr = |r: usize| &w.codes[(o0 + r) * k..(o0 + r + 1) * k];
-        let tail = |a: &[i8], b: &[i8]| -> i32 {
+        let ww: Vec<i16> = w.codes[o0 * k..(o0 + rows) * k]
+            .iter()
+            .map(|&c| i16::from(c))
+            .collect();
+        let xr = |t: usize| &xw[t * k..(t + 1) * k];
+        let wr = |r: usize| &ww[r * k..(r + 1) * k];
+        let tail = |a: &[i16], b: &[i16]| -> i32 {
             a[kv..]
                 .iter()
                 .zip(&b[kv..])
@@ -235,18 +250,18 @@ mod avx2_kernel {
                 while c < kv {
                     // SAFETY: c + 16 ≤ kv ≤ k, inside every row.
                     unsafe {
-                        let p = widen(x0.add(c));
-                        let q = widen(x1.add(c));
-                        let v = widen(w0.add(c));
+                        let p = load16(x0.add(c));
+                        let q = load16(x1.add(c));
+                        let v = load16(w0.add(c));
                         a00 = _mm256_add_epi32(a00, _mm256_madd_epi16(p, v));
                         a10 = _mm256_add_epi32(a10, _mm256_madd_epi16(q, v));
-                        let v = widen(w1.add(c));
+                        let v = load16(w1.add(c));
                         a01 = _mm256_add_epi32(a01, _mm256_madd_epi16(p, v));
                         a11 = _mm256_add_epi32(a11, _mm256_madd_epi16(q, v));
-                        let v = widen(w2.add(c));
+                        let v = load16(w2.add(c));
                         a02 = _mm256_add_epi32(a02, _mm256_madd_epi16(p, v));
                         a12 = _mm256_add_epi32(a12, _mm256_madd_epi16(q, v));
-                        let v = widen(w3.add(c));
+                        let v = load16(w3.add(c));
                         a03 = _mm256_add_epi32(a03, _mm256_madd_epi16(p, v));
                         a13 = _mm256_add_epi32(a13, _mm256_madd_epi16(q, v));
                     }
@@ -270,8 +285,8 @@ mod avx2_kernel {
             while c < kv {
                 // SAFETY: as above.
                 unsafe {
-                    let p = widen(a.as_ptr().add(c));
-                    let v = widen(b.as_ptr().add(c));
+                    let p = load16(a.as_ptr().add(c));
+                    let v = load16(b.as_ptr().add(c));
                     acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, v));
                 }
                 c += 16;
@@ -284,6 +299,7 @@ mod avx2_kernel {
                 out[t * rows + r] = single(t, r);
             }
         }
+        let _ = x;
     }
 }
 
