@@ -52,15 +52,18 @@ enum BenchCmd {
         #[arg(long)]
         threaded: bool,
     },
-    /// FP vs RTN vs GPTQ on wiki2 at several schemes: runs the release `quantize` and
-    /// `evaluate` binaries per setting and prints a markdown table (results cached in --out).
+    /// FP vs RTN vs GPTQ (vs AWQ, SmoothQuant) on wiki2 at several schemes: runs the release
+    /// `quantize` and `evaluate` binaries per setting and prints a markdown table (results
+    /// cached in --out).
     Quant {
         #[arg(long, default_value = "smollm2")]
         model: String,
         /// Settings: w4g64, w4g64-asym, w4g128, w3g64, w3g64-asym, w8, w8-asym, w2g64,
-        /// w2g64-asym, or all.
+        /// w2g64-asym, w8a8, or all.
         #[arg(long, value_delimiter = ',', default_value = "all")]
         settings: Vec<String>,
+        /// Methods: rtn, gptq, awq (AWQ + RTN), awq-gptq, smoothquant (SmoothQuant α 0.8 +
+        /// RTN), smoothquant-gptq.
         #[arg(long, value_delimiter = ',', default_value = "rtn,gptq")]
         methods: Vec<String>,
         /// Calibration source (recipe syntax); default: the comparison windows in shared/reference.

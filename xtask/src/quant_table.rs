@@ -1,4 +1,4 @@
-//! `cargo xtask bench quant`: the RTN-vs-GPTQ table. For each scheme it writes a recipe,
+//! `cargo xtask bench quant`: the RTN / GPTQ / AWQ / SmoothQuant table. For each scheme it writes a recipe,
 //! runs the release `quantize` and `evaluate` binaries (the tools users run, not a library
 //! shortcut) and prints one markdown row per method: wiki2 perplexity, quantize wall time,
 //! peak RSS and size. Results are cached per run in `--out` (`--resume` reuses them), so a
@@ -54,6 +54,20 @@ const SETTINGS: &[Setting] = &[
         label: "w4g128",
         fields: "bits: 4, group_size: 128, symmetric: true",
     },
+    Setting {
+        label: "w8a8",
+        fields: "scheme: W8A8",
+    },
+];
+
+/// Methods of the table: the passes in front of the quantizing one, and that one.
+const METHODS: &[&str] = &[
+    "rtn",
+    "gptq",
+    "awq",
+    "awq-gptq",
+    "smoothquant",
+    "smoothquant-gptq",
 ];
 
 /// Options of the table run.
@@ -75,21 +89,47 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn recipe_text(a: &QuantTableArgs, method: &str, fields: &str) -> String {
-    match method {
-        "rtn" => format!(
-            "stages:\n  - passes:\n      - rtn: {{{fields}, targets: [Linear], ignore: [lm_head]}}\n"
-        ),
-        _ => format!(
-            "calibration: {{source: \"{}\", num_samples: {}, seqlen: {}, seed: 0}}\n\
-             stages:\n  - passes:\n      - gptq: {{{fields}, act_order: true, static_groups: true, \
-             targets: [Linear], ignore: [lm_head]{}}}\n",
-            a.calibration,
-            a.samples,
-            a.calib_seqlen,
-            if a.gptq_extra.is_empty() { String::new() } else { format!(", {}", a.gptq_extra) }
-        ),
+/// The recipe for `method` at scheme `fields`: an optional smoothing pass (AWQ with its
+/// defaults, SmoothQuant at α 0.8 as llm-compressor's W8A8 example) and RTN or GPTQ.
+fn recipe_text(a: &QuantTableArgs, method: &str, fields: &str) -> Result<String> {
+    if !METHODS.contains(&method) {
+        bail!(
+            "unknown method `{method}`: known methods are {}",
+            METHODS.join(", ")
+        );
     }
+    let scope = "targets: [Linear], ignore: [lm_head]";
+    let quantize = if !method.ends_with("gptq") {
+        format!("      - rtn: {{{fields}, {scope}}}\n")
+    } else {
+        let extra = if a.gptq_extra.is_empty() {
+            String::new()
+        } else {
+            format!(", {}", a.gptq_extra)
+        };
+        let order = if fields.contains("W8A8") {
+            ""
+        } else {
+            "act_order: true, static_groups: true, "
+        };
+        format!("      - gptq: {{{fields}, {order}{scope}{extra}}}\n")
+    };
+    let smooth = match method.split('-').next() {
+        Some("awq") => format!("      - awq: {{{scope}}}\n"),
+        Some("smoothquant") => format!("      - smoothquant: {{alpha: 0.8, {scope}}}\n"),
+        _ => String::new(),
+    };
+    let calibration = if method == "rtn" {
+        String::new()
+    } else {
+        format!(
+            "calibration: {{source: \"{}\", num_samples: {}, seqlen: {}, seed: 0}}\n",
+            a.calibration, a.samples, a.calib_seqlen
+        )
+    };
+    Ok(format!(
+        "{calibration}stages:\n  - passes:\n{smooth}{quantize}"
+    ))
 }
 
 fn run_logged(cmd: &mut Command, log: &Path) -> Result<()> {
@@ -174,7 +214,7 @@ pub fn run(mut a: QuantTableArgs) -> Result<()> {
                 serde_json::from_str(&std::fs::read_to_string(&meta_path)?)?
             } else {
                 let recipe = a.out.join(format!("{tag}.yaml"));
-                std::fs::write(&recipe, recipe_text(&a, method, s.fields))?;
+                std::fs::write(&recipe, recipe_text(&a, method, s.fields)?)?;
                 let log = a.out.join(format!("{tag}.quantize.log"));
                 let t0 = Instant::now();
                 let done = run_logged(
