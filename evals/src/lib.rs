@@ -3,5 +3,6 @@
 
 pub mod nll;
 pub mod perplexity;
+pub mod report;
 pub mod text;
 pub mod zeroshot;

@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use lmq_evals::perplexity::{perplexity, PplOptions, PplReport};
+use lmq_evals::report::{self, ModelRow, TaskFigure};
 use lmq_evals::text;
 use lmq_evals::zeroshot::{self, RunOptions, Sharing, TaskResult};
 use lmq_runtime::checkpoint::Checkpoint;
@@ -28,9 +29,14 @@ use lmq_runtime::Cpu;
 #[derive(Parser, Debug)]
 #[command(name = "evaluate", version)]
 struct Args {
-    /// A .gguf file, an HF model directory, or a cached asset name (smollm2, qwen-0.5b, qwen-1.5b).
+    /// A .gguf file, an HF model directory, or a cached asset name (smollm2, qwen-0.5b,
+    /// qwen-1.5b). Repeat it to compare models side by side in one table (and `--report`).
+    #[arg(long, required = true)]
+    model: Vec<String>,
+    /// Write `report.json`, `report.md` and `report.svg` (perplexity and average accuracy
+    /// against size on disk) for all models into this directory.
     #[arg(long)]
-    model: String,
+    report: Option<PathBuf>,
     /// `wiki2` (WikiText-2 raw test from ../shared/data) or a path to any text file.
     #[arg(long)]
     ppl: Option<String>,
@@ -111,33 +117,106 @@ fn run(args: Args) -> Result<()> {
             .num_threads(n)
             .build_global()?;
     }
-    let mut ckpt = Checkpoint::open(&args.model)?;
+    if let Some(dir) = &args.report {
+        if dir.is_file() {
+            bail!(
+                "--report {}: is a file, expected a directory",
+                dir.display()
+            );
+        }
+    }
+    let mut rows = Vec::new();
+    let mut values = Vec::new();
+    for spec in &args.model {
+        let (row, value) = evaluate_one(&args, spec, &tasks)?;
+        rows.push(row);
+        values.push(value);
+    }
+    let ppl_label = match &args.ppl {
+        Some(name) => format!(
+            "{name}, {} × {}",
+            args.max_windows.map_or("all".into(), |n| n.to_string()),
+            args.seqlen
+        ),
+        None => String::new(),
+    };
+    if args.json {
+        let v = match values.len() {
+            1 => values.pop().expect("one"),
+            _ => serde_json::Value::Array(values),
+        };
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else if rows.len() > 1 || args.report.is_some() {
+        println!("\n{}", report::markdown(&rows, &ppl_label));
+    }
+    if let Some(dir) = &args.report {
+        write_report(dir, &rows, &ppl_label)?;
+        eprintln!("wrote {}/report.{{json,md,svg}}", dir.display());
+    }
+    Ok(())
+}
+
+/// Writes the report files, each to a temporary name first, then renamed into place.
+fn write_report(dir: &std::path::Path, rows: &[ModelRow], ppl_label: &str) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let json = serde_json::json!({ "ppl": ppl_label, "models": rows });
+    for (name, text) in [
+        ("report.json", serde_json::to_string_pretty(&json)? + "\n"),
+        ("report.md", report::markdown(rows, ppl_label)),
+        ("report.svg", report::svg::plot(rows, ppl_label)),
+    ] {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, dir.join(name))
+            .with_context(|| format!("writing {}", dir.join(name).display()))?;
+    }
+    Ok(())
+}
+
+/// Evaluates one model: its report row and its `--json` object.
+fn evaluate_one(
+    args: &Args,
+    spec: &str,
+    tasks: &[&zeroshot::TaskDef],
+) -> Result<(ModelRow, serde_json::Value)> {
+    let mut ckpt = Checkpoint::open(spec)?;
     if args.dequantize {
         ckpt.weights = Box::new(DequantizedSource::new(ckpt.weights));
     }
     let device = Default::default();
     let model = ckpt.load_model::<Cpu>(&device)?;
     let ppl = match &args.ppl {
-        Some(name) => Some(run_ppl(&args, &ckpt, &model, name)?),
+        Some(name) => Some(run_ppl(args, &ckpt, &model, name)?),
         None => None,
     };
     let started = Instant::now();
-    let results = run_tasks(&args, &ckpt, &model, &tasks)?;
+    let results = run_tasks(args, &ckpt, &model, tasks)?;
     let suite_seconds = started.elapsed().as_secs_f64();
+    let row = ModelRow {
+        name: ckpt
+            .path
+            .file_name()
+            .map_or(spec.to_owned(), |n| n.to_string_lossy().into_owned()),
+        path: ckpt.path.display().to_string(),
+        size_bytes: report::size_on_disk(&ckpt.path)
+            .with_context(|| format!("{}: size on disk", ckpt.path.display()))?,
+        params: report::param_count(&ckpt.config),
+        ppl: ppl.as_ref().map(|(_, r)| r.ppl),
+        tasks: results.iter().filter_map(headline).collect(),
+    };
+    let mut v = serde_json::json!({ "model": ckpt.path.display().to_string() });
+    if let Some((path, report)) = &ppl {
+        let mut p = serde_json::to_value(report)?;
+        p["text"] = serde_json::json!(path.display().to_string());
+        v["ppl"] = p;
+    }
+    if !results.is_empty() {
+        v["tasks"] = serde_json::to_value(&results)?;
+        v["limit"] = serde_json::json!(args.limit);
+        v["suite_seconds"] = serde_json::json!(suite_seconds);
+    }
     if args.json {
-        let mut v = serde_json::json!({ "model": ckpt.path.display().to_string() });
-        if let Some((path, report)) = &ppl {
-            let mut p = serde_json::to_value(report)?;
-            p["text"] = serde_json::json!(path.display().to_string());
-            v["ppl"] = p;
-        }
-        if !results.is_empty() {
-            v["tasks"] = serde_json::to_value(&results)?;
-            v["limit"] = serde_json::json!(args.limit);
-            v["suite_seconds"] = serde_json::json!(suite_seconds);
-        }
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
+        return Ok((row, v));
     }
     println!("model      {}", ckpt.path.display());
     if let Some((path, report)) = &ppl {
@@ -156,7 +235,22 @@ fn run(args: Args) -> Result<()> {
     if !results.is_empty() {
         print_table(&results, suite_seconds);
     }
-    Ok(())
+    Ok((row, v))
+}
+
+/// A task's headline figure: `acc_norm` where it has one, else `acc`.
+fn headline(r: &TaskResult) -> Option<TaskFigure> {
+    let m = r
+        .metrics
+        .iter()
+        .find(|m| m.name == "acc_norm")
+        .or_else(|| r.metrics.iter().find(|m| m.name == "acc"))?;
+    Some(TaskFigure {
+        task: r.task.clone(),
+        metric: m.name.clone(),
+        value: m.value,
+        stderr: m.stderr,
+    })
 }
 
 fn run_ppl(
