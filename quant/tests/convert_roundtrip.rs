@@ -4,20 +4,12 @@
 use lmq_quant::convert::{convert, ConvertOptions};
 use lmq_quant::recipe::FloatDtype;
 use lmq_runtime::assets::{ensure, Asset};
-use lmq_runtime::burn::prelude::*;
 use lmq_runtime::checkpoint::Checkpoint;
 use lmq_runtime::Cpu;
 
 fn logits(ckpt: &Checkpoint, ids: &[u32]) -> Vec<f32> {
     let model = ckpt.load_model::<Cpu>(&Default::default()).unwrap();
-    let ids: Vec<i32> = ids.iter().map(|&x| x as i32).collect();
-    let n = ids.len();
-    let input = Tensor::<Cpu, 2, Int>::from_data(TensorData::new(ids, [1, n]), &Default::default());
-    model
-        .forward(input, None)
-        .into_data()
-        .into_vec::<f32>()
-        .unwrap()
+    model.logits_of(ids)
 }
 
 #[test]

@@ -12,7 +12,6 @@ use lmq_quant::convert::ConvertOptions;
 use lmq_quant::plan::QuantPlan;
 use lmq_quant::recipe::{FloatDtype, Recipe};
 use lmq_runtime::assets::{ensure, Asset};
-use lmq_runtime::burn::prelude::*;
 use lmq_runtime::checkpoint::Checkpoint;
 use lmq_runtime::model::Llama;
 use lmq_runtime::weights::{DequantizedSource, SafetensorsDir};
@@ -27,14 +26,7 @@ fn calib_file() -> PathBuf {
 }
 
 fn logits(model: &Llama<Cpu>, ids: &[u32]) -> Vec<f32> {
-    let ids: Vec<i32> = ids.iter().map(|&x| x as i32).collect();
-    let n = ids.len();
-    let input = Tensor::<Cpu, 2, Int>::from_data(TensorData::new(ids, [1, n]), &Default::default());
-    model
-        .forward(input, None)
-        .into_data()
-        .into_vec::<f32>()
-        .unwrap()
+    model.logits_of(ids)
 }
 
 #[test]

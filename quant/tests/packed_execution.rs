@@ -64,15 +64,8 @@ fn quantized_pair(c: &ModelConfig, scheme: QuantScheme) -> (MemorySource, Memory
 
 fn logits(c: &ModelConfig, src: &dyn WeightSource) -> Vec<f32> {
     let model = Llama::<Cpu>::load(c, src, Path::new("<test>"), &Default::default()).unwrap();
-    let input = Tensor::<Cpu, 2, Int>::from_data(
-        TensorData::new(TOKENS.to_vec(), [1, TOKENS.len()]),
-        &Default::default(),
-    );
-    model
-        .forward(input, None)
-        .into_data()
-        .into_vec::<f32>()
-        .unwrap()
+    let ids: Vec<u32> = TOKENS.iter().map(|&t| t as u32).collect();
+    model.logits_of(&ids)
 }
 
 /// The same logits through the KV cache: a 4-token prefill then single tokens, so every

@@ -10,7 +10,6 @@ use lmq_quant::plan::QuantPlan;
 use lmq_quant::recipe::Recipe;
 use lmq_quant::rtn;
 use lmq_quant::scheme::{QuantScheme, WeightMatrix};
-use lmq_runtime::burn::prelude::*;
 use lmq_runtime::config::{Arch, ModelConfig};
 use lmq_runtime::kernels::matmul_f32_nt;
 use lmq_runtime::model::Llama;
@@ -32,16 +31,7 @@ fn windows(c: &ModelConfig, n: usize, len: usize, seed: usize) -> Vec<Vec<u32>> 
 
 fn runtime_logits(c: &ModelConfig, src: &dyn WeightSource, ids: &[u32]) -> Vec<f32> {
     let model = Llama::<Cpu>::load(c, src, Path::new("<test>"), &Default::default()).unwrap();
-    let ids: Vec<i32> = ids.iter().map(|&v| v as i32).collect();
-    let input = Tensor::<Cpu, 2, Int>::from_data(
-        TensorData::new(ids.clone(), [1, ids.len()]),
-        &Default::default(),
-    );
-    model
-        .forward(input, None)
-        .into_data()
-        .into_vec::<f32>()
-        .unwrap()
+    model.logits_of(ids)
 }
 
 fn host_logits(c: &ModelConfig, src: &dyn WeightSource, ids: &[u32]) -> Vec<f32> {

@@ -10,7 +10,6 @@ use lmq_quant::convert::ConvertOptions;
 use lmq_quant::packed_checkpoint::quantize_rtn;
 use lmq_quant::recipe::{FloatDtype, Recipe};
 use lmq_runtime::assets::{ensure, Asset};
-use lmq_runtime::burn::prelude::*;
 use lmq_runtime::checkpoint::Checkpoint;
 use lmq_runtime::model::Llama;
 use lmq_runtime::weights::{DequantizedSource, SafetensorsDir, WeightSource};
@@ -25,14 +24,7 @@ const MAX_MEAN_KL: f64 = 0.25;
 const MIN_TOP1_AGREEMENT: f32 = 0.75;
 
 fn logits(model: &Llama<Cpu>, ids: &[u32]) -> Vec<f32> {
-    let ids: Vec<i32> = ids.iter().map(|&x| x as i32).collect();
-    let n = ids.len();
-    let input = Tensor::<Cpu, 2, Int>::from_data(TensorData::new(ids, [1, n]), &Default::default());
-    model
-        .forward(input, None)
-        .into_data()
-        .into_vec::<f32>()
-        .unwrap()
+    model.logits_of(ids)
 }
 
 #[test]

@@ -150,16 +150,7 @@ fn load(c: &ModelConfig, w: &MemorySource) -> Llama<Cpu> {
 }
 
 fn logits_of(model: &Llama<Cpu>, tokens: &[u32]) -> Vec<f32> {
-    let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
-    let input = Tensor::<Cpu, 2, Int>::from_data(
-        TensorData::new(ids, [1, tokens.len()]),
-        &Default::default(),
-    );
-    model
-        .forward(input, None)
-        .into_data()
-        .into_vec::<f32>()
-        .unwrap()
+    model.logits_of(tokens)
 }
 
 fn max_rel(a: &[f32], b: &[f64]) -> f64 {

@@ -338,6 +338,36 @@ impl<'de> Deserialize<'de> for SchemeName {
     }
 }
 
+/// Reads a number (integer or float) and checks it *inside* the visitor, so a failed check
+/// carries serde_yaml's line and key path like a type error does. The float-valued recipe
+/// fields (dampening, token_clip, max_shrink, alpha) differ only in `expecting` and `check`.
+fn checked_number<'de, D: Deserializer<'de>>(
+    d: D,
+    expecting: &'static str,
+    check: fn(f64) -> Result<(), String>,
+) -> Result<f64, D::Error> {
+    struct V {
+        expecting: &'static str,
+        check: fn(f64) -> Result<(), String>,
+    }
+    impl Visitor<'_> for V {
+        type Value = f64;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str(self.expecting)
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<f64, E> {
+            (self.check)(v).map(|()| v).map_err(E::custom)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<f64, E> {
+            self.visit_f64(v as f64)
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<f64, E> {
+            self.visit_f64(v as f64)
+        }
+    }
+    d.deserialize_f64(V { expecting, check })
+}
+
 /// GPTQ's dampening fraction: finite and non-negative (0 is allowed; the quantizer retries
 /// with more if the factorisation fails).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -345,29 +375,18 @@ pub struct Dampening(pub f64);
 
 impl<'de> Deserialize<'de> for Dampening {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Dampening;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a non-negative number (fraction of the mean Hessian diagonal)")
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-                if v.is_finite() && v >= 0.0 {
-                    Ok(Dampening(v))
-                } else {
-                    Err(E::custom(format!(
+        let v = checked_number(
+            d,
+            "a non-negative number (fraction of the mean Hessian diagonal)",
+            |v| {
+                (v.is_finite() && v >= 0.0).then_some(()).ok_or_else(|| {
+                    format!(
                         "dampening {v} is invalid: use a finite fraction >= 0 (default {DEFAULT_DAMPENING})"
-                    )))
-                }
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                self.visit_f64(v as f64)
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                self.visit_f64(v as f64)
-            }
-        }
-        d.deserialize_f64(V)
+                    )
+                })
+            },
+        )?;
+        Ok(Dampening(v))
     }
 }
 
@@ -377,31 +396,19 @@ pub struct TokenClip(pub f32);
 
 impl<'de> Deserialize<'de> for TokenClip {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // Checked inside the visitor, so the error carries the value's line and key path.
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = TokenClip;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a multiple of the median token norm (>= 1), or null")
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-                if v.is_finite() && v >= 1.0 {
-                    Ok(TokenClip(v as f32))
-                } else {
-                    Err(E::custom(format!(
+        let v = checked_number(
+            d,
+            "a multiple of the median token norm (>= 1), or null",
+            |v| {
+                (v.is_finite() && v >= 1.0).then_some(()).ok_or_else(|| {
+                    format!(
                         "token_clip {v} is invalid: use a multiple of the median token norm >= 1 \
                          (default {DEFAULT_TOKEN_CLIP}), or null to turn clipping off"
-                    )))
-                }
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                self.visit_f64(v as f64)
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                self.visit_f64(v as f64)
-            }
-        }
-        d.deserialize_f64(V)
+                    )
+                })
+            },
+        )?;
+        Ok(TokenClip(v as f32))
     }
 }
 
@@ -706,30 +713,15 @@ pub struct Shrink(pub f32);
 
 impl<'de> Deserialize<'de> for Shrink {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Shrink;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a fraction of the range between 0 and 1")
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-                if v > 0.0 && v < 1.0 {
-                    Ok(Shrink(v as f32))
-                } else {
-                    Err(E::custom(format!(
-                        "max_shrink {v} is invalid: use a fraction of the range in (0, 1) \
-                         (default {DEFAULT_MAX_SHRINK})"
-                    )))
-                }
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                self.visit_f64(v as f64)
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                self.visit_f64(v as f64)
-            }
-        }
-        d.deserialize_f64(V)
+        let v = checked_number(d, "a fraction of the range between 0 and 1", |v| {
+            (v > 0.0 && v < 1.0).then_some(()).ok_or_else(|| {
+                format!(
+                    "max_shrink {v} is invalid: use a fraction of the range in (0, 1) \
+                     (default {DEFAULT_MAX_SHRINK})"
+                )
+            })
+        })?;
+        Ok(Shrink(v as f32))
     }
 }
 
@@ -834,30 +826,15 @@ pub struct Alpha(pub f32);
 
 impl<'de> Deserialize<'de> for Alpha {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Alpha;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a migration strength between 0 and 1")
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-                if (0.0..=1.0).contains(&v) {
-                    Ok(Alpha(v as f32))
-                } else {
-                    Err(E::custom(format!(
-                        "alpha {v} is invalid: use a migration strength in [0, 1] (default \
-                         {DEFAULT_ALPHA})"
-                    )))
-                }
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                self.visit_f64(v as f64)
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                self.visit_f64(v as f64)
-            }
-        }
-        d.deserialize_f64(V)
+        let v = checked_number(d, "a migration strength between 0 and 1", |v| {
+            (0.0..=1.0).contains(&v).then_some(()).ok_or_else(|| {
+                format!(
+                    "alpha {v} is invalid: use a migration strength in [0, 1] (default \
+                     {DEFAULT_ALPHA})"
+                )
+            })
+        })?;
+        Ok(Alpha(v as f32))
     }
 }
 

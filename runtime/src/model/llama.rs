@@ -279,6 +279,20 @@ impl<B: LinearBackend> Llama<B> {
         self.logits(self.forward_hidden(tokens, cache))
     }
 
+    /// Logits `[len, vocab]` (flattened) of one sequence of token ids run from position 0:
+    /// the comparison tests and reference checks make everywhere.
+    pub fn logits_of(&self, ids: &[u32]) -> Vec<f32> {
+        let ids: Vec<i32> = ids.iter().map(|&v| v as i32).collect();
+        let n = ids.len();
+        let input =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, n]), &self.norm.device());
+        self.forward(input, None)
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .expect("f32 logits")
+    }
+
     /// A cache sized for `capacity` positions of this model.
     pub fn new_cache(&self, capacity: usize) -> KvCache {
         let c = &self.config;
