@@ -80,6 +80,8 @@ pub struct SmoothPlan {
     pub alpha_attention: f32,
     /// `α` for post_attention_layernorm → gate/up.
     pub alpha_mlp: f32,
+    /// `α` for up_proj → down_proj, when that mapping is smoothed too.
+    pub alpha_down: Option<f32>,
     /// The linears it may rescale (a mapping is smoothed only if all its linears are here).
     pub targets: BTreeSet<String>,
 }
@@ -130,10 +132,11 @@ impl QuantPlan {
                     if smoothquant.is_some() {
                         return Err(at("a recipe takes one smoothquant pass".into()));
                     }
-                    let (alpha_attention, alpha_mlp) = args.alphas();
+                    let (alpha_attention, alpha_mlp, alpha_down) = args.alphas();
                     smoothquant = Some(SmoothPlan {
                         alpha_attention,
                         alpha_mlp,
+                        alpha_down: args.smooth_down.then_some(alpha_down),
                         targets: t.tensors.iter().cloned().collect(),
                     });
                     continue;

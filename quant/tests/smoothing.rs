@@ -159,14 +159,17 @@ fn smoothquant_alone_keeps_tiny_models_logits() {
             src.insert(&name, vec![w.len()], w);
         }
         let text = "calibration: {source: tokens:x.i32, num_samples: 4, seqlen: 24}\n\
-                    stages:\n  - passes:\n      - smoothquant: {alpha: 0.8, mapping_alpha: \
-                    {input_layernorm: 0.5}}\n";
+                    stages:\n  - passes:\n      - smoothquant: {alpha: 0.8, smooth_down: true, \
+                    mapping_alpha: {input_layernorm: 0.5, up_proj: 0.6}}\n";
         let plan = plan_for(text, &src, c.tie_word_embeddings);
         let sp = plan.smoothquant.as_ref().unwrap();
-        assert_eq!((sp.alpha_attention, sp.alpha_mlp), (0.5, 0.8));
+        assert_eq!(
+            (sp.alpha_attention, sp.alpha_mlp, sp.alpha_down),
+            (0.5, 0.8, Some(0.6))
+        );
         let model = run_scaling_only(&c, &src, &plan, &format!("{arch:?}"));
         for l in &model.layers {
-            assert_eq!(l.smoothquant.len(), 2, "{arch:?}");
+            assert_eq!(l.smoothquant.len(), 3, "{arch:?}");
             let mlp = &l.smoothquant[1];
             assert!(
                 mlp.outlier_ratio_after < mlp.outlier_ratio_before,
@@ -176,9 +179,12 @@ fn smoothquant_alone_keeps_tiny_models_logits() {
         assert!(model
             .floats
             .contains_key("model.layers.1.post_attention_layernorm.weight"));
-        assert!(model
-            .floats
-            .contains_key("model.layers.1.mlp.up_proj.weight"));
+        for t in ["mlp.up_proj.weight", "mlp.down_proj.weight"] {
+            assert!(
+                model.floats.contains_key(&format!("model.layers.1.{t}")),
+                "{t}"
+            );
+        }
     }
 }
 

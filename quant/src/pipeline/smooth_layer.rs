@@ -1,6 +1,6 @@
 //! SmoothQuant on one decoder layer: per-channel activation ranges at the two norm outputs
-//! (every calibration window run through the float layer), the scales of
-//! [`crate::smoothquant`], folded along the norm mappings of [`super::mappings`].
+//! (and, with `smooth_down`, at down_proj's input; every calibration window run through the
+//! float layer), the scales of [`crate::smoothquant`], folded along [`super::mappings`].
 
 use serde::Serialize;
 
@@ -42,19 +42,28 @@ pub fn smooth_layer(
 ) -> (Vec<SmoothReport>, Vec<String>) {
     let mut attn = ChannelRange::new(g.hidden);
     let mut mlp = ChannelRange::new(g.hidden);
+    let mut down = ChannelRange::new(g.ffn);
     for xw in x {
         let xn = layer.attn_norm(g, xw);
         attn.add(&xn);
         let h = layer.attn_residual(xw, &layer.attention(g, &xn));
-        mlp.add(&layer.mlp_norm(g, &h));
+        let hn = layer.mlp_norm(g, &h);
+        if plan.alpha_down.is_some() {
+            down.add(&layer.mlp_act(&hn));
+        }
+        mlp.add(&hn);
     }
-    // The norm mappings only: SmoothQuant folds into the norms in front of the linears.
-    let mut reports = Vec::new();
-    let mut changed = Vec::new();
-    for (m, range, alpha) in [
+    // The norm mappings (SmoothQuant's), and up → down when asked.
+    let mut mappings = vec![
         (&MAPPINGS[0], attn.range(), plan.alpha_attention),
         (&MAPPINGS[2], mlp.range(), plan.alpha_mlp),
-    ] {
+    ];
+    if let Some(a) = plan.alpha_down {
+        mappings.push((&MAPPINGS[3], down.range(), a));
+    }
+    let mut reports = Vec::new();
+    let mut changed = Vec::new();
+    for (m, range, alpha) in mappings {
         if m.balance
             .iter()
             .any(|&r| !plan.targets.contains(&linear(layer, r).name))

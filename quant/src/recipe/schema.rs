@@ -846,6 +846,9 @@ pub struct MappingAlpha {
     pub input_layernorm: Option<Alpha>,
     #[serde(default)]
     pub post_attention_layernorm: Option<Alpha>,
+    /// For up_proj → down_proj (with `smooth_down`).
+    #[serde(default)]
+    pub up_proj: Option<Alpha>,
 }
 
 /// `smoothquant:` arguments.
@@ -856,6 +859,11 @@ pub struct SmoothQuantArgs {
     pub alpha: Alpha,
     #[serde(default)]
     pub mapping_alpha: MappingAlpha,
+    /// Also smooth down_proj's input by folding into up_proj's rows (not in the paper nor
+    /// llm-compressor's defaults, which fold into norms only; SwiGLU products carry the
+    /// largest outliers of the layer).
+    #[serde(default)]
+    pub smooth_down: bool,
     #[serde(default = "default_targets")]
     pub targets: Vec<Pattern>,
     #[serde(default)]
@@ -867,12 +875,13 @@ fn default_alpha() -> Alpha {
 }
 
 impl SmoothQuantArgs {
-    /// `α` for the q/k/v mapping (input_layernorm) and the gate/up one.
-    pub fn alphas(&self) -> (f32, f32) {
+    /// `α` for the q/k/v mapping (input_layernorm), the gate/up one and up → down.
+    pub fn alphas(&self) -> (f32, f32, f32) {
         let m = self.mapping_alpha;
         (
             m.input_layernorm.unwrap_or(self.alpha).0,
             m.post_attention_layernorm.unwrap_or(self.alpha).0,
+            m.up_proj.unwrap_or(self.alpha).0,
         )
     }
 }
