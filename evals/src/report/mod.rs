@@ -8,10 +8,10 @@ pub mod svg;
 use std::path::Path;
 
 use lmq_runtime::config::ModelConfig;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One task's headline figure in the report.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TaskFigure {
     pub task: String,
     /// `acc_norm` where the task has it (lm-eval's usual headline for multiple choice with
@@ -22,7 +22,7 @@ pub struct TaskFigure {
 }
 
 /// One model's row.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ModelRow {
     /// Short label (the directory or file name).
     pub name: String,

@@ -10,6 +10,8 @@ const PANEL_W: f64 = 400.0;
 const MARGIN: f64 = 60.0;
 const TOP: f64 = 40.0;
 const PLOT_H: f64 = 270.0;
+/// Horizontal room kept right of the last point for its label.
+const LABEL_ROOM: f64 = 110.0;
 
 /// Linear map of `v` in `[lo, hi]` onto `[a, b]` (the middle when the range is empty).
 fn map(v: f64, lo: f64, hi: f64, a: f64, b: f64) -> f64 {
@@ -94,14 +96,18 @@ fn panel(
             ylab(v)
         ));
     }
-    for (v, x) in [(xl, xa), (xh, xb)] {
+    for (v, x) in [(xl, xa + 10.0), (xh, xb - LABEL_ROOM)] {
         out.push_str(&format!(
             "<text x=\"{x:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"middle\">{v:.0}</text>\n",
             ya + 16.0
         ));
     }
     for (r, x, y) in &pts {
-        let (px, py) = (map(*x, xl, xh, xa, xb), map(*y, yl, yh, ya, yb));
+        // Points stay clear of the right edge, where their labels go.
+        let (px, py) = (
+            map(*x, xl, xh, xa + 10.0, xb - LABEL_ROOM),
+            map(*y, yl, yh, ya, yb),
+        );
         out.push_str(&format!(
             "<circle cx=\"{px:.1}\" cy=\"{py:.1}\" r=\"5\" fill=\"#2a6fdb\"/>\n\
              <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\">{}</text>\n",
