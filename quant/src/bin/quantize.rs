@@ -257,7 +257,6 @@ fn print_awq_summary(model: &CalibratedModel) {
         .iter()
         .flat_map(|a| a.mappings.iter().map(|m| m.mapping))
         .collect();
-    names.dedup();
     names.sort();
     names.dedup();
     for name in names {

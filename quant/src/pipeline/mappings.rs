@@ -3,6 +3,7 @@
 //! producer, `s` into the consumers' input columns), so the float function is unchanged.
 
 use super::layer::{HostLayer, HostLinear};
+use crate::awq::scale_columns;
 
 /// Where the scaled input comes from: the producer that absorbs `1/s`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,11 +129,7 @@ pub fn fold(layer: &mut HostLayer, m: &Mapping, s: &[f32], prefix: &str) -> Vec<
     let mut changed = Vec::new();
     for &r in m.balance {
         let lin = linear_mut(layer, r);
-        for row in lin.weight.chunks_exact_mut(lin.inp) {
-            for (v, sv) in row.iter_mut().zip(s) {
-                *v *= sv;
-            }
-        }
+        lin.weight = scale_columns(&lin.weight, lin.inp, s);
         changed.push(lin.name.clone());
     }
     match m.smooth {

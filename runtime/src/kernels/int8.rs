@@ -147,7 +147,7 @@ pub fn matmul_i8(x: &QuantizedActs, w: &Int8Linear) -> Vec<f32> {
             #[cfg(target_arch = "x86_64")]
             if avx2 {
                 // SAFETY: AVX2 presence checked at run time.
-                unsafe { avx2_kernel::int_sums(x, &xw, w, o0, rows, &mut sums) };
+                unsafe { avx2_kernel::int_sums(&xw, m, w, o0, rows, &mut sums) };
                 return (o0, sums);
             }
             let _ = avx2;
@@ -182,7 +182,6 @@ fn has_avx2() -> bool {
 mod avx2_kernel {
     use std::arch::x86_64::*;
 
-    use super::QuantizedActs;
     use crate::packed::Int8Linear;
 
     /// Horizontal sum of 8 i32 lanes.
@@ -205,15 +204,15 @@ mod avx2_kernel {
     }
 
     /// Integer sums for output rows `o0..o0+rows` and every token, into `out` `[m, rows]`.
-    /// `xw` is the activations' codes widened to i16 (`[m, cols]`). The band's weight rows
+    /// `xw` is the `m` tokens' activation codes widened to i16 (`[m, cols]`). The band's weight rows
     /// are widened to i16 once into a scratch buffer (it stays in L1), so the inner loop is
     /// loads, `vpmaddwd` and adds only. Full tiles of 2 tokens × 4 rows keep their 8
     /// accumulators in registers; leftover tokens and rows take a 1 × 1 vector loop, and
     /// the last `cols % 16` inputs a scalar one.
     #[target_feature(enable = "avx2")]
     pub unsafe fn int_sums(
-        x: &QuantizedActs,
         xw: &[i16],
+        m: usize,
         w: &Int8Linear,
         o0: usize,
         rows: usize,
@@ -221,7 +220,6 @@ mod avx2_kernel {
     ) {
         let k = w.cols;
         let kv = k - k % 16;
-        let m = x.rows;
         let ww: Vec<i16> = w.codes[o0 * k..(o0 + rows) * k]
             .iter()
             .map(|&c| i16::from(c))
@@ -299,7 +297,6 @@ mod avx2_kernel {
                 out[t * rows + r] = single(t, r);
             }
         }
-        let _ = x;
     }
 }
 
