@@ -11,6 +11,7 @@ pub mod kernels;
 pub mod model;
 pub mod packed;
 pub mod sampling;
+pub mod serve;
 pub mod sysinfo;
 pub mod tokenizer;
 pub mod weights;

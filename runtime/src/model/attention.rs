@@ -115,4 +115,49 @@ impl<B: LinearBackend> Attention<B> {
             .reshape([b, t, self.num_heads * self.head_dim]);
         self.o_proj.forward(out)
     }
+
+    /// One new token for each of several sequences (`x`: `[n, 1, hidden]`), each continuing
+    /// its own cache at its own position: the projections run batched (the weights are read
+    /// once for all sequences), rotation and attention per sequence on the host.
+    pub fn forward_decode_batch(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &Rope<B>,
+        caches: &mut [&mut KvCache],
+        layer: usize,
+    ) -> Tensor<B, 3> {
+        let [n, t, _] = x.dims();
+        assert_eq!(t, 1, "batched decoding takes one token per sequence");
+        assert_eq!(n, caches.len(), "one cache per sequence");
+        let device = x.device();
+        let host = |y: Tensor<B, 3>| y.into_data().into_vec::<f32>().expect("f32 activations");
+        let mut q = host(self.q_proj.forward(x.clone()));
+        let mut k = host(self.k_proj.forward(x.clone()));
+        let v = host(self.v_proj.forward(x));
+        let (qw, kw) = (
+            self.num_heads * self.head_dim,
+            self.num_kv_heads * self.head_dim,
+        );
+        let mut out = Vec::with_capacity(n * qw);
+        for (i, cache) in caches.iter_mut().enumerate() {
+            let pos = cache.len();
+            let qi = &mut q[i * qw..][..qw];
+            let ki = &mut k[i * kw..][..kw];
+            rope.apply_host(qi, pos);
+            rope.apply_host(ki, pos);
+            let capacity = cache.capacity();
+            let (kc, vc) = cache.append(layer, ki, &v[i * kw..][..kw], 1);
+            let shape = CachedAttnShape {
+                heads: self.num_heads,
+                kv_heads: self.num_kv_heads,
+                head_dim: self.head_dim,
+                queries: 1,
+                len: pos + 1,
+                capacity,
+            };
+            out.extend(attention_cached(qi, kc, vc, shape));
+        }
+        self.o_proj
+            .forward(Tensor::from_data(TensorData::new(out, [n, 1, qw]), &device))
+    }
 }

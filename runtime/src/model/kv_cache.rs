@@ -1,6 +1,8 @@
 //! Per-layer key/value cache for incremental decoding, kept in host memory in the layout
 //! `[kv_heads, capacity, head_dim]`: appending writes only the new rows, and the cached
-//! attention kernel reads keys in place (no per-token copy of the whole cache).
+//! attention kernel reads keys in place (no per-token copy of the whole cache). Storage grows
+//! by doubling up to a maximum, so a server can promise a long generation without allocating
+//! it up front.
 
 /// Keys and values of one layer.
 #[derive(Debug, Clone)]
@@ -15,6 +17,7 @@ pub struct KvCache {
     layers: Vec<Option<LayerKv>>,
     len: usize,
     capacity: usize,
+    max_capacity: usize,
     kv_heads: usize,
     head_dim: usize,
 }
@@ -22,13 +25,52 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache able to hold `capacity` positions.
     pub fn new(num_layers: usize, capacity: usize, kv_heads: usize, head_dim: usize) -> Self {
+        Self::growable(num_layers, capacity, capacity, kv_heads, head_dim)
+    }
+
+    /// An empty cache that starts with room for `initial` positions and grows (doubling) up
+    /// to `max_capacity` when [`KvCache::reserve`] asks for more.
+    pub fn growable(
+        num_layers: usize,
+        initial: usize,
+        max_capacity: usize,
+        kv_heads: usize,
+        head_dim: usize,
+    ) -> Self {
         Self {
             layers: vec![None; num_layers],
             len: 0,
-            capacity,
+            capacity: initial.min(max_capacity),
+            max_capacity,
             kv_heads,
             head_dim,
         }
+    }
+
+    /// Makes room for `positions` in total (a no-op when there is room already); storage
+    /// is re-laid out per head. Panics beyond the maximum capacity, like an overflow.
+    pub fn reserve(&mut self, positions: usize) {
+        if positions <= self.capacity {
+            return;
+        }
+        assert!(
+            positions <= self.max_capacity,
+            "KV cache overflow: {positions} positions > capacity {}",
+            self.max_capacity
+        );
+        let new_cap = (self.capacity * 2).max(positions).min(self.max_capacity);
+        let (h, d, old) = (self.kv_heads, self.head_dim, self.capacity);
+        for slot in self.layers.iter_mut().flatten() {
+            for buf in [&mut slot.k, &mut slot.v] {
+                let mut grown = vec![0.0f32; h * new_cap * d];
+                for head in 0..h {
+                    grown[head * new_cap * d..][..self.len * d]
+                        .copy_from_slice(&buf[head * old * d..][..self.len * d]);
+                }
+                *buf = grown;
+            }
+        }
+        self.capacity = new_cap;
     }
 
     /// Positions already stored (the position of the next token).

@@ -232,6 +232,9 @@ impl<B: LinearBackend> Llama<B> {
             start + t,
             self.rope.max_positions()
         );
+        if let Some(c) = cache.as_deref_mut() {
+            c.reserve(start + t);
+        }
         let ids: Vec<u32> = tokens
             .into_data()
             .convert::<i64>()
@@ -255,6 +258,43 @@ impl<B: LinearBackend> Llama<B> {
         }
         if let Some(c) = cache {
             c.advance(t);
+        }
+        rms_norm(x, &self.norm, eps)
+    }
+
+    /// Final hidden states `[n, 1, hidden]` for one new token of each of `n` sequences, each
+    /// continuing its own cache (continuous batching: sequences of different lengths share
+    /// the weight reads of every linear).
+    pub fn forward_decode_batch(
+        &self,
+        tokens: &[u32],
+        caches: &mut [&mut KvCache],
+    ) -> Tensor<B, 3> {
+        let n = tokens.len();
+        assert_eq!(n, caches.len(), "one cache per token");
+        for c in caches.iter_mut() {
+            assert!(
+                c.len() < self.rope.max_positions(),
+                "sequence of {} positions exceeds the model context {}",
+                c.len() + 1,
+                self.rope.max_positions()
+            );
+            let len = c.len();
+            c.reserve(len + 1);
+        }
+        let d = self.config.hidden_size;
+        let mut x = B::gather_rows(tokens, &self.embed_tokens, &self.device()).reshape([n, 1, d]);
+        let eps = self.config.rms_norm_eps;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = rms_norm(x.clone(), &layer.input_layernorm, eps);
+            x = x + layer
+                .self_attn
+                .forward_decode_batch(h, &self.rope, caches, i);
+            let h = rms_norm(x.clone(), &layer.post_attention_layernorm, eps);
+            x = x + layer.mlp.forward(h);
+        }
+        for c in caches.iter_mut() {
+            c.advance(1);
         }
         rms_norm(x, &self.norm, eps)
     }
@@ -291,6 +331,14 @@ impl<B: LinearBackend> Llama<B> {
             .convert::<f32>()
             .into_vec::<f32>()
             .expect("f32 logits")
+    }
+
+    /// A cache that starts with room for `initial` positions and grows up to `max` (both
+    /// capped at the model context).
+    pub fn new_growable_cache(&self, initial: usize, max: usize) -> KvCache {
+        let c = &self.config;
+        let max = max.min(self.rope.max_positions());
+        KvCache::growable(c.num_layers, initial, max, c.num_kv_heads, c.head_dim)
     }
 
     /// A cache sized for `capacity` positions of this model.

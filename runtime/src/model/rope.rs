@@ -2,13 +2,18 @@
 //! way transformers builds them (f32 inverse frequencies, f32 angles) so long windows agree
 //! with the reference to the last bits.
 
+use std::sync::Arc;
+
 use burn::prelude::*;
 
-/// Precomputed cos/sin tables `[max_positions, head_dim]`.
+/// Precomputed cos/sin tables `[max_positions, head_dim]`, as tensors for whole-sequence
+/// passes and on the host for batched decoding, where every sequence sits at its own
+/// position.
 #[derive(Debug, Clone)]
 pub struct Rope<B: Backend> {
     cos: Tensor<B, 2>,
     sin: Tensor<B, 2>,
+    host: Arc<(Vec<f32>, Vec<f32>)>,
     head_dim: usize,
 }
 
@@ -39,9 +44,26 @@ impl<B: Backend> Rope<B> {
         let (cos, sin) = rope_tables(theta, head_dim, positions);
         let shape = [positions, head_dim];
         Self {
-            cos: Tensor::from_data(TensorData::new(cos, shape), device),
-            sin: Tensor::from_data(TensorData::new(sin, shape), device),
+            cos: Tensor::from_data(TensorData::new(cos.clone(), shape), device),
+            sin: Tensor::from_data(TensorData::new(sin.clone(), shape), device),
+            host: Arc::new((cos, sin)),
             head_dim,
+        }
+    }
+
+    /// Rotates, in place, one token's heads (`[heads, head_dim]` row-major) at position
+    /// `pos`: the same arithmetic as [`Rope::apply`] (`x·cos + rotate_half(x)·sin`).
+    pub fn apply_host(&self, x: &mut [f32], pos: usize) {
+        let d = self.head_dim;
+        let half = d / 2;
+        let cos = &self.host.0[pos * d..][..d];
+        let sin = &self.host.1[pos * d..][..d];
+        for head in x.chunks_exact_mut(d) {
+            for j in 0..half {
+                let (a, b) = (head[j], head[j + half]);
+                head[j] = a * cos[j] + -b * sin[j];
+                head[j + half] = b * cos[j + half] + a * sin[j + half];
+            }
         }
     }
 
