@@ -18,10 +18,8 @@ use crate::scheme::QuantScheme;
 pub enum LinearMethod {
     /// Round to nearest: needs only the weight.
     Rtn(QuantScheme),
-    /// GPTQ: needs the Hessian of the layer's inputs, accumulated as the options say. The
-    /// flag keeps RTN's rounding for a linear whose RTN output error on that Hessian is lower
-    /// (GPTQ's damped, greedy column order can lose to rounding at 8 bits).
-    Gptq(GptqOptions, HessianOptions, bool),
+    /// GPTQ: needs the Hessian of the layer's inputs, accumulated as the options say.
+    Gptq(GptqOptions, HessianOptions),
 }
 
 impl LinearMethod {
@@ -29,14 +27,14 @@ impl LinearMethod {
     pub fn scheme(&self) -> QuantScheme {
         match self {
             Self::Rtn(s) => *s,
-            Self::Gptq(o, ..) => o.scheme,
+            Self::Gptq(o, _) => o.scheme,
         }
     }
 
     /// How the Hessian is accumulated, for methods that need one.
     pub fn hessian_options(&self) -> Option<HessianOptions> {
         match self {
-            Self::Gptq(_, h, _) => Some(*h),
+            Self::Gptq(_, h) => Some(*h),
             Self::Rtn(_) => None,
         }
     }
@@ -51,8 +49,8 @@ impl LinearMethod {
     /// keeps natural groups (no `g_idx`).
     pub fn actorder(&self) -> Option<&'static str> {
         match self {
-            Self::Gptq(o, ..) if o.act_order && o.static_groups => Some("static"),
-            Self::Gptq(o, ..) if o.act_order => Some("group"),
+            Self::Gptq(o, _) if o.act_order && o.static_groups => Some("static"),
+            Self::Gptq(o, _) if o.act_order => Some("group"),
             _ => None,
         }
     }
@@ -123,11 +121,9 @@ impl QuantPlan {
             let at = |e: String| anyhow!("{}: {}: {e}", recipe.path.display(), t.key);
             let method = match pass {
                 Pass::Rtn(args) => LinearMethod::Rtn(args.scheme().map_err(at)?),
-                Pass::Gptq(args) => LinearMethod::Gptq(
-                    args.options().map_err(at)?,
-                    args.hessian_options(),
-                    args.rtn_fallback,
-                ),
+                Pass::Gptq(args) => {
+                    LinearMethod::Gptq(args.options().map_err(at)?, args.hessian_options())
+                }
                 Pass::Awq(args) => {
                     awq_passes.push((t, args));
                     continue;

@@ -231,20 +231,6 @@ fn print_summary(model: &CalibratedModel) {
             l.seconds
         );
     }
-    let kept: Vec<_> = all.iter().filter(|l| l.kept_rtn).map(|l| &l.name).collect();
-    if !kept.is_empty() {
-        println!(
-            "rtn_fallback: rounding kept on {} of {} GPTQ linears (lower output error): {}",
-            kept.len(),
-            all.iter().filter(|l| l.method == "gptq").count(),
-            kept.iter()
-                .take(6)
-                .map(|n| n.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-                + if kept.len() > 6 { ", …" } else { "" }
-        );
-    }
     let retried: Vec<_> = all.iter().filter(|l| l.retries > 0).collect();
     for l in &retried {
         println!(

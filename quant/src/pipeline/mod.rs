@@ -24,7 +24,7 @@ use serde::Serialize;
 use crate::gptq;
 use crate::plan::{LinearMethod, QuantPlan};
 use crate::rtn;
-use crate::scheme::{QuantizedWeight, WeightMatrix};
+use crate::scheme::WeightMatrix;
 use awq_layer::{awq_layer, AwqLayerReport};
 use hessian::{relative_output_error, HessianAccumulator};
 use layer::{HostLayer, LayerGeometry, LinearGroup};
@@ -57,8 +57,6 @@ pub struct LinearReport {
     pub rel_output_error: Option<f64>,
     /// The same for plain RTN at the same scheme, when compared.
     pub rtn_rel_output_error: Option<f64>,
-    /// GPTQ's result was replaced by RTN's, whose output error was lower (`rtn_fallback`).
-    pub kept_rtn: bool,
     /// GPTQ's own loss estimate (llm-compressor's logged "error").
     pub gptq_loss: Option<f64>,
     pub dampening_used: Option<f64>,
@@ -414,13 +412,13 @@ fn quantize_linear(
     let t0 = Instant::now();
     let wm = WeightMatrix::new(&lin.name, &lin.weight, lin.out, lin.inp)?;
     let scheme = method.scheme();
-    let (mut quantized, mut dequantized, gptq_info) = match method {
+    let (quantized, dequantized, gptq_info) = match method {
         LinearMethod::Rtn(s) => {
             let q = rtn::quantize(&wm, s)?;
             let dq = rtn::dequantize(&q)?;
             (q, dq, None)
         }
-        LinearMethod::Gptq(o, ..) => {
+        LinearMethod::Gptq(o, _) => {
             let (h, _) = hessian.context("GPTQ without a Hessian")?;
             let r = gptq::quantize(&wm, h, o)?;
             let info = (r.loss, r.dampening_used, r.retries, r.dead_columns);
@@ -429,31 +427,11 @@ fn quantize_linear(
     };
     let seconds = t0.elapsed().as_secs_f64();
     let h32 = hessian.map(|(_, h)| h);
-    let mut rel =
-        h32.map(|h| relative_output_error(&lin.weight, &dequantized, h, lin.out, lin.inp));
-    let fallback = matches!(method, LinearMethod::Gptq(_, _, true));
-    let mut kept_rtn = false;
-    let rtn_rel = match (
-        h32,
-        (opts.compare_rtn || fallback) && method.needs_hessian(),
-    ) {
+    let rel = h32.map(|h| relative_output_error(&lin.weight, &dequantized, h, lin.out, lin.inp));
+    let rtn_rel = match (h32, opts.compare_rtn && method.needs_hessian()) {
         (Some(h), true) => {
-            let q = rtn::quantize(&wm, &scheme)?;
-            let dq = rtn::dequantize(&q)?;
-            let e = relative_output_error(&lin.weight, &dq, h, lin.out, lin.inp);
-            if fallback && rel.is_some_and(|g| e < g) {
-                // Same grid, contiguous groups: written with an identity `g_idx` when the
-                // checkpoint's other linears carry one.
-                let g_idx = quantized
-                    .g_idx
-                    .as_ref()
-                    .map(|_| (0..q.cols).map(|c| (c / q.group_size) as i32).collect());
-                quantized = QuantizedWeight { g_idx, ..q };
-                dequantized = dq;
-                rel = Some(e);
-                kept_rtn = true;
-            }
-            Some(e)
+            let dq = rtn::dequantize(&rtn::quantize(&wm, &scheme)?)?;
+            Some(relative_output_error(&lin.weight, &dq, h, lin.out, lin.inp))
         }
         _ => None,
     };
@@ -467,7 +445,6 @@ fn quantize_linear(
         method: method.kind(),
         rel_output_error: rel,
         rtn_rel_output_error: rtn_rel,
-        kept_rtn,
         gptq_loss: gptq_info.map(|i| i.0),
         dampening_used: gptq_info.map(|i| i.1),
         retries: gptq_info.map_or(0, |i| i.2),

@@ -642,11 +642,6 @@ pub struct GptqArgs {
     /// them at the expense of every other token.
     #[serde(default = "default_token_clip")]
     pub token_clip: Option<TokenClip>,
-    /// Keep plain rounding for a linear where it has the lower output error on the layer's
-    /// calibration inputs (the quantity GPTQ minimizes). At 8 bits GPTQ's damped greedy pass
-    /// loses to rounding on some linears; `false` is GPTQ as published.
-    #[serde(default = "default_true")]
-    pub rtn_fallback: bool,
     #[serde(default = "default_targets")]
     pub targets: Vec<Pattern>,
     #[serde(default)]
