@@ -12,6 +12,7 @@ pub mod model;
 pub mod packed;
 pub mod sampling;
 pub mod serve;
+pub mod speculative;
 pub mod sysinfo;
 pub mod tokenizer;
 pub mod weights;

@@ -167,17 +167,34 @@ async fn an_end_of_sequence_token_is_reported_with_its_logprob() {
     // SmolLM2's greedy next token after this PIQA answer is <|endoftext|>. lm-eval scores
     // `token_logprobs[ctxlen:-1]`, so the EOS must be there or the answer's last token is lost.
     let st = shared();
-    let text = "Question: How do you attach toilet paper to a glass jar?\nAnswer: Press a piece of \
+    let text =
+        "Question: How do you attach toilet paper to a glass jar?\nAnswer: Press a piece of \
                 double-sided tape to the glass jar and then press the toilet paper onto the tape.";
-    let (s, v) = call(&st, "POST", "/v1/completions", Some(json!({
-        "prompt": text, "max_tokens": 1, "temperature": 0, "echo": true, "logprobs": 1
-    }))).await;
+    let (s, v) = call(
+        &st,
+        "POST",
+        "/v1/completions",
+        Some(json!({
+            "prompt": text, "max_tokens": 1, "temperature": 0, "echo": true, "logprobs": 1
+        })),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let n = v["usage"]["prompt_tokens"].as_u64().unwrap() as usize;
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
     assert_eq!(v["usage"]["completion_tokens"], 1);
-    assert_eq!(v["choices"][0]["logprobs"]["token_logprobs"].as_array().unwrap().len(), n + 1);
-    assert!(text_of(&v).ends_with("onto the tape."), "no EOS text: {}", text_of(&v));
+    assert_eq!(
+        v["choices"][0]["logprobs"]["token_logprobs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        n + 1
+    );
+    assert!(
+        text_of(&v).ends_with("onto the tape."),
+        "no EOS text: {}",
+        text_of(&v)
+    );
 }
 
 #[tokio::test]

@@ -1,0 +1,187 @@
+//! `spec-bench`: Spec-Bench-style table for speculative decoding. For the first turn of MT-bench
+//! questions (8 categories), rendered with the target's chat template, greedy, batch 1: mean
+//! tokens per target step τ and wall-clock speedup over the runtime's own autoregressive
+//! decoding, measured side by side (each question runs plain, then speculative).
+//!
+//! Proposers: `lookup` (prompt lookup), `draft:M` (model M as the draft, e.g. `qwen-0.5b` for
+//! `--model qwen-1.5b`), `early-exit:N` (the target's first N layers as its own draft).
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use lmq_runtime::assets::{ensure, Asset};
+use lmq_runtime::checkpoint::Checkpoint;
+use lmq_runtime::generate::generate;
+use lmq_runtime::model::Llama;
+use lmq_runtime::sampling::SamplingParams;
+use lmq_runtime::serve::chat::{ChatMessage, ChatTemplate};
+use lmq_runtime::speculative::draft::DraftModel;
+use lmq_runtime::speculative::lookup::PromptLookup;
+use lmq_runtime::speculative::{generate_speculative, Proposer, SpecStats};
+use lmq_runtime::Cpu;
+
+#[derive(Parser, Debug)]
+#[command(name = "spec-bench", version)]
+struct Args {
+    /// Target model.
+    #[arg(long, default_value = "smollm2")]
+    model: String,
+    /// Proposers, comma-separated: lookup, draft:M, early-exit:N.
+    #[arg(long, value_delimiter = ',', default_value = "lookup")]
+    proposers: Vec<String>,
+    /// Questions per category (the first ones).
+    #[arg(long, default_value_t = 2)]
+    per_category: usize,
+    #[arg(long, default_value_t = 128)]
+    max_new: usize,
+    /// Proposed tokens per step.
+    #[arg(long, default_value_t = 4)]
+    k: usize,
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+}
+
+/// Totals for one (proposer, category) cell.
+#[derive(Default, Clone, Copy)]
+struct Cell {
+    plain_s: f64,
+    spec_s: f64,
+    stats: SpecStats,
+    tokens: usize,
+}
+
+impl Cell {
+    fn add(&mut self, o: &Cell) {
+        self.plain_s += o.plain_s;
+        self.spec_s += o.spec_s;
+        self.tokens += o.tokens;
+        self.stats += o.stats;
+    }
+}
+
+fn proposer(spec: &str, target: &Llama<Cpu>) -> Result<Box<dyn Proposer>> {
+    if spec == "lookup" {
+        return Ok(Box::new(PromptLookup::default()));
+    }
+    if let Some(m) = spec.strip_prefix("draft:") {
+        let ckpt = Checkpoint::open(m)?;
+        if ckpt.config.vocab_size != target.config.vocab_size {
+            bail!(
+                "draft {m} has vocabulary {} but the target has {}",
+                ckpt.config.vocab_size,
+                target.config.vocab_size
+            );
+        }
+        return Ok(Box::new(DraftModel::new(
+            ckpt.load_model::<Cpu>(&Default::default())?,
+            0,
+        )));
+    }
+    if let Some(n) = spec.strip_prefix("early-exit:") {
+        let n: usize = n.parse().context("early-exit:N takes a layer count")?;
+        let mut d = target.clone();
+        d.layers.truncate(n);
+        return Ok(Box::new(DraftModel::new(d, 0)));
+    }
+    bail!("unknown proposer `{spec}` (lookup, draft:M, early-exit:N)")
+}
+
+fn main() -> Result<()> {
+    let a = Args::parse();
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(a.threads)
+        .build_global()?;
+    let ckpt = Checkpoint::open(&a.model)?;
+    let target = ckpt.load_model::<Cpu>(&Default::default())?;
+    let tok = &ckpt.tokenizer;
+    let name = |id: Option<u32>| {
+        id.and_then(|i| tok.id_to_token(i))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let template = ChatTemplate::new(
+        ckpt.chat_template
+            .as_deref()
+            .or(tok.chat_template())
+            .context("the target has no chat template")?,
+        &name(tok.bos_id()),
+        &name(tok.eos_id()),
+    )?;
+    let mut stop = ckpt.config.eos_token_ids.clone();
+    stop.extend(
+        ["<|im_end|>", "<|eot_id|>", "<|endoftext|>"]
+            .iter()
+            .filter_map(|t| tok.token_to_id(t)),
+    );
+    let questions = std::fs::read_to_string(ensure(Asset::MtBench)?)?;
+    let mut by_cat: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in questions.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        let cat = v["category"].as_str().unwrap_or("?").to_owned();
+        let turn = v["turns"][0].as_str().unwrap_or_default().to_owned();
+        let list = by_cat.entry(cat).or_default();
+        if list.len() < a.per_category {
+            list.push(turn);
+        }
+    }
+    let params = SamplingParams::default();
+    println!(
+        "target {}, greedy, batch 1, {} threads, k {}, {} new tokens max, {} question(s) per category",
+        a.model, a.threads, a.k, a.max_new, a.per_category
+    );
+    for spec in &a.proposers {
+        let mut prop = proposer(spec, &target)?;
+        let mut cells: BTreeMap<String, Cell> = BTreeMap::new();
+        for (cat, qs) in &by_cat {
+            for q in qs {
+                let msgs = vec![ChatMessage {
+                    role: "user".into(),
+                    content: q.clone(),
+                }];
+                let prompt = tok.encode(&template.render(&msgs)?, false)?;
+                let t0 = Instant::now();
+                let plain = generate(&target, &prompt, a.max_new, params.clone(), &stop, |_| {})?;
+                let plain_s = t0.elapsed().as_secs_f64();
+                let t0 = Instant::now();
+                let (out, stats) = generate_speculative(
+                    &target,
+                    prop.as_mut(),
+                    &prompt,
+                    a.max_new,
+                    a.k,
+                    params.clone(),
+                    &stop,
+                    |_| {},
+                )?;
+                let spec_s = t0.elapsed().as_secs_f64();
+                if out != plain {
+                    eprintln!("warning: {spec} on a {cat} question differs from plain greedy");
+                }
+                cells.entry(cat.clone()).or_default().add(&Cell {
+                    plain_s,
+                    spec_s,
+                    stats,
+                    tokens: out.len(),
+                });
+            }
+        }
+        println!("\n{spec}:\n| category | tokens | τ | acceptance | plain tok/s | speculative tok/s | speedup |");
+        println!("|---|---|---|---|---|---|---|");
+        let mut all = Cell::default();
+        cells.values().for_each(|c| all.add(c));
+        for (cat, c) in cells.iter().chain([(&"overall".to_string(), &all)]) {
+            println!(
+                "| {cat} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.2}x |",
+                c.tokens,
+                c.stats.tau(),
+                c.stats.acceptance(),
+                c.tokens as f64 / c.plain_s,
+                c.tokens as f64 / c.spec_s,
+                c.plain_s / c.spec_s
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! The speculative generation loop: propose, verify in one target pass, roll the target's
+//! cache back to the accepted tokens, repeat.
+
+use burn::prelude::*;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use super::verify::{verify_greedy, verify_sampling};
+use super::Proposer;
+use crate::generate::{last_logits, GenerateError};
+use crate::model::{LinearBackend, Llama};
+use crate::sampling::{filtered_distribution, Sampler, SamplingParams};
+
+/// What speculation bought.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SpecStats {
+    /// Target forward passes after the prompt (each yields 1 + accepted tokens).
+    pub steps: usize,
+    pub proposed: usize,
+    pub accepted: usize,
+    /// Tokens generated after the first (which the prompt pass yields).
+    pub generated: usize,
+}
+
+impl std::ops::AddAssign for SpecStats {
+    fn add_assign(&mut self, o: Self) {
+        self.steps += o.steps;
+        self.proposed += o.proposed;
+        self.accepted += o.accepted;
+        self.generated += o.generated;
+    }
+}
+
+impl SpecStats {
+    /// Mean tokens per target step (τ in the Medusa/Spec-Bench tables); 1.0 is plain decoding.
+    pub fn tau(&self) -> f64 {
+        if self.steps == 0 {
+            return 1.0;
+        }
+        self.generated as f64 / self.steps as f64
+    }
+
+    /// Fraction of proposed tokens accepted.
+    pub fn acceptance(&self) -> f64 {
+        if self.proposed == 0 {
+            return 0.0;
+        }
+        self.accepted as f64 / self.proposed as f64
+    }
+}
+
+/// Generates up to `max_new` tokens after `prompt` with `proposer` guessing up to `k` tokens
+/// per step; stops at any of `stop_ids` (emitted, as `generate` does). Same output as
+/// `generate::generate` for greedy parameters; the target's distribution when sampling.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_speculative<B: LinearBackend>(
+    model: &Llama<B>,
+    proposer: &mut dyn Proposer,
+    prompt: &[u32],
+    max_new: usize,
+    k: usize,
+    params: SamplingParams,
+    stop_ids: &[u32],
+    mut on_token: impl FnMut(u32),
+) -> Result<(Vec<u32>, SpecStats), GenerateError> {
+    if prompt.is_empty() {
+        return Err(GenerateError::EmptyPrompt);
+    }
+    let context = model.rope.max_positions();
+    if prompt.len() + max_new > context {
+        return Err(GenerateError::TooLong {
+            prompt: prompt.len(),
+            max_new,
+            context,
+        });
+    }
+    let device = model.device();
+    let greedy = params.temperature <= 0.0;
+    let mut cache = model.new_growable_cache(prompt.len() + 64, prompt.len() + max_new + k + 1);
+    let mut rng = StdRng::seed_from_u64(params.seed);
+    let run = |tokens: &[u32], cache: &mut crate::model::KvCache| {
+        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+        let input =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, tokens.len()]), &device);
+        model.forward(input, Some(cache))
+    };
+    let first_logits = last_logits(run(prompt, &mut cache));
+    let first = Sampler::new(params.clone()).sample(&first_logits);
+    let mut out = vec![first];
+    let mut stats = SpecStats::default();
+    on_token(first);
+    let mut seq: Vec<u32> = prompt.to_vec();
+    seq.push(first);
+    while out.len() < max_new && !stop_ids.contains(out.last().unwrap()) {
+        let room = max_new - out.len() - 1;
+        let proposal = proposer.propose(&seq, k.min(room), &params);
+        let mut input = vec![*out.last().unwrap()];
+        input.extend(proposal.iter().map(|p| p.0));
+        let before = cache.len();
+        let logits = run(&input, &mut cache);
+        let vocab = model.config.vocab_size;
+        let rows: Vec<f32> = logits
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .expect("f32 logits");
+        let rows: Vec<&[f32]> = rows.chunks_exact(vocab).collect();
+        let tokens: Vec<u32> = proposal.iter().map(|p| p.0).collect();
+        let (n, next) = if greedy {
+            verify_greedy(&tokens, &rows)
+        } else {
+            let q: Vec<Vec<(u32, f64)>> = proposal.iter().map(|p| p.1.clone()).collect();
+            let p: Vec<Vec<(u32, f64)>> = rows
+                .iter()
+                .map(|r| filtered_distribution(r, &params))
+                .collect();
+            verify_sampling(&tokens, &q, &p, &mut rng)
+        };
+        cache.truncate(before + 1 + n);
+        stats.steps += 1;
+        stats.proposed += tokens.len();
+        stats.accepted += n;
+        for &t in tokens[..n].iter().chain([next].iter()) {
+            out.push(t);
+            seq.push(t);
+            stats.generated += 1;
+            on_token(t);
+            if stop_ids.contains(&t) || out.len() == max_new {
+                break;
+            }
+        }
+    }
+    Ok((out, stats))
+}

@@ -1,0 +1,108 @@
+//! Speculative decoding on the real SmolLM2: greedy output is token-for-token plain greedy
+//! decoding for prompt lookup and for draft models (a 10-layer early exit of the same model,
+//! and the model itself, which must accept every proposal).
+
+use std::sync::OnceLock;
+
+use lmq_runtime::assets::{ensure, Asset};
+use lmq_runtime::checkpoint::Checkpoint;
+use lmq_runtime::generate::generate;
+use lmq_runtime::model::Llama;
+use lmq_runtime::sampling::SamplingParams;
+use lmq_runtime::speculative::draft::DraftModel;
+use lmq_runtime::speculative::lookup::PromptLookup;
+use lmq_runtime::speculative::{generate_speculative, Proposer, SpecStats};
+use lmq_runtime::Cpu;
+
+const PROMPTS: [&str; 20] = [
+    "The capital of France is",
+    "def fibonacci(n):\n    if n < 2:\n        return n\n    return",
+    "List the days of the week: Monday, Tuesday,",
+    "Once upon a time, in a small village,",
+    "Translate to French: Good morning, my friend.",
+    "The three primary colors are",
+    "Water boils at 100 degrees Celsius. At what temperature does water boil?",
+    "Question: What is 12 times 12?\nAnswer:",
+    "import numpy as np\nx = np.array([1, 2, 3])\nprint(",
+    "The quick brown fox jumps over the lazy dog. The quick brown fox",
+    "Write a haiku about the ocean.",
+    "In 1492, Columbus",
+    "Summarize: The meeting was moved from Monday to Tuesday because the room was booked.",
+    "Photosynthesis is the process by which",
+    "for i in range(10):\n    print(i)\nfor j in range(10):\n    print(",
+    "The largest planet in our solar system is",
+    "Name three programming languages:",
+    "A recipe for pancakes: flour, eggs,",
+    "The opposite of hot is cold. The opposite of up is",
+    "Dear Sir or Madam, I am writing to",
+];
+
+/// New tokens per prompt.
+const NEW: usize = 24;
+/// Proposed tokens per step.
+const K: usize = 4;
+
+struct Fixture {
+    ckpt: Checkpoint,
+    model: Llama<Cpu>,
+}
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let ckpt = Checkpoint::open_gguf(&ensure(Asset::SmolLm2).expect("SmolLM2 asset")).unwrap();
+        let model = ckpt.load_model::<Cpu>(&Default::default()).unwrap();
+        Fixture { ckpt, model }
+    })
+}
+
+/// Checks every prompt against plain greedy decoding; returns the summed statistics.
+fn same_as_greedy(proposer: &mut dyn Proposer) -> SpecStats {
+    let f = fixture();
+    let stop = &f.ckpt.config.eos_token_ids;
+    let mut total = SpecStats::default();
+    for p in PROMPTS {
+        let ids = f.ckpt.tokenizer.encode(p, true).unwrap();
+        let plain = generate(&f.model, &ids, NEW, SamplingParams::default(), stop, |_| {}).unwrap();
+        let (spec, s) = generate_speculative(
+            &f.model,
+            proposer,
+            &ids,
+            NEW,
+            K,
+            SamplingParams::default(),
+            stop,
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(spec, plain, "prompt {p:?}");
+        total += s;
+    }
+    total
+}
+
+#[test]
+fn prompt_lookup_is_exactly_greedy() {
+    let s = same_as_greedy(&mut PromptLookup::default());
+    assert!(s.accepted > 0, "lookup never accepted anything: {s:?}");
+    assert!(s.tau() > 1.0, "{s:?}");
+}
+
+#[test]
+fn early_exit_draft_is_exactly_greedy() {
+    let mut draft = fixture().model.clone();
+    draft.layers.truncate(10);
+    let s = same_as_greedy(&mut DraftModel::new(draft, 0));
+    assert!(
+        s.accepted < s.proposed,
+        "a 10-layer draft should miss sometimes: {s:?}"
+    );
+    assert!(s.accepted > 0, "{s:?}");
+}
+
+#[test]
+fn the_model_as_its_own_draft_accepts_everything() {
+    let s = same_as_greedy(&mut DraftModel::new(fixture().model.clone(), 0));
+    assert_eq!(s.accepted, s.proposed, "{s:?}");
+    assert!(s.tau() > 3.0, "k = {K}: {s:?}");
+}
