@@ -139,7 +139,7 @@ async fn main() -> Result<()> {
                 },
                 ..Default::default()
             };
-            let st = build_state(&ckpt, model, opts)?;
+            let st = build_state(&ckpt, model, opts, None)?;
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let addr = l.local_addr()?;
             tokio::spawn(async move { axum::serve(l, app(st)).await });

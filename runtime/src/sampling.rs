@@ -83,6 +83,16 @@ impl Sampler {
         Self { params, rng }
     }
 
+    /// The parameters it samples with.
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// Its generator (speculative verification draws from the same stream).
+    pub fn rng(&mut self) -> &mut StdRng {
+        &mut self.rng
+    }
+
     /// Picks the next token.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         if self.params.temperature <= 0.0 {

@@ -17,6 +17,7 @@ use lmq_runtime::sampling::SamplingParams;
 use lmq_runtime::serve::engine::EngineOptions;
 use lmq_runtime::serve::logprobs::log_sum_exp;
 use lmq_runtime::serve::{app, build_state, AppState, ServeOptions};
+use lmq_runtime::speculative::choose::proposer_for;
 use lmq_runtime::Cpu;
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -47,7 +48,7 @@ fn state_with(engine: EngineOptions) -> AppState {
         max_body_bytes: 1 << 20,
         engine,
     };
-    build_state(&f.ckpt, f.model.clone(), opts).unwrap()
+    build_state(&f.ckpt, f.model.clone(), opts, None).unwrap()
 }
 
 fn shared() -> AppState {
@@ -113,6 +114,57 @@ async fn greedy_completion_equals_generate() {
         assert_eq!(s, StatusCode::OK, "{v}");
         assert_eq!(text_of(&v), want, "{prompt}");
         assert_eq!(v["usage"]["prompt_tokens"], ids.len());
+    }
+}
+
+#[tokio::test]
+async fn speculative_serving_gives_the_same_greedy_text() {
+    let f = fixture();
+    for spec in ["lookup", "early-exit:10"] {
+        let proposer = proposer_for(spec, &f.model, &Default::default()).unwrap();
+        let opts = ServeOptions {
+            model_id: "smollm2".into(),
+            max_context: Some(2048),
+            ..ServeOptions::default()
+        };
+        let st = build_state(&f.ckpt, f.model.clone(), opts, proposer).unwrap();
+        for prompt in [
+            "List the days of the week: Monday, Tuesday,",
+            "def add(a, b):\n    return a + b\n\ndef sub(a, b):",
+        ] {
+            let (_, plain) = call(
+                &shared(),
+                "POST",
+                "/v1/completions",
+                Some(json!({"prompt": prompt, "max_tokens": 24, "temperature": 0})),
+            )
+            .await;
+            let (s, v) = call(
+                &st,
+                "POST",
+                "/v1/completions",
+                Some(json!({"prompt": prompt, "max_tokens": 24, "temperature": 0, "logprobs": 1})),
+            )
+            .await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            assert_eq!(text_of(&v), text_of(&plain), "{spec}: {prompt}");
+            assert_eq!(
+                v["usage"]["completion_tokens"],
+                plain["usage"]["completion_tokens"]
+            );
+        }
+        let resp = app(st.clone())
+            .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let text = String::from_utf8(
+            axum::body::to_bytes(resp.into_body(), usize::MAX)
+                .await
+                .unwrap()
+                .to_vec(),
+        )
+        .unwrap();
+        assert!(text.contains("lmq_spec_acceptance_rate"), "{spec}: {text}");
     }
 }
 
@@ -365,7 +417,7 @@ async fn full_queue_is_503_and_a_client_that_leaves_frees_its_slot() {
     let st = state_with(EngineOptions {
         max_batch: 1,
         max_queue: 0,
-        panic_on: None,
+        ..EngineOptions::default()
     });
     let url = listen(st.clone()).await;
     let client = reqwest::Client::new();

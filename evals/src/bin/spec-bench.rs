@@ -9,17 +9,15 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Parser;
 use lmq_runtime::assets::{ensure, Asset};
 use lmq_runtime::checkpoint::Checkpoint;
 use lmq_runtime::generate::generate;
-use lmq_runtime::model::Llama;
 use lmq_runtime::sampling::SamplingParams;
 use lmq_runtime::serve::chat::{ChatMessage, ChatTemplate};
-use lmq_runtime::speculative::draft::DraftModel;
-use lmq_runtime::speculative::lookup::PromptLookup;
-use lmq_runtime::speculative::{generate_speculative, Proposer, SpecStats};
+use lmq_runtime::speculative::choose::proposer_for;
+use lmq_runtime::speculative::{generate_speculative, SpecStats};
 use lmq_runtime::Cpu;
 
 #[derive(Parser, Debug)]
@@ -59,33 +57,6 @@ impl Cell {
         self.tokens += o.tokens;
         self.stats += o.stats;
     }
-}
-
-fn proposer(spec: &str, target: &Llama<Cpu>) -> Result<Box<dyn Proposer>> {
-    if spec == "lookup" {
-        return Ok(Box::new(PromptLookup::default()));
-    }
-    if let Some(m) = spec.strip_prefix("draft:") {
-        let ckpt = Checkpoint::open(m)?;
-        if ckpt.config.vocab_size != target.config.vocab_size {
-            bail!(
-                "draft {m} has vocabulary {} but the target has {}",
-                ckpt.config.vocab_size,
-                target.config.vocab_size
-            );
-        }
-        return Ok(Box::new(DraftModel::new(
-            ckpt.load_model::<Cpu>(&Default::default())?,
-            0,
-        )));
-    }
-    if let Some(n) = spec.strip_prefix("early-exit:") {
-        let n: usize = n.parse().context("early-exit:N takes a layer count")?;
-        let mut d = target.clone();
-        d.layers.truncate(n);
-        return Ok(Box::new(DraftModel::new(d, 0)));
-    }
-    bail!("unknown proposer `{spec}` (lookup, draft:M, early-exit:N)")
 }
 
 fn main() -> Result<()> {
@@ -132,7 +103,8 @@ fn main() -> Result<()> {
         a.model, a.threads, a.k, a.max_new, a.per_category
     );
     for spec in &a.proposers {
-        let mut prop = proposer(spec, &target)?;
+        let mut prop = proposer_for(spec, &target, &Default::default())?
+            .with_context(|| format!("`{spec}` proposes nothing"))?;
         let mut cells: BTreeMap<String, Cell> = BTreeMap::new();
         for (cat, qs) in &by_cat {
             for q in qs {

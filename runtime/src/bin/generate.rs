@@ -7,6 +7,8 @@ use clap::Parser;
 use lmq_runtime::checkpoint::Checkpoint;
 use lmq_runtime::generate::generate;
 use lmq_runtime::sampling::SamplingParams;
+use lmq_runtime::speculative::choose::proposer_for;
+use lmq_runtime::speculative::generate_speculative;
 use lmq_runtime::Cpu;
 
 /// Generate a continuation of a prompt.
@@ -32,6 +34,13 @@ struct Args {
     /// Print the generated token ids as JSON instead of text.
     #[arg(long)]
     ids: bool,
+    /// off, lookup, draft:MODEL or early-exit:LAYERS (speculative decoding; same output
+    /// when greedy, the same distribution when sampling).
+    #[arg(long, default_value = "off")]
+    speculative: String,
+    /// Tokens proposed per speculative step.
+    #[arg(long, default_value_t = 4)]
+    speculative_k: usize,
 }
 
 fn main() {
@@ -58,7 +67,8 @@ fn run(args: Args) -> Result<()> {
     if !args.ids {
         print!("{}", args.prompt);
     }
-    let out = generate(&model, &prompt, args.max_tokens, params, &stop, |t| {
+    let mut proposer = proposer_for(&args.speculative, &model, &Default::default())?;
+    let on_token = |t: u32| {
         if args.ids {
             return;
         }
@@ -71,7 +81,30 @@ fn run(args: Args) -> Result<()> {
                 shown = text.len();
             }
         }
-    })?;
+    };
+    let out = match proposer.as_deref_mut() {
+        None => generate(&model, &prompt, args.max_tokens, params, &stop, on_token)?,
+        Some(p) => {
+            let (out, stats) = generate_speculative(
+                &model,
+                p,
+                &prompt,
+                args.max_tokens,
+                args.speculative_k,
+                params,
+                &stop,
+                on_token,
+            )?;
+            eprintln!(
+                "\n[speculative {}: {} steps, τ {:.2}, acceptance {:.2}]",
+                args.speculative,
+                stats.steps,
+                stats.tau(),
+                stats.acceptance()
+            );
+            out
+        }
+    };
     if args.ids {
         println!(
             "{}",

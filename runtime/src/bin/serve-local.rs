@@ -4,11 +4,12 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Parser;
 use lmq_runtime::checkpoint::Checkpoint;
 use lmq_runtime::serve::engine::EngineOptions;
 use lmq_runtime::serve::{app, build_state, ServeOptions};
+use lmq_runtime::speculative::choose::proposer_for;
 use lmq_runtime::Cpu;
 
 /// Serve a model over OpenAI's completions and chat APIs.
@@ -25,9 +26,13 @@ struct Args {
     host: String,
     #[arg(long, default_value_t = 8080)]
     port: u16,
-    /// off (default). medusa, draft and lookup arrive with speculative decoding.
+    /// off, lookup (prompt n-gram lookup), draft:MODEL (a smaller model with the same
+    /// vocabulary), early-exit:LAYERS. Used while a single request is running.
     #[arg(long, default_value = "off")]
     speculative: String,
+    /// Tokens proposed per speculative step.
+    #[arg(long, default_value_t = 4)]
+    speculative_k: usize,
     /// Sequences decoded together in one batched step.
     #[arg(long, default_value_t = 64)]
     max_batch: usize,
@@ -53,14 +58,9 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<()> {
-    if args.speculative != "off" {
-        bail!(
-            "--speculative {}: speculative decoding is not built yet; only `off` is available",
-            args.speculative
-        );
-    }
     let ckpt = Checkpoint::open(&args.model)?;
     let model = ckpt.load_model::<Cpu>(&Default::default())?;
+    let proposer = proposer_for(&args.speculative, &model, &Default::default())?;
     let model_id = args.served_model_name.clone().unwrap_or_else(|| {
         Path::new(&args.model)
             .file_stem()
@@ -74,9 +74,10 @@ fn run(args: Args) -> Result<()> {
             max_batch: args.max_batch.max(1),
             max_queue: args.max_queue,
             panic_on: None,
+            speculative_k: args.speculative_k,
         },
     };
-    let state = build_state(&ckpt, model, opts)?;
+    let state = build_state(&ckpt, model, opts, proposer)?;
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
         .with_context(|| format!("bad address {}:{}", args.host, args.port))?;

@@ -13,7 +13,9 @@ use tokio::sync::mpsc;
 
 use super::logprobs::{token_logprob, TokenLogprob};
 use crate::model::{KvCache, LinearBackend, Llama};
-use crate::sampling::{Sampler, SamplingParams};
+use crate::sampling::{filtered_distribution, Sampler, SamplingParams};
+use crate::speculative::verify::{verify_greedy, verify_sampling};
+use crate::speculative::Proposer;
 
 /// Room a new sequence's cache starts with beyond its prompt; it grows by doubling.
 const INITIAL_NEW_POSITIONS: usize = 256;
@@ -78,6 +80,10 @@ pub struct EngineOptions {
     /// Test hook: a prompt containing this token sequence panics inside the engine, to show
     /// that one request's panic fails that request only.
     pub panic_on: Option<Vec<u32>>,
+    /// Tokens a proposer may guess per step. Speculation runs only while a single sequence
+    /// is running: with several, batching already keeps the cores busy and verifying
+    /// guesses for every sequence would cost more than it saves.
+    pub speculative_k: usize,
 }
 
 impl Default for EngineOptions {
@@ -86,6 +92,7 @@ impl Default for EngineOptions {
             max_batch: 64,
             max_queue: 256,
             panic_on: None,
+            speculative_k: 4,
         }
     }
 }
@@ -95,6 +102,9 @@ impl Default for EngineOptions {
 pub struct Load {
     pub queued: AtomicUsize,
     pub running: AtomicUsize,
+    /// Speculative tokens proposed and accepted so far.
+    pub proposed: AtomicUsize,
+    pub accepted: AtomicUsize,
 }
 
 /// The queue is full: the caller should answer "busy, retry later".
@@ -111,9 +121,13 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
-    /// Starts the engine thread; it stops when every handle is dropped and the running
-    /// sequences have finished.
-    pub fn spawn<B: LinearBackend>(model: Llama<B>, opts: EngineOptions) -> Self
+    /// Starts the engine thread (speculating with `proposer` when given); it stops when
+    /// every handle is dropped and the running sequences have finished.
+    pub fn spawn<B: LinearBackend>(
+        model: Llama<B>,
+        opts: EngineOptions,
+        proposer: Option<Box<dyn Proposer + Send>>,
+    ) -> Self
     where
         Llama<B>: Send + 'static,
     {
@@ -123,7 +137,7 @@ impl EngineHandle {
         let l = load.clone();
         std::thread::Builder::new()
             .name("lmq-engine".into())
-            .spawn(move || run(model, rx, l, opts))
+            .spawn(move || run(model, rx, l, opts, proposer))
             .expect("spawning the engine thread");
         Self { tx, load, limit }
     }
@@ -146,6 +160,8 @@ impl EngineHandle {
 
 /// A running sequence.
 struct Seq {
+    /// Prompt and generated tokens (what a proposer continues).
+    tokens: Vec<u32>,
     cache: KvCache,
     sampler: Sampler,
     last: u32,
@@ -161,6 +177,12 @@ impl Seq {
     /// Chooses the next token from `logits` and tells the client.
     fn advance(&mut self, logits: &[f32]) {
         let tok = self.sampler.sample(logits);
+        self.emit(tok, logits);
+    }
+
+    /// Reports `tok` (chosen from `logits`), ending the sequence at a stop token or the
+    /// length limit.
+    fn emit(&mut self, tok: u32, logits: &[f32]) {
         let logprob = self.logprobs.map(|n| token_logprob(logits, tok, n));
         let end = self.stop_ids.contains(&tok);
         let _ = self.events.send(Event::Token {
@@ -174,6 +196,7 @@ impl Seq {
         }
         self.generated += 1;
         self.last = tok;
+        self.tokens.push(tok);
         if self.generated >= self.max_new {
             self.finish(FinishReason::Length);
         }
@@ -190,6 +213,7 @@ fn run<B: LinearBackend>(
     mut rx: mpsc::UnboundedReceiver<EngineRequest>,
     load: Arc<Load>,
     opts: EngineOptions,
+    mut proposer: Option<Box<dyn Proposer + Send>>,
 ) {
     let mut pending: VecDeque<EngineRequest> = VecDeque::new();
     let mut running: Vec<Seq> = Vec::new();
@@ -226,7 +250,17 @@ fn run<B: LinearBackend>(
         if running.is_empty() {
             continue;
         }
-        let step = catch_unwind(AssertUnwindSafe(|| decode_step(&model, &mut running)));
+        let step = catch_unwind(AssertUnwindSafe(|| {
+            match (&mut proposer, &mut running[..]) {
+                (Some(p), [one]) => {
+                    let (proposed, accepted) =
+                        speculative_step(&model, one, p.as_mut(), opts.speculative_k);
+                    load.proposed.fetch_add(proposed, Ordering::Relaxed);
+                    load.accepted.fetch_add(accepted, Ordering::Relaxed);
+                }
+                _ => decode_step(&model, &mut running),
+            }
+        }));
         if let Err(p) = step {
             // The caches may be half-updated: fail every sequence of this step.
             let msg = panic_text(&p);
@@ -288,6 +322,7 @@ fn prefill<B: LinearBackend>(
         to_vec(model.logits(hidden.slice([0..1, t - 1..t, 0..d])))
     };
     let mut seq = Seq {
+        tokens: req.prompt,
         cache,
         sampler: Sampler::new(req.params),
         last: 0,
@@ -304,6 +339,45 @@ fn prefill<B: LinearBackend>(
     }
     seq.advance(&last);
     (!seq.done).then_some(seq)
+}
+
+/// One target pass over the sequence's last token and a proposer's guesses; emits the
+/// accepted guesses and the target's own next token. Returns (proposed, accepted).
+fn speculative_step<B: LinearBackend>(
+    model: &Llama<B>,
+    s: &mut Seq,
+    proposer: &mut dyn Proposer,
+    k: usize,
+) -> (usize, usize) {
+    let room = s.max_new - s.generated - 1;
+    let params = s.sampler.params().clone();
+    let proposal = proposer.propose(&s.tokens, k.min(room), &params);
+    let guesses: Vec<u32> = proposal.iter().map(|p| p.0).collect();
+    let mut input = vec![s.last];
+    input.extend(&guesses);
+    let before = s.cache.len();
+    let ids: Vec<i32> = input.iter().map(|&t| t as i32).collect();
+    let x = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, input.len()]), &model.device());
+    let logits = to_vec(model.forward(x, Some(&mut s.cache)));
+    let rows: Vec<&[f32]> = logits.chunks_exact(model.config.vocab_size).collect();
+    let (n, next) = if params.temperature <= 0.0 {
+        verify_greedy(&guesses, &rows)
+    } else {
+        let q: Vec<Vec<(u32, f64)>> = proposal.into_iter().map(|p| p.1).collect();
+        let p: Vec<Vec<(u32, f64)>> = rows
+            .iter()
+            .map(|r| filtered_distribution(r, &params))
+            .collect();
+        verify_sampling(&guesses, &q, &p, s.sampler.rng())
+    };
+    s.cache.truncate(before + 1 + n);
+    for (i, &tok) in guesses[..n].iter().chain([next].iter()).enumerate() {
+        s.emit(tok, rows[i]);
+        if s.done {
+            break;
+        }
+    }
+    (guesses.len(), n)
 }
 
 /// One token for every running sequence in one batched forward pass.

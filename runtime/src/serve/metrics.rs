@@ -158,6 +158,30 @@ impl Metrics {
             "Requests waiting for a batch slot.",
             load.queued.load(Ordering::SeqCst),
         );
+        let (proposed, accepted) = (
+            load.proposed.load(Ordering::Relaxed),
+            load.accepted.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "lmq_spec_proposed_tokens_total",
+            "Tokens a speculative proposer guessed.",
+            proposed as u64,
+        );
+        counter(
+            &mut out,
+            "lmq_spec_accepted_tokens_total",
+            "Guessed tokens the target accepted.",
+            accepted as u64,
+        );
+        if proposed > 0 {
+            let _ = writeln!(
+                out,
+                "# HELP lmq_spec_acceptance_rate Accepted / proposed speculative tokens.\n\
+                 # TYPE lmq_spec_acceptance_rate gauge\nlmq_spec_acceptance_rate {}",
+                accepted as f64 / proposed as f64
+            );
+        }
         gauge(
             &mut out,
             "lmq_running_sequences",

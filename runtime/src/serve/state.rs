@@ -9,6 +9,7 @@ use super::metrics::Metrics;
 use super::routes::ServerState;
 use crate::checkpoint::Checkpoint;
 use crate::model::{LinearBackend, Llama};
+use crate::speculative::Proposer;
 
 /// End-of-turn markers of common chat templates; chat generation stops on those present.
 const END_OF_TURN: [&str; 4] = ["<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"];
@@ -40,6 +41,7 @@ pub fn build_state<B: LinearBackend>(
     ckpt: &Checkpoint,
     model: Llama<B>,
     opts: ServeOptions,
+    proposer: Option<Box<dyn Proposer + Send>>,
 ) -> anyhow::Result<Arc<ServerState>>
 where
     Llama<B>: Send + 'static,
@@ -68,7 +70,7 @@ where
     chat_stop_ids.sort_unstable();
     chat_stop_ids.dedup();
     Ok(Arc::new(ServerState {
-        engine: EngineHandle::spawn(model, opts.engine),
+        engine: EngineHandle::spawn(model, opts.engine, proposer),
         tokenizer: Arc::new(tok.clone()),
         model_id: opts.model_id,
         context,

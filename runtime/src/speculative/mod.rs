@@ -6,6 +6,7 @@
 //! Proposers: [`lookup::PromptLookup`] (n-gram match in the prompt and output, no model) and
 //! [`draft::DraftModel`] (a smaller model with its own cache).
 
+pub mod choose;
 pub mod decode;
 pub mod draft;
 pub mod lookup;
