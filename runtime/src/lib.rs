@@ -8,6 +8,7 @@ pub mod config;
 pub mod generate;
 pub mod gguf;
 pub mod kernels;
+pub mod medusa;
 pub mod model;
 pub mod packed;
 pub mod sampling;

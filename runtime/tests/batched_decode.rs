@@ -75,3 +75,50 @@ fn batched_decode_matches_each_sequence_alone() {
         }
     }
 }
+
+/// Medusa's tree pass: every node's hidden state equals a plain forward of the prefix plus
+/// that node's path (ancestors, then itself); keeping one path leaves the cache as if that
+/// path had been decoded.
+#[test]
+fn tree_forward_equals_each_path_run_alone() {
+    use lmq_runtime::medusa::Tree;
+    for arch in [Arch::Llama, Arch::Qwen2] {
+        let m = model(arch);
+        let d = m.config.hidden_size;
+        let tree = Tree::from_choices(&[&[0], &[1], &[0, 0], &[0, 1], &[1, 0], &[0, 0, 0]], 4).unwrap();
+        let tokens = tree.tokens(9, &[vec![3, 4], vec![5, 6], vec![7]]);
+        let depths: Vec<usize> = tree.nodes.iter().map(|n| n.depth).collect();
+        let prefix = [1u32, 7, 8, 2];
+        let mut cache = m.new_growable_cache(4, 32);
+        step(&m, &prefix, &mut cache);
+        let hidden = m
+            .forward_tree(&tokens, &depths, &tree.attention_mask(), &mut cache)
+            .into_data()
+            .into_vec::<f32>()
+            .unwrap();
+        for i in 0..tree.len() {
+            let mut path = vec![];
+            let mut j = Some(i);
+            while let Some(k) = j {
+                path.push(tokens[k]);
+                j = tree.nodes[k].parent;
+            }
+            path.reverse();
+            let mut ids = prefix.to_vec();
+            ids.extend(&path);
+            let data: Vec<i32> = ids.iter().map(|&x| x as i32).collect();
+            let input = Tensor::<Cpu, 2, Int>::from_data(TensorData::new(data, [1, ids.len()]), &m.device());
+            let want = m.forward_hidden(input, None).into_data().into_vec::<f32>().unwrap();
+            let want = &want[(ids.len() - 1) * d..][..d];
+            let diff = max_diff(&hidden[i * d..][..d], want);
+            assert!(diff < BATCH_TOL, "{arch:?} node {i}: {diff}");
+        }
+        // Keep root → [0] → [0,0] → [0,0,0] (nodes 0, 1, 3, 6), then decode one more token.
+        cache.keep_rows(prefix.len(), &[0, 1, 3, 6]);
+        assert_eq!(cache.len(), prefix.len() + 4);
+        let got = step(&m, &[11], &mut cache);
+        let mut alone = m.new_cache(16);
+        let want = step(&m, &[1, 7, 8, 2, 9, 3, 5, 7, 11], &mut alone);
+        assert!(max_diff(&got, &want) < BATCH_TOL, "{arch:?} after keep_rows");
+    }
+}

@@ -7,6 +7,6 @@ pub mod attention;
 pub mod dense_f32;
 pub mod int8;
 pub mod packed_q;
-mod simd;
+pub mod simd;
 
 pub use dense_f32::{matmul_f32_nt, matmul_f32_nt_ref};

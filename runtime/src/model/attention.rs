@@ -7,7 +7,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use super::kv_cache::KvCache;
 use super::linear::{Linear, LinearBackend};
 use super::rope::Rope;
-use crate::kernels::attention::{attention_cached, CachedAttnShape};
+use crate::kernels::attention::{attention_cached, attention_tree, CachedAttnShape};
 
 /// The four projections of one attention block and its head geometry.
 #[derive(Debug, Clone)]
@@ -159,5 +159,60 @@ impl<B: LinearBackend> Attention<B> {
         }
         self.o_proj
             .forward(Tensor::from_data(TensorData::new(out, [n, 1, qw]), &device))
+    }
+
+    /// A Medusa candidate tree after the cached prefix (`x`: `[1, n, hidden]`, node i at
+    /// position `prefix + depths[i]`, seeing the prefix and the nodes `mask` allows). The
+    /// nodes' keys and values are appended in node order; the caller keeps the accepted
+    /// path with `KvCache::keep_rows`.
+    pub fn forward_tree(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &Rope<B>,
+        cache: &mut KvCache,
+        layer: usize,
+        depths: &[usize],
+        mask: &[bool],
+    ) -> Tensor<B, 3> {
+        let [_, n, _] = x.dims();
+        let device = x.device();
+        let host = |y: Tensor<B, 3>| y.into_data().into_vec::<f32>().expect("f32 activations");
+        let mut q = host(self.q_proj.forward(x.clone()));
+        let mut k = host(self.k_proj.forward(x.clone()));
+        let v = host(self.v_proj.forward(x));
+        let (hd, qw, kw) = (
+            self.head_dim,
+            self.num_heads * self.head_dim,
+            self.num_kv_heads * self.head_dim,
+        );
+        let prefix = cache.len();
+        for (i, &depth) in depths.iter().enumerate() {
+            rope.apply_host(&mut q[i * qw..][..qw], prefix + depth);
+            rope.apply_host(&mut k[i * kw..][..kw], prefix + depth);
+        }
+        // Token-major [n, heads, d] to head-major [heads, n, d].
+        let heads_major = |x: &[f32], heads: usize| {
+            let mut out = vec![0.0f32; x.len()];
+            for i in 0..n {
+                for h in 0..heads {
+                    out[(h * n + i) * hd..][..hd].copy_from_slice(&x[(i * heads + h) * hd..][..hd]);
+                }
+            }
+            out
+        };
+        let (kh, vh) = (heads_major(&k, self.num_kv_heads), heads_major(&v, self.num_kv_heads));
+        let capacity = cache.capacity();
+        let (kc, vc) = cache.append(layer, &kh, &vh, n);
+        let shape = CachedAttnShape {
+            heads: self.num_heads,
+            kv_heads: self.num_kv_heads,
+            head_dim: hd,
+            queries: n,
+            len: prefix + n,
+            capacity,
+        };
+        let o = attention_tree(&heads_major(&q, self.num_heads), kc, vc, shape, mask);
+        self.o_proj
+            .forward(Tensor::from_data(TensorData::new(o, [1, n, qw]), &device))
     }
 }

@@ -93,6 +93,23 @@ impl KvCache {
         self.len = self.len.min(len);
     }
 
+    /// Keeps, of the positions from `start` on, only `rows` (offsets from `start`, increasing),
+    /// moved to `start, start + 1, …`: the accepted path of a verified Medusa tree.
+    pub fn keep_rows(&mut self, start: usize, rows: &[usize]) {
+        let (h, d, cap) = (self.kv_heads, self.head_dim, self.capacity);
+        for slot in self.layers.iter_mut().flatten() {
+            for buf in [&mut slot.k, &mut slot.v] {
+                for head in 0..h {
+                    for (i, &r) in rows.iter().enumerate() {
+                        let (src, dst) = ((head * cap + start + r) * d, (head * cap + start + i) * d);
+                        buf.copy_within(src..src + d, dst);
+                    }
+                }
+            }
+        }
+        self.len = start + rows.len();
+    }
+
     /// Marks `n` more positions as filled once every layer has appended them.
     pub(crate) fn advance(&mut self, n: usize) {
         self.len += n;

@@ -299,6 +299,38 @@ impl<B: LinearBackend> Llama<B> {
         rms_norm(x, &self.norm, eps)
     }
 
+    /// Final hidden states `[1, n, hidden]` of a Medusa candidate tree after the cached
+    /// prefix (see `Attention::forward_tree`). The cache grows by `n` positions, in node
+    /// order; keep the accepted path with `KvCache::keep_rows`.
+    pub fn forward_tree(
+        &self,
+        tokens: &[u32],
+        depths: &[usize],
+        mask: &[bool],
+        cache: &mut KvCache,
+    ) -> Tensor<B, 3> {
+        let n = tokens.len();
+        let start = cache.len();
+        let deepest = depths.iter().max().copied().unwrap_or(0);
+        assert!(
+            start + n <= self.rope.max_positions() && start + deepest < self.rope.max_positions(),
+            "tree of {n} nodes after {start} positions exceeds the model context {}",
+            self.rope.max_positions()
+        );
+        cache.reserve(start + n);
+        let d = self.config.hidden_size;
+        let mut x = B::gather_rows(tokens, &self.embed_tokens, &self.device()).reshape([1, n, d]);
+        let eps = self.config.rms_norm_eps;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = rms_norm(x.clone(), &layer.input_layernorm, eps);
+            x = x + layer.self_attn.forward_tree(h, &self.rope, cache, i, depths, mask);
+            let h = rms_norm(x.clone(), &layer.post_attention_layernorm, eps);
+            x = x + layer.mlp.forward(h);
+        }
+        cache.advance(n);
+        rms_norm(x, &self.norm, eps)
+    }
+
     /// Vocabulary logits `[b, t, vocab]` from final hidden states.
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.lm_head {

@@ -1,0 +1,187 @@
+//! Medusa heads on the host: `ResBlock^L` per head (x + SiLU(W x + b), W zero-initialized so
+//! an untrained head repeats the base model's next-token guess), then the model's lm_head.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, TensorView};
+use serde::{Deserialize, Serialize};
+
+use crate::kernels::simd::dot_f32;
+
+/// File names inside a Medusa directory.
+pub const CONFIG_FILE: &str = "medusa_config.json";
+pub const WEIGHTS_FILE: &str = "medusa_heads.safetensors";
+
+/// Shape of a set of heads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MedusaConfig {
+    pub num_heads: usize,
+    pub num_layers: usize,
+    pub hidden_size: usize,
+}
+
+/// One residual block `x + SiLU(W x + b)`, `W` as `[out, in]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResBlock {
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+/// All heads: `blocks[head][layer]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MedusaHeads {
+    pub config: MedusaConfig,
+    pub blocks: Vec<Vec<ResBlock>>,
+}
+
+/// Why heads could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum MedusaError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {msg}")]
+    Format { path: PathBuf, msg: String },
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+impl MedusaHeads {
+    /// Zero-initialized heads (each one's output equals its input).
+    pub fn zeros(config: MedusaConfig) -> Self {
+        let h = config.hidden_size;
+        let block = ResBlock {
+            weight: vec![0.0; h * h],
+            bias: vec![0.0; h],
+        };
+        Self {
+            config,
+            blocks: vec![vec![block; config.num_layers]; config.num_heads],
+        }
+    }
+
+    /// Head `head`'s hidden state for the model's final hidden state `x` (before the
+    /// lm_head).
+    pub fn hidden(&self, head: usize, x: &[f32]) -> Vec<f32> {
+        let h = self.config.hidden_size;
+        let mut y = x.to_vec();
+        for b in &self.blocks[head] {
+            let z: Vec<f32> = (0..h)
+                .map(|o| silu(dot_f32(&b.weight[o * h..][..h], &y) + b.bias[o]))
+                .collect();
+            y.iter_mut().zip(z).for_each(|(a, z)| *a += z);
+        }
+        y
+    }
+
+    fn name(head: usize, layer: usize, what: &str) -> String {
+        format!("medusa.{head}.{layer}.{what}")
+    }
+
+    /// Writes `medusa_config.json` and `medusa_heads.safetensors` into `dir` (created),
+    /// each under a temporary name first.
+    pub fn save(&self, dir: &Path) -> Result<(), MedusaError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| MedusaError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let h = self.config.hidden_size;
+        let mut bytes: Vec<(String, Vec<u8>, Vec<usize>)> = vec![];
+        for (k, head) in self.blocks.iter().enumerate() {
+            for (l, b) in head.iter().enumerate() {
+                bytes.push((Self::name(k, l, "weight"), bytemuck::cast_slice(&b.weight).to_vec(), vec![h, h]));
+                bytes.push((Self::name(k, l, "bias"), bytemuck::cast_slice(&b.bias).to_vec(), vec![h]));
+            }
+        }
+        let views: Vec<(String, TensorView)> = bytes
+            .iter()
+            .map(|(n, b, s)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).expect("tensor view")))
+            .collect();
+        let weights = dir.join(WEIGHTS_FILE);
+        let tmp = dir.join(format!(".{WEIGHTS_FILE}.tmp"));
+        safetensors::serialize_to_file(views, None, &tmp).map_err(|e| MedusaError::Format {
+            path: tmp.clone(),
+            msg: e.to_string(),
+        })?;
+        std::fs::rename(&tmp, &weights).map_err(io(&weights))?;
+        let config = dir.join(CONFIG_FILE);
+        let tmp = dir.join(format!(".{CONFIG_FILE}.tmp"));
+        std::fs::write(&tmp, serde_json::to_string_pretty(&self.config).expect("config json")).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &config).map_err(io(&config))
+    }
+
+    /// Reads heads written by [`MedusaHeads::save`].
+    pub fn load(dir: &Path) -> Result<Self, MedusaError> {
+        let config_path = dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&config_path).map_err(|source| MedusaError::Io {
+            path: config_path.clone(),
+            source,
+        })?;
+        let config: MedusaConfig = serde_json::from_str(&text).map_err(|e| MedusaError::Format {
+            path: config_path,
+            msg: e.to_string(),
+        })?;
+        let path = dir.join(WEIGHTS_FILE);
+        let data = std::fs::read(&path).map_err(|source| MedusaError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let fmt = |msg: String| MedusaError::Format { path: path.clone(), msg };
+        let st = safetensors::SafeTensors::deserialize(&data).map_err(|e| fmt(e.to_string()))?;
+        let h = config.hidden_size;
+        let mut tensors: HashMap<String, Vec<f32>> = HashMap::new();
+        for (name, view) in st.tensors() {
+            if view.dtype() != Dtype::F32 {
+                return Err(fmt(format!("{name}: dtype {:?}, expected F32", view.dtype())));
+            }
+            tensors.insert(name, bytemuck::pod_collect_to_vec(view.data()));
+        }
+        let mut take = |name: String, len: usize| {
+            let v = tensors.remove(&name).ok_or_else(|| fmt(format!("missing tensor {name}")))?;
+            if v.len() != len {
+                return Err(fmt(format!("{name}: {} values, expected {len}", v.len())));
+            }
+            Ok(v)
+        };
+        let mut blocks = vec![];
+        for k in 0..config.num_heads {
+            let mut head = vec![];
+            for l in 0..config.num_layers {
+                head.push(ResBlock {
+                    weight: take(Self::name(k, l, "weight"), h * h)?,
+                    bias: take(Self::name(k, l, "bias"), h)?,
+                });
+            }
+            blocks.push(head);
+        }
+        Ok(Self { config, blocks })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_heads_pass_through_and_files_round_trip() {
+        let c = MedusaConfig { num_heads: 2, num_layers: 1, hidden_size: 3 };
+        let mut m = MedusaHeads::zeros(c);
+        assert_eq!(m.hidden(1, &[1.0, -2.0, 3.0]), vec![1.0, -2.0, 3.0]);
+        m.blocks[1][0].weight[0] = 1.0; // row 0 reads x[0]
+        m.blocks[1][0].bias[2] = 0.5;
+        let y = m.hidden(1, &[1.0, -2.0, 3.0]);
+        assert!((y[0] - (1.0 + silu(1.0))).abs() < 1e-6 && (y[2] - (3.0 + silu(0.5))).abs() < 1e-6);
+        let dir = tempfile::tempdir().unwrap();
+        m.save(dir.path()).unwrap();
+        assert_eq!(MedusaHeads::load(dir.path()).unwrap(), m);
+        std::fs::write(dir.path().join(WEIGHTS_FILE), b"junk").unwrap();
+        let e = MedusaHeads::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains(WEIGHTS_FILE), "{e}");
+    }
+}

@@ -1,0 +1,13 @@
+//! Medusa-1 (Cai et al. 2024): K extra heads on the frozen model's last hidden state guess the
+//! tokens 2…K+1 positions ahead; a candidate tree of their top-k guesses is verified in one
+//! target pass with tree attention, and the longest path the target agrees with is kept.
+//! Heads live beside the model (`medusa/`: `medusa_config.json` + `medusa_heads.safetensors`);
+//! each reuses the model's own lm_head (tied, not stored twice).
+
+pub mod decode;
+pub mod heads;
+pub mod tree;
+
+pub use decode::generate_medusa;
+pub use heads::{MedusaConfig, MedusaHeads};
+pub use tree::Tree;
