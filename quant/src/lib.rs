@@ -6,6 +6,7 @@ pub mod calibrated;
 pub mod convert;
 pub mod gptq;
 pub mod linalg;
+pub mod medusa_train;
 pub mod packed_checkpoint;
 pub mod pipeline;
 pub mod plan;

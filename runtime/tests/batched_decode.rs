@@ -85,7 +85,8 @@ fn tree_forward_equals_each_path_run_alone() {
     for arch in [Arch::Llama, Arch::Qwen2] {
         let m = model(arch);
         let d = m.config.hidden_size;
-        let tree = Tree::from_choices(&[&[0], &[1], &[0, 0], &[0, 1], &[1, 0], &[0, 0, 0]], 4).unwrap();
+        let tree =
+            Tree::from_choices(&[&[0], &[1], &[0, 0], &[0, 1], &[1, 0], &[0, 0, 0]], 4).unwrap();
         let tokens = tree.tokens(9, &[vec![3, 4], vec![5, 6], vec![7]]);
         let depths: Vec<usize> = tree.nodes.iter().map(|n| n.depth).collect();
         let prefix = [1u32, 7, 8, 2];
@@ -107,8 +108,15 @@ fn tree_forward_equals_each_path_run_alone() {
             let mut ids = prefix.to_vec();
             ids.extend(&path);
             let data: Vec<i32> = ids.iter().map(|&x| x as i32).collect();
-            let input = Tensor::<Cpu, 2, Int>::from_data(TensorData::new(data, [1, ids.len()]), &m.device());
-            let want = m.forward_hidden(input, None).into_data().into_vec::<f32>().unwrap();
+            let input = Tensor::<Cpu, 2, Int>::from_data(
+                TensorData::new(data, [1, ids.len()]),
+                &m.device(),
+            );
+            let want = m
+                .forward_hidden(input, None)
+                .into_data()
+                .into_vec::<f32>()
+                .unwrap();
             let want = &want[(ids.len() - 1) * d..][..d];
             let diff = max_diff(&hidden[i * d..][..d], want);
             assert!(diff < BATCH_TOL, "{arch:?} node {i}: {diff}");
@@ -119,6 +127,9 @@ fn tree_forward_equals_each_path_run_alone() {
         let got = step(&m, &[11], &mut cache);
         let mut alone = m.new_cache(16);
         let want = step(&m, &[1, 7, 8, 2, 9, 3, 5, 7, 11], &mut alone);
-        assert!(max_diff(&got, &want) < BATCH_TOL, "{arch:?} after keep_rows");
+        assert!(
+            max_diff(&got, &want) < BATCH_TOL,
+            "{arch:?} after keep_rows"
+        );
     }
 }

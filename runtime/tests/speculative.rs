@@ -7,6 +7,8 @@ use std::sync::OnceLock;
 use lmq_runtime::assets::{ensure, Asset};
 use lmq_runtime::checkpoint::Checkpoint;
 use lmq_runtime::generate::generate;
+use lmq_runtime::medusa::tree::SMALL_CHOICES;
+use lmq_runtime::medusa::{generate_medusa, MedusaConfig, MedusaHeads, Tree};
 use lmq_runtime::model::Llama;
 use lmq_runtime::sampling::SamplingParams;
 use lmq_runtime::speculative::draft::DraftModel;
@@ -79,6 +81,41 @@ fn same_as_greedy(proposer: &mut dyn Proposer) -> SpecStats {
         total += s;
     }
     total
+}
+
+#[test]
+fn medusa_tree_decoding_is_exactly_greedy() {
+    // Exactness holds whatever the heads guess: untrained (zero) heads, small tree.
+    let f = fixture();
+    let c = &f.model.config;
+    let heads = MedusaHeads::zeros(MedusaConfig {
+        num_heads: 4,
+        num_layers: 1,
+        hidden_size: c.hidden_size,
+    });
+    let tree = Tree::from_choices(SMALL_CHOICES, 4).unwrap();
+    let mut total = SpecStats::default();
+    for p in PROMPTS {
+        let ids = f.ckpt.tokenizer.encode(p, true).unwrap();
+        let plain = generate(
+            &f.model,
+            &ids,
+            NEW,
+            SamplingParams::default(),
+            &c.eos_token_ids,
+            |_| {},
+        )
+        .unwrap();
+        let (out, s) =
+            generate_medusa(&f.model, &heads, &tree, &ids, NEW, &c.eos_token_ids, |_| {}).unwrap();
+        assert_eq!(out, plain, "prompt {p:?}");
+        total += s;
+    }
+    // Zero heads guess "the next token repeats": right now and then (e.g. "the the").
+    assert!(
+        total.steps > 0 && total.generated >= total.steps,
+        "{total:?}"
+    );
 }
 
 #[test]

@@ -14,11 +14,15 @@ use clap::Parser;
 use lmq_runtime::assets::{ensure, Asset};
 use lmq_runtime::checkpoint::Checkpoint;
 use lmq_runtime::generate::generate;
+use lmq_runtime::medusa::tree::{DEFAULT_CHOICES, SMALL_CHOICES};
+use lmq_runtime::medusa::{generate_medusa, MedusaHeads, Tree};
+use lmq_runtime::model::Llama;
 use lmq_runtime::sampling::SamplingParams;
 use lmq_runtime::serve::chat::{ChatMessage, ChatTemplate};
 use lmq_runtime::speculative::choose::proposer_for;
-use lmq_runtime::speculative::{generate_speculative, SpecStats};
+use lmq_runtime::speculative::{generate_speculative, Proposer, SpecStats};
 use lmq_runtime::Cpu;
+use std::path::Path;
 
 #[derive(Parser, Debug)]
 #[command(name = "spec-bench", version)]
@@ -39,6 +43,9 @@ struct Args {
     k: usize,
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Medusa candidate tree: `default` (24 nodes) or `small` (8 nodes).
+    #[arg(long, default_value = "small")]
+    tree: String,
 }
 
 /// Totals for one (proposer, category) cell.
@@ -56,6 +63,31 @@ impl Cell {
         self.spec_s += o.spec_s;
         self.tokens += o.tokens;
         self.stats += o.stats;
+    }
+}
+
+/// A proposer, or Medusa heads with their tree (verified by tree attention instead).
+enum Method {
+    Proposer(Box<dyn Proposer + Send>),
+    Medusa(MedusaHeads, Tree),
+}
+
+impl Method {
+    fn of(spec: &str, target: &Llama<Cpu>, tree: &str) -> Result<Self> {
+        if let Some(dir) = spec.strip_prefix("medusa:") {
+            let heads = MedusaHeads::load(Path::new(dir))?;
+            let choices = if tree == "default" {
+                DEFAULT_CHOICES
+            } else {
+                SMALL_CHOICES
+            };
+            let tree =
+                Tree::from_choices(choices, heads.config.num_heads).map_err(anyhow::Error::msg)?;
+            return Ok(Self::Medusa(heads, tree));
+        }
+        let p = proposer_for(spec, target, &Default::default())?
+            .with_context(|| format!("`{spec}` proposes nothing"))?;
+        Ok(Self::Proposer(p))
     }
 }
 
@@ -103,8 +135,7 @@ fn main() -> Result<()> {
         a.model, a.threads, a.k, a.max_new, a.per_category
     );
     for spec in &a.proposers {
-        let mut prop = proposer_for(spec, &target, &Default::default())?
-            .with_context(|| format!("`{spec}` proposes nothing"))?;
+        let mut method = Method::of(spec, &target, &a.tree)?;
         let mut cells: BTreeMap<String, Cell> = BTreeMap::new();
         for (cat, qs) in &by_cat {
             for q in qs {
@@ -117,16 +148,21 @@ fn main() -> Result<()> {
                 let plain = generate(&target, &prompt, a.max_new, params.clone(), &stop, |_| {})?;
                 let plain_s = t0.elapsed().as_secs_f64();
                 let t0 = Instant::now();
-                let (out, stats) = generate_speculative(
-                    &target,
-                    prop.as_mut(),
-                    &prompt,
-                    a.max_new,
-                    a.k,
-                    params.clone(),
-                    &stop,
-                    |_| {},
-                )?;
+                let (out, stats) = match &mut method {
+                    Method::Proposer(p) => generate_speculative(
+                        &target,
+                        p.as_mut(),
+                        &prompt,
+                        a.max_new,
+                        a.k,
+                        params.clone(),
+                        &stop,
+                        |_| {},
+                    )?,
+                    Method::Medusa(heads, tree) => {
+                        generate_medusa(&target, heads, tree, &prompt, a.max_new, &stop, |_| {})?
+                    }
+                };
                 let spec_s = t0.elapsed().as_secs_f64();
                 if out != plain {
                     eprintln!("warning: {spec} on a {cat} question differs from plain greedy");

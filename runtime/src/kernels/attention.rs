@@ -106,7 +106,13 @@ pub fn attention_cached(q: &[f32], k: &[f32], v: &[f32], s: CachedAttnShape) -> 
 /// Tree attention (Medusa verification): the last `s.queries` cache rows are tree nodes;
 /// node i attends to every earlier position and to node j when `mask[i * queries + j]`
 /// (itself and its ancestors). With a lower-triangular mask this is [`attention_cached`].
-pub fn attention_tree(q: &[f32], k: &[f32], v: &[f32], s: CachedAttnShape, mask: &[bool]) -> Vec<f32> {
+pub fn attention_tree(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    s: CachedAttnShape,
+    mask: &[bool],
+) -> Vec<f32> {
     let (d, n) = (s.head_dim, s.queries);
     let rep = s.heads / s.kv_heads;
     assert_eq!(q.len(), s.heads * n * d, "query shape");
@@ -147,11 +153,24 @@ mod tests {
     #[test]
     fn tree_attention_with_a_causal_mask_is_cached_attention() {
         let (heads, kv_heads, n, len, d, capacity) = (4, 2, 5, 12, 8, 16);
-        let s = CachedAttnShape { heads, kv_heads, head_dim: d, queries: n, len, capacity };
-        let gen = |c: usize, m: usize| -> Vec<f32> {
-            (0..c).map(|i| ((i * m % 53) as f32 - 26.0) / 13.0).collect()
+        let s = CachedAttnShape {
+            heads,
+            kv_heads,
+            head_dim: d,
+            queries: n,
+            len,
+            capacity,
         };
-        let (q, k, v) = (gen(heads * n * d, 7), gen(kv_heads * capacity * d, 11), gen(kv_heads * capacity * d, 5));
+        let gen = |c: usize, m: usize| -> Vec<f32> {
+            (0..c)
+                .map(|i| ((i * m % 53) as f32 - 26.0) / 13.0)
+                .collect()
+        };
+        let (q, k, v) = (
+            gen(heads * n * d, 7),
+            gen(kv_heads * capacity * d, 11),
+            gen(kv_heads * capacity * d, 5),
+        );
         let causal: Vec<bool> = (0..n * n).map(|x| x % n <= x / n).collect();
         let a = attention_tree(&q, &k, &v, s, &causal);
         let b = attention_cached(&q, &k, &v, s);
@@ -159,8 +178,15 @@ mod tests {
         // A node that sees only itself and the prefix differs from the causal answer.
         let diag: Vec<bool> = (0..n * n).map(|x| x % n == x / n).collect();
         let c = attention_tree(&q, &k, &v, s, &diag);
-        assert!(c[(n - 1) * heads * d..].iter().zip(&b[(n - 1) * heads * d..]).any(|(x, y)| (x - y).abs() > 1e-3));
-        assert_eq!(c[..heads * d], b[..heads * d], "node 0 sees the same keys either way");
+        assert!(c[(n - 1) * heads * d..]
+            .iter()
+            .zip(&b[(n - 1) * heads * d..])
+            .any(|(x, y)| (x - y).abs() > 1e-3));
+        assert_eq!(
+            c[..heads * d],
+            b[..heads * d],
+            "node 0 sees the same keys either way"
+        );
     }
 
     /// f32 scores and softmax against the f64 definition.

@@ -11,14 +11,19 @@ use crate::sampling::argmax;
 use crate::speculative::SpecStats;
 
 fn rows<B: Backend>(t: Tensor<B, 3>) -> Vec<f32> {
-    t.into_data().convert::<f32>().into_vec::<f32>().expect("f32 tensor")
+    t.into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .expect("f32 tensor")
 }
 
 /// The `k` largest entries' indices, best first.
 fn top_k(row: &[f32], k: usize) -> Vec<u32> {
     let mut idx: Vec<u32> = (0..row.len() as u32).collect();
     let k = k.min(row.len());
-    idx.select_nth_unstable_by(k.saturating_sub(1), |&a, &b| row[b as usize].total_cmp(&row[a as usize]));
+    idx.select_nth_unstable_by(k.saturating_sub(1), |&a, &b| {
+        row[b as usize].total_cmp(&row[a as usize])
+    });
     idx.truncate(k);
     idx.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
     idx
@@ -39,7 +44,10 @@ pub fn generate_medusa<B: LinearBackend>(
     }
     let context = model.rope.max_positions();
     let depth = tree.depth();
-    assert!(depth <= heads.config.num_heads, "tree deeper than the heads");
+    assert!(
+        depth <= heads.config.num_heads,
+        "tree deeper than the heads"
+    );
     if prompt.len() + max_new + depth > context {
         return Err(GenerateError::TooLong {
             prompt: prompt.len(),
@@ -49,13 +57,19 @@ pub fn generate_medusa<B: LinearBackend>(
     }
     let (d, vocab) = (model.config.hidden_size, model.config.vocab_size);
     let device = model.device();
-    let mut cache = model.new_growable_cache(prompt.len() + 64 + tree.len(), prompt.len() + max_new + tree.len());
+    let mut cache = model.new_growable_cache(
+        prompt.len() + 64 + tree.len(),
+        prompt.len() + max_new + tree.len(),
+    );
     let ids: Vec<i32> = prompt.iter().map(|&t| t as i32).collect();
     let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, prompt.len()]), &device);
     let hidden = model.forward_hidden(input, Some(&mut cache));
     let t = prompt.len();
     let mut h_last = rows(hidden.slice([0..1, t - 1..t, 0..d]));
-    let first = argmax(&rows(model.logits(Tensor::from_data(TensorData::new(h_last.clone(), [1, 1, d]), &device))));
+    let first = argmax(&rows(model.logits(Tensor::from_data(
+        TensorData::new(h_last.clone(), [1, 1, d]),
+        &device,
+    ))));
     let mut out = vec![first];
     on_token(first);
     let mut stats = SpecStats::default();
@@ -69,14 +83,20 @@ pub fn generate_medusa<B: LinearBackend>(
     while out.len() < max_new && !stop_ids.contains(out.last().unwrap()) {
         // Head guesses from the last accepted position, all heads through the lm_head at once.
         let hv: Vec<f32> = (0..depth).flat_map(|k| heads.hidden(k, &h_last)).collect();
-        let head_logits = rows(model.logits(Tensor::from_data(TensorData::new(hv, [1, depth, d]), &device)));
+        let head_logits = rows(model.logits(Tensor::from_data(
+            TensorData::new(hv, [1, depth, d]),
+            &device,
+        )));
         let topk: Vec<Vec<u32>> = (0..depth)
             .map(|k| top_k(&head_logits[k * vocab..][..vocab], need[k]))
             .collect();
         let tokens = tree.tokens(*out.last().unwrap(), &topk);
         let before = cache.len();
         let hidden = rows(model.forward_tree(&tokens, &depths, &mask, &mut cache));
-        let logits = rows(model.logits(Tensor::from_data(TensorData::new(hidden.clone(), [1, tokens.len(), d]), &device)));
+        let logits = rows(model.logits(Tensor::from_data(
+            TensorData::new(hidden.clone(), [1, tokens.len(), d]),
+            &device,
+        )));
         let best: Vec<u32> = logits.chunks_exact(vocab).map(argmax).collect();
         let (path, next) = tree.accept_greedy(&tokens, &best);
         cache.keep_rows(before, &path);

@@ -95,13 +95,26 @@ impl MedusaHeads {
         let mut bytes: Vec<(String, Vec<u8>, Vec<usize>)> = vec![];
         for (k, head) in self.blocks.iter().enumerate() {
             for (l, b) in head.iter().enumerate() {
-                bytes.push((Self::name(k, l, "weight"), bytemuck::cast_slice(&b.weight).to_vec(), vec![h, h]));
-                bytes.push((Self::name(k, l, "bias"), bytemuck::cast_slice(&b.bias).to_vec(), vec![h]));
+                bytes.push((
+                    Self::name(k, l, "weight"),
+                    bytemuck::cast_slice(&b.weight).to_vec(),
+                    vec![h, h],
+                ));
+                bytes.push((
+                    Self::name(k, l, "bias"),
+                    bytemuck::cast_slice(&b.bias).to_vec(),
+                    vec![h],
+                ));
             }
         }
         let views: Vec<(String, TensorView)> = bytes
             .iter()
-            .map(|(n, b, s)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).expect("tensor view")))
+            .map(|(n, b, s)| {
+                (
+                    n.clone(),
+                    TensorView::new(Dtype::F32, s.clone(), b).expect("tensor view"),
+                )
+            })
             .collect();
         let weights = dir.join(WEIGHTS_FILE);
         let tmp = dir.join(format!(".{WEIGHTS_FILE}.tmp"));
@@ -112,7 +125,11 @@ impl MedusaHeads {
         std::fs::rename(&tmp, &weights).map_err(io(&weights))?;
         let config = dir.join(CONFIG_FILE);
         let tmp = dir.join(format!(".{CONFIG_FILE}.tmp"));
-        std::fs::write(&tmp, serde_json::to_string_pretty(&self.config).expect("config json")).map_err(io(&tmp))?;
+        std::fs::write(
+            &tmp,
+            serde_json::to_string_pretty(&self.config).expect("config json"),
+        )
+        .map_err(io(&tmp))?;
         std::fs::rename(&tmp, &config).map_err(io(&config))
     }
 
@@ -123,27 +140,36 @@ impl MedusaHeads {
             path: config_path.clone(),
             source,
         })?;
-        let config: MedusaConfig = serde_json::from_str(&text).map_err(|e| MedusaError::Format {
-            path: config_path,
-            msg: e.to_string(),
-        })?;
+        let config: MedusaConfig =
+            serde_json::from_str(&text).map_err(|e| MedusaError::Format {
+                path: config_path,
+                msg: e.to_string(),
+            })?;
         let path = dir.join(WEIGHTS_FILE);
         let data = std::fs::read(&path).map_err(|source| MedusaError::Io {
             path: path.clone(),
             source,
         })?;
-        let fmt = |msg: String| MedusaError::Format { path: path.clone(), msg };
+        let fmt = |msg: String| MedusaError::Format {
+            path: path.clone(),
+            msg,
+        };
         let st = safetensors::SafeTensors::deserialize(&data).map_err(|e| fmt(e.to_string()))?;
         let h = config.hidden_size;
         let mut tensors: HashMap<String, Vec<f32>> = HashMap::new();
         for (name, view) in st.tensors() {
             if view.dtype() != Dtype::F32 {
-                return Err(fmt(format!("{name}: dtype {:?}, expected F32", view.dtype())));
+                return Err(fmt(format!(
+                    "{name}: dtype {:?}, expected F32",
+                    view.dtype()
+                )));
             }
             tensors.insert(name, bytemuck::pod_collect_to_vec(view.data()));
         }
         let mut take = |name: String, len: usize| {
-            let v = tensors.remove(&name).ok_or_else(|| fmt(format!("missing tensor {name}")))?;
+            let v = tensors
+                .remove(&name)
+                .ok_or_else(|| fmt(format!("missing tensor {name}")))?;
             if v.len() != len {
                 return Err(fmt(format!("{name}: {} values, expected {len}", v.len())));
             }
@@ -170,7 +196,11 @@ mod tests {
 
     #[test]
     fn zero_heads_pass_through_and_files_round_trip() {
-        let c = MedusaConfig { num_heads: 2, num_layers: 1, hidden_size: 3 };
+        let c = MedusaConfig {
+            num_heads: 2,
+            num_layers: 1,
+            hidden_size: 3,
+        };
         let mut m = MedusaHeads::zeros(c);
         assert_eq!(m.hidden(1, &[1.0, -2.0, 3.0]), vec![1.0, -2.0, 3.0]);
         m.blocks[1][0].weight[0] = 1.0; // row 0 reads x[0]

@@ -22,11 +22,44 @@ pub struct Tree {
 /// Medusa's default sparse tree for 4 heads, cut to 26 nodes: more alternatives near the
 /// root, where heads are more often right (paths as top-k ranks per depth).
 pub const DEFAULT_CHOICES: &[&[usize]] = &[
-    &[0], &[1], &[2], &[3], &[4],
-    &[0, 0], &[0, 1], &[0, 2], &[1, 0], &[1, 1], &[2, 0], &[3, 0],
-    &[0, 0, 0], &[0, 0, 1], &[0, 1, 0], &[1, 0, 0], &[0, 2, 0], &[2, 0, 0],
-    &[0, 0, 0, 0], &[0, 0, 0, 1], &[0, 0, 1, 0], &[0, 1, 0, 0], &[1, 0, 0, 0],
-    &[0, 0, 0, 0, 0], &[0, 0, 0, 1, 0], &[0, 1, 0, 0, 0],
+    &[0],
+    &[1],
+    &[2],
+    &[3],
+    &[4],
+    &[0, 0],
+    &[0, 1],
+    &[0, 2],
+    &[1, 0],
+    &[1, 1],
+    &[2, 0],
+    &[3, 0],
+    &[0, 0, 0],
+    &[0, 0, 1],
+    &[0, 1, 0],
+    &[1, 0, 0],
+    &[0, 2, 0],
+    &[2, 0, 0],
+    &[0, 0, 0, 0],
+    &[0, 0, 0, 1],
+    &[0, 0, 1, 0],
+    &[0, 1, 0, 0],
+    &[1, 0, 0, 0],
+    &[0, 0, 0, 0, 0],
+    &[0, 0, 0, 1, 0],
+    &[0, 1, 0, 0, 0],
+];
+
+/// An 8-node tree for CPUs, where verifying a node costs nearly as much as decoding a token:
+/// mostly the top-1 chain, one alternative at each of the first two depths.
+pub const SMALL_CHOICES: &[&[usize]] = &[
+    &[0],
+    &[1],
+    &[0, 0],
+    &[0, 1],
+    &[1, 0],
+    &[0, 0, 0],
+    &[0, 0, 0, 0],
 ];
 
 impl Tree {
@@ -147,5 +180,7 @@ mod tests {
         assert!(Tree::from_choices(&[&[0, 0]], 4).is_err());
         let d = Tree::from_choices(DEFAULT_CHOICES, 4).unwrap();
         assert_eq!((d.len(), d.depth()), (24, 4));
+        let s = Tree::from_choices(SMALL_CHOICES, 4).unwrap();
+        assert_eq!((s.len(), s.depth()), (8, 4));
     }
 }

@@ -200,7 +200,10 @@ impl<B: LinearBackend> Attention<B> {
             }
             out
         };
-        let (kh, vh) = (heads_major(&k, self.num_kv_heads), heads_major(&v, self.num_kv_heads));
+        let (kh, vh) = (
+            heads_major(&k, self.num_kv_heads),
+            heads_major(&v, self.num_kv_heads),
+        );
         let capacity = cache.capacity();
         let (kc, vc) = cache.append(layer, &kh, &vh, n);
         let shape = CachedAttnShape {

