@@ -28,6 +28,9 @@ use serde::Serialize;
 
 type Train = Autodiff<Cpu>;
 
+/// A final hidden state and the tokens 2…K+1 positions after it.
+type Sample = (Vec<f32>, Vec<u32>);
+
 /// What to train and on how much data.
 #[derive(Debug, Clone)]
 pub struct MedusaTrainOptions {
@@ -181,8 +184,7 @@ pub fn train_medusa(
     );
     let seqs = answers(model, &prompts, opts.answer_tokens, stop);
     // Final hidden states and targets: positions from the last prompt token on.
-    let (mut train, mut held): (Vec<(Vec<f32>, Vec<u32>)>, Vec<(Vec<f32>, Vec<u32>)>) =
-        (vec![], vec![]);
+    let (mut train, mut held): (Vec<Sample>, Vec<Sample>) = (vec![], vec![]);
     let device = model.device();
     for (i, (s, p)) in seqs.iter().zip(&prompts).enumerate() {
         let ids: Vec<i32> = s.iter().map(|&t| t as i32).collect();
@@ -240,7 +242,7 @@ pub fn train_medusa(
     let t1 = Instant::now();
     let mut final_loss = f64::NAN;
     for step in 0..opts.steps {
-        let rows: Vec<&(Vec<f32>, Vec<u32>)> = (0..opts.batch)
+        let rows: Vec<&Sample> = (0..opts.batch)
             .map(|i| &train[(step * opts.batch + i) * 7919 % train.len()])
             .collect();
         let n = rows.len();
