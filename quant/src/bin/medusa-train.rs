@@ -3,12 +3,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
-use lmq_quant::medusa_train::{train_medusa, MedusaTrainOptions};
-use lmq_runtime::checkpoint::Checkpoint;
-use lmq_runtime::serve::chat::ChatTemplate;
-use lmq_runtime::Cpu;
+use lmq_quant::medusa_train::{train_for_checkpoint, MedusaTrainOptions};
 
 #[derive(Parser, Debug)]
 #[command(name = "medusa-train", version)]
@@ -20,6 +17,9 @@ struct Args {
     out: Option<PathBuf>,
     #[arg(long, default_value_t = 4)]
     heads: usize,
+    /// ResBlocks per head.
+    #[arg(long, default_value_t = 1)]
+    layers: usize,
     #[arg(long, default_value_t = 300)]
     steps: usize,
     #[arg(long, default_value_t = 1e-3)]
@@ -45,30 +45,9 @@ fn run(a: Args) -> Result<()> {
     rayon::ThreadPoolBuilder::new()
         .num_threads(a.threads)
         .build_global()?;
-    let ckpt = Checkpoint::open(&a.model)?;
-    let model = ckpt.load_model::<Cpu>(&Default::default())?;
-    let tok = &ckpt.tokenizer;
-    let name = |id: Option<u32>| {
-        id.and_then(|i| tok.id_to_token(i))
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let template = ChatTemplate::new(
-        ckpt.chat_template
-            .as_deref()
-            .or(tok.chat_template())
-            .context("the model has no chat template")?,
-        &name(tok.bos_id()),
-        &name(tok.eos_id()),
-    )?;
-    let mut stop = ckpt.config.eos_token_ids.clone();
-    stop.extend(
-        ["<|im_end|>", "<|eot_id|>"]
-            .iter()
-            .filter_map(|t| tok.token_to_id(t)),
-    );
     let opts = MedusaTrainOptions {
         heads: a.heads,
+        layers: a.layers,
         steps: a.steps,
         lr: a.lr,
         batch: a.batch,
@@ -76,13 +55,10 @@ fn run(a: Args) -> Result<()> {
         answer_tokens: a.answer_tokens,
         ..Default::default()
     };
-    let (heads, report) = train_medusa(&model, tok, &template, &stop, &opts)?;
-    let out = a.out.unwrap_or_else(|| ckpt.path.join("medusa"));
-    heads.save(&out)?;
-    std::fs::write(
-        out.join("medusa_train_report.json"),
-        serde_json::to_string_pretty(&report)?,
-    )?;
+    let out = a
+        .out
+        .unwrap_or_else(|| PathBuf::from(&a.model).join("medusa"));
+    let report = train_for_checkpoint(&a.model, &out, &opts)?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     println!("heads written to {}", out.display());
     Ok(())

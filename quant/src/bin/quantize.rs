@@ -3,11 +3,12 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use lmq_quant::calibrated::{calibration_set, quantize_calibrated};
 use lmq_quant::convert::{convert, ConvertOptions};
+use lmq_quant::medusa_train::{train_for_checkpoint, MedusaTrainOptions};
 use lmq_quant::packed_checkpoint::quantize_rtn;
 use lmq_quant::pipeline::{CalibratedModel, PipelineEvent};
 use lmq_quant::plan::QuantPlan;
@@ -76,7 +77,7 @@ fn run(args: Args) -> Result<()> {
         let out = convert(&ckpt, &args.out, &opts, progress)?;
         bar.finish_and_clear();
         println!("wrote {}", out.display());
-        return Ok(());
+        return medusa_stage(&recipe, &args.out);
     }
     let plan = QuantPlan::from_recipe(&recipe, &*ckpt.weights, ckpt.config.tie_word_embeddings)?;
     if !plan.needs_calibration() {
@@ -90,7 +91,7 @@ fn run(args: Args) -> Result<()> {
             started.elapsed().as_secs_f64(),
             peak_rss_mib()
         );
-        return Ok(());
+        return medusa_stage(&recipe, &args.out);
     }
     drop(bar);
 
@@ -137,6 +138,40 @@ fn run(args: Args) -> Result<()> {
         started.elapsed().as_secs_f64(),
         model.seconds,
         peak_rss_mib()
+    );
+    medusa_stage(&recipe, &args.out)
+}
+
+/// The recipe's `medusa:` block: heads trained against the model just written (loaded back
+/// from `out`, packed weights and all), saved in `out/medusa/`.
+fn medusa_stage(recipe: &Recipe, out: &std::path::Path) -> Result<()> {
+    let Some(m) = recipe.medusa else {
+        return Ok(());
+    };
+    let opts = MedusaTrainOptions {
+        heads: m.heads.0,
+        layers: m.layers.0,
+        steps: m.steps.0,
+        lr: m.lr.0,
+        batch: m.batch.0,
+        prompts: m.prompts.0,
+        answer_tokens: m.answer_tokens.0,
+        ..Default::default()
+    };
+    let dir = out.join("medusa");
+    let model = out.to_string_lossy();
+    let r = train_for_checkpoint(&model, &dir, &opts)
+        .with_context(|| format!("medusa: training heads for {}", out.display()))?;
+    println!(
+        "medusa: {} heads trained on {} positions ({} steps, {:.0} s generating + {:.0} s training), \
+         held-out top-1 {:?}; written to {}",
+        opts.heads,
+        r.positions,
+        r.steps,
+        r.generate_seconds,
+        r.train_seconds,
+        r.heldout_top1.iter().map(|a| format!("{a:.3}")).collect::<Vec<_>>(),
+        dir.display()
     );
     Ok(())
 }

@@ -29,8 +29,8 @@ use std::path::{Path, PathBuf};
 
 pub use schema::{
     Alpha, AwqArgs, Bits, CalibrationSource, CalibrationSpec, Dampening, FloatDtype, GptqArgs,
-    GroupSize, MappingAlpha, OutputSpec, Pass, PassArgs, Positive, RtnArgs, SchemeName,
-    SmoothQuantArgs, Stage, TokenClip,
+    GroupSize, LearningRate, MappingAlpha, MedusaSpec, OutputSpec, Pass, PassArgs, Positive,
+    RtnArgs, SchemeName, SmoothQuantArgs, Stage, TokenClip,
 };
 pub use targets::{linear_module, PassTargets, Pattern};
 
@@ -44,6 +44,8 @@ pub struct Recipe {
     pub output: OutputSpec,
     pub calibration: Option<CalibrationSpec>,
     pub stages: Vec<Stage>,
+    /// Medusa heads to train against the written model.
+    pub medusa: Option<MedusaSpec>,
 }
 
 /// A recipe that cannot be used. The message starts with the file name, then the line (and
@@ -120,6 +122,7 @@ impl Recipe {
             output: doc.output,
             calibration: doc.calibration,
             stages: doc.stages,
+            medusa: doc.medusa,
         };
         recipe.validate()?;
         Ok(recipe)

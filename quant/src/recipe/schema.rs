@@ -50,6 +50,8 @@ pub(super) struct RecipeDoc {
     pub calibration: Option<CalibrationSpec>,
     #[serde(default)]
     pub stages: Vec<Stage>,
+    #[serde(default)]
+    pub medusa: Option<MedusaSpec>,
 }
 
 /// Default calibration windows (GPTQ paper and llm-compressor examples).
@@ -903,4 +905,63 @@ impl PassArgs for SmoothQuantArgs {
     fn needs_calibration(&self) -> bool {
         true
     }
+}
+
+/// Adam's learning rate for Medusa heads: finite and positive.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LearningRate(pub f64);
+
+impl<'de> Deserialize<'de> for LearningRate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = checked_number(d, "a positive learning rate", |v| {
+            (v.is_finite() && v > 0.0).then_some(()).ok_or_else(|| {
+                format!("lr {v} is invalid: use a finite learning rate > 0 (default 0.001)")
+            })
+        })?;
+        Ok(LearningRate(v))
+    }
+}
+
+/// `medusa:`: Medusa heads trained against the model this recipe writes (the quantized one),
+/// saved in `OUT/medusa/`. Names follow `medusa-train`'s flags.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MedusaSpec {
+    #[serde(default = "default_medusa_heads")]
+    pub heads: Positive,
+    /// ResBlocks per head.
+    #[serde(default = "default_medusa_layers")]
+    pub layers: Positive,
+    #[serde(default = "default_medusa_steps")]
+    pub steps: Positive,
+    #[serde(default = "default_medusa_lr")]
+    pub lr: LearningRate,
+    /// Positions per optimizer step.
+    #[serde(default = "default_medusa_batch")]
+    pub batch: Positive,
+    /// Chat prompts (from HellaSwag and BoolQ text) the model answers for distillation.
+    #[serde(default = "default_medusa_prompts")]
+    pub prompts: Positive,
+    /// Greedy tokens per answer.
+    #[serde(default = "default_medusa_prompts")]
+    pub answer_tokens: Positive,
+}
+
+fn default_medusa_heads() -> Positive {
+    Positive(4)
+}
+fn default_medusa_layers() -> Positive {
+    Positive(1)
+}
+fn default_medusa_steps() -> Positive {
+    Positive(300)
+}
+fn default_medusa_lr() -> LearningRate {
+    LearningRate(1e-3)
+}
+fn default_medusa_batch() -> Positive {
+    Positive(64)
+}
+fn default_medusa_prompts() -> Positive {
+    Positive(96)
 }

@@ -512,3 +512,17 @@ fn linear_modules_are_projections_and_the_head() {
     assert_eq!(linear_module("model.embed_tokens.weight"), None);
     assert_eq!(linear_module("model.norm.weight"), None);
 }
+
+#[test]
+fn medusa_block_parses_with_defaults_and_rejects_bad_keys() {
+    let r = parse(&format!("{GPTQ}medusa: {{heads: 3, steps: 50}}\n")).unwrap();
+    let m = r.medusa.unwrap();
+    assert_eq!((m.heads.0, m.layers.0, m.steps.0, m.lr.0), (3, 1, 50, 1e-3));
+    assert!(parse(GPTQ).unwrap().medusa.is_none());
+    let msg = err(&format!("{GPTQ}medusa:\n  heads: 4\n  head_count: 2\n"));
+    assert_msg(&msg, &["line 10", "unknown field `head_count`"]);
+    let msg = err(&format!("{GPTQ}medusa:\n  lr: 0\n"));
+    assert_msg(&msg, &["line 9", "medusa.lr", "lr 0 is invalid"]);
+    let msg = err(&format!("{GPTQ}medusa: {{heads: 0}}\n"));
+    assert_msg(&msg, &["medusa.heads"]);
+}

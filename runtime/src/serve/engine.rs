@@ -231,8 +231,12 @@ fn run<B: LinearBackend>(
             let Some(req) = pending.pop_front() else {
                 break;
             };
+            // Counted as running from here (its first token may reach the client before the
+            // batch is updated), so admission always sees it in one of the two counts.
+            load.running.fetch_add(1, Ordering::SeqCst);
             load.queued.fetch_sub(1, Ordering::SeqCst);
             if req.events.is_closed() {
+                load.running.fetch_sub(1, Ordering::SeqCst);
                 continue;
             }
             let events = req.events.clone();
