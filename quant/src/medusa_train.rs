@@ -23,7 +23,7 @@ use lmq_runtime::medusa::heads::ResBlock;
 use lmq_runtime::medusa::{MedusaConfig, MedusaHeads};
 use lmq_runtime::model::{HostWeight, KvCache, Llama};
 use lmq_runtime::sampling::argmax;
-use lmq_runtime::serve::chat::{ChatMessage, ChatTemplate};
+use lmq_runtime::serve::chat::{chat_stop_ids, checkpoint_template, ChatMessage, ChatTemplate};
 use lmq_runtime::tokenizer::Tokenizer;
 use lmq_runtime::Cpu;
 use serde::Serialize;
@@ -351,25 +351,8 @@ pub fn train_for_checkpoint(
     let ckpt = Checkpoint::open(model)?;
     let m = ckpt.load_model::<Cpu>(&Default::default())?;
     let tok = &ckpt.tokenizer;
-    let name = |id: Option<u32>| {
-        id.and_then(|i| tok.id_to_token(i))
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let template = ChatTemplate::new(
-        ckpt.chat_template
-            .as_deref()
-            .or(tok.chat_template())
-            .context("the model has no chat template")?,
-        &name(tok.bos_id()),
-        &name(tok.eos_id()),
-    )?;
-    let mut stop = ckpt.config.eos_token_ids.clone();
-    stop.extend(
-        ["<|im_end|>", "<|eot_id|>"]
-            .iter()
-            .filter_map(|t| tok.token_to_id(t)),
-    );
+    let template = checkpoint_template(&ckpt)?.context("the model has no chat template")?;
+    let stop = chat_stop_ids(&ckpt);
     let (heads, report) = train_medusa(&m, tok, &template, &stop, opts)?;
     let file = out
         .file_name()

@@ -29,16 +29,12 @@ pub fn last_logits<B: Backend>(logits: Tensor<B, 3>) -> Vec<f32> {
         .expect("f32 logits")
 }
 
-/// Generates up to `max_new` tokens after `prompt`, stopping early at any of `stop_ids`.
-/// Calls `on_token` as each token is chosen (for streaming). Returns the new tokens.
-pub fn generate<B: LinearBackend>(
+/// Refuses an empty prompt or one that leaves no room for `max_new` tokens in the context.
+pub fn check_request<B: LinearBackend>(
     model: &Llama<B>,
     prompt: &[u32],
     max_new: usize,
-    params: SamplingParams,
-    stop_ids: &[u32],
-    mut on_token: impl FnMut(u32),
-) -> Result<Vec<u32>, GenerateError> {
+) -> Result<(), GenerateError> {
     if prompt.is_empty() {
         return Err(GenerateError::EmptyPrompt);
     }
@@ -50,6 +46,20 @@ pub fn generate<B: LinearBackend>(
             context,
         });
     }
+    Ok(())
+}
+
+/// Generates up to `max_new` tokens after `prompt`, stopping early at any of `stop_ids`.
+/// Calls `on_token` as each token is chosen (for streaming). Returns the new tokens.
+pub fn generate<B: LinearBackend>(
+    model: &Llama<B>,
+    prompt: &[u32],
+    max_new: usize,
+    params: SamplingParams,
+    stop_ids: &[u32],
+    mut on_token: impl FnMut(u32),
+) -> Result<Vec<u32>, GenerateError> {
+    check_request(model, prompt, max_new)?;
     let device = model.device();
     let mut cache = model.new_cache(prompt.len() + max_new);
     let mut sampler = Sampler::new(params);

@@ -4,21 +4,19 @@
 //! continuous batching keeps streams apart, and the bad-input table leaves it serving.
 
 use std::sync::{Arc, OnceLock};
+
+mod common;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use futures_util::StreamExt;
-use lmq_runtime::assets::{ensure, Asset};
-use lmq_runtime::checkpoint::Checkpoint;
 use lmq_runtime::generate::generate;
-use lmq_runtime::model::Llama;
 use lmq_runtime::sampling::SamplingParams;
 use lmq_runtime::serve::engine::EngineOptions;
 use lmq_runtime::serve::logprobs::log_sum_exp;
 use lmq_runtime::serve::{app, build_state, AppState, ServeOptions};
 use lmq_runtime::speculative::choose::proposer_for;
-use lmq_runtime::Cpu;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -26,19 +24,7 @@ use tower::ServiceExt;
 /// normalization on both sides; batching of the decode step may reorder f32 sums).
 const LOGPROB_TOL: f64 = 1e-3;
 
-struct Fixture {
-    ckpt: Checkpoint,
-    model: Llama<Cpu>,
-}
-
-fn fixture() -> &'static Fixture {
-    static F: OnceLock<Fixture> = OnceLock::new();
-    F.get_or_init(|| {
-        let ckpt = Checkpoint::open_gguf(&ensure(Asset::SmolLm2).expect("SmolLM2 asset")).unwrap();
-        let model = ckpt.load_model::<Cpu>(&Default::default()).unwrap();
-        Fixture { ckpt, model }
-    })
-}
+use common::smollm2 as fixture;
 
 fn state_with(engine: EngineOptions) -> AppState {
     let f = fixture();
@@ -67,6 +53,15 @@ async fn call(st: &AppState, method: &str, path: &str, body: Option<Value>) -> (
     }
     .unwrap();
     raw(st, req).await
+}
+
+async fn metrics_text(st: &AppState) -> String {
+    let req = Request::get("/metrics").body(Body::empty()).unwrap();
+    let resp = app(st.clone()).oneshot(req).await.unwrap();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    String::from_utf8(bytes.to_vec()).unwrap()
 }
 
 async fn raw(st: &AppState, req: Request<Body>) -> (StatusCode, Value) {
@@ -153,17 +148,7 @@ async fn speculative_serving_gives_the_same_greedy_text() {
                 plain["usage"]["completion_tokens"]
             );
         }
-        let resp = app(st.clone())
-            .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        let text = String::from_utf8(
-            axum::body::to_bytes(resp.into_body(), usize::MAX)
-                .await
-                .unwrap()
-                .to_vec(),
-        )
-        .unwrap();
+        let text = metrics_text(&st).await;
         assert!(text.contains("lmq_spec_acceptance_rate"), "{spec}: {text}");
     }
 }
@@ -580,17 +565,7 @@ async fn bad_input_gets_the_right_status_and_the_server_keeps_serving() {
         "names both numbers: {msg}"
     );
     // Metrics count what happened.
-    let resp = app(st.clone())
-        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let text = String::from_utf8(
-        axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .unwrap()
-            .to_vec(),
-    )
-    .unwrap();
+    let text = metrics_text(&st).await;
     assert!(
         text.contains("lmq_requests_total{endpoint=\"completions\",status=\"500\"} 1"),
         "{text}"

@@ -2,19 +2,15 @@
 //! decoding for prompt lookup and for draft models (a 10-layer early exit of the same model,
 //! and the model itself, which must accept every proposal).
 
-use std::sync::OnceLock;
+mod common;
 
-use lmq_runtime::assets::{ensure, Asset};
-use lmq_runtime::checkpoint::Checkpoint;
 use lmq_runtime::generate::generate;
 use lmq_runtime::medusa::tree::SMALL_CHOICES;
 use lmq_runtime::medusa::{generate_medusa, MedusaConfig, MedusaHeads, Tree};
-use lmq_runtime::model::Llama;
 use lmq_runtime::sampling::SamplingParams;
 use lmq_runtime::speculative::draft::DraftModel;
 use lmq_runtime::speculative::lookup::PromptLookup;
 use lmq_runtime::speculative::{generate_speculative, Proposer, SpecStats};
-use lmq_runtime::Cpu;
 
 const PROMPTS: [&str; 20] = [
     "The capital of France is",
@@ -40,23 +36,11 @@ const PROMPTS: [&str; 20] = [
 ];
 
 /// New tokens per prompt.
-const NEW: usize = 24;
+const NEW: usize = 16;
 /// Proposed tokens per step.
 const K: usize = 4;
 
-struct Fixture {
-    ckpt: Checkpoint,
-    model: Llama<Cpu>,
-}
-
-fn fixture() -> &'static Fixture {
-    static F: OnceLock<Fixture> = OnceLock::new();
-    F.get_or_init(|| {
-        let ckpt = Checkpoint::open_gguf(&ensure(Asset::SmolLm2).expect("SmolLM2 asset")).unwrap();
-        let model = ckpt.load_model::<Cpu>(&Default::default()).unwrap();
-        Fixture { ckpt, model }
-    })
-}
+use common::smollm2 as fixture;
 
 /// Checks every prompt against plain greedy decoding; returns the summed statistics.
 fn same_as_greedy(proposer: &mut dyn Proposer) -> SpecStats {

@@ -18,7 +18,7 @@ use lmq_runtime::medusa::tree::{DEFAULT_CHOICES, SMALL_CHOICES};
 use lmq_runtime::medusa::{generate_medusa, MedusaHeads, Tree};
 use lmq_runtime::model::Llama;
 use lmq_runtime::sampling::SamplingParams;
-use lmq_runtime::serve::chat::{ChatMessage, ChatTemplate};
+use lmq_runtime::serve::chat::{chat_stop_ids, checkpoint_template, ChatMessage};
 use lmq_runtime::speculative::choose::proposer_for;
 use lmq_runtime::speculative::{generate_speculative, Proposer, SpecStats};
 use lmq_runtime::Cpu;
@@ -99,25 +99,8 @@ fn main() -> Result<()> {
     let ckpt = Checkpoint::open(&a.model)?;
     let target = ckpt.load_model::<Cpu>(&Default::default())?;
     let tok = &ckpt.tokenizer;
-    let name = |id: Option<u32>| {
-        id.and_then(|i| tok.id_to_token(i))
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let template = ChatTemplate::new(
-        ckpt.chat_template
-            .as_deref()
-            .or(tok.chat_template())
-            .context("the target has no chat template")?,
-        &name(tok.bos_id()),
-        &name(tok.eos_id()),
-    )?;
-    let mut stop = ckpt.config.eos_token_ids.clone();
-    stop.extend(
-        ["<|im_end|>", "<|eot_id|>", "<|endoftext|>"]
-            .iter()
-            .filter_map(|t| tok.token_to_id(t)),
-    );
+    let template = checkpoint_template(&ckpt)?.context("the target has no chat template")?;
+    let stop = chat_stop_ids(&ckpt);
     let questions = std::fs::read_to_string(ensure(Asset::MtBench)?)?;
     let mut by_cat: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for line in questions.lines().filter(|l| !l.trim().is_empty()) {

@@ -5,7 +5,7 @@ use burn::prelude::*;
 
 use super::heads::MedusaHeads;
 use super::tree::Tree;
-use crate::generate::GenerateError;
+use crate::generate::{check_request, GenerateError};
 use crate::model::{LinearBackend, Llama};
 use crate::sampling::argmax;
 use crate::speculative::SpecStats;
@@ -39,22 +39,13 @@ pub fn generate_medusa<B: LinearBackend>(
     stop_ids: &[u32],
     mut on_token: impl FnMut(u32),
 ) -> Result<(Vec<u32>, SpecStats), GenerateError> {
-    if prompt.is_empty() {
-        return Err(GenerateError::EmptyPrompt);
-    }
-    let context = model.rope.max_positions();
     let depth = tree.depth();
     assert!(
         depth <= heads.config.num_heads,
         "tree deeper than the heads"
     );
-    if prompt.len() + max_new + depth > context {
-        return Err(GenerateError::TooLong {
-            prompt: prompt.len(),
-            max_new: max_new + depth,
-            context,
-        });
-    }
+    // The last step's tree may reach `depth` positions past the last kept token.
+    check_request(model, prompt, max_new + depth)?;
     let (d, vocab) = (model.config.hidden_size, model.config.vocab_size);
     let device = model.device();
     let mut cache = model.new_growable_cache(

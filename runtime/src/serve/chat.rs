@@ -4,6 +4,49 @@
 use minijinja::{context, Environment, Error, ErrorKind};
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::Checkpoint;
+
+/// End-of-turn markers of common chat templates; chat generation stops on those present.
+const END_OF_TURN: [&str; 4] = ["<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"];
+
+/// The checkpoint's chat template (GGUF metadata or tokenizer_config.json) compiled with its
+/// BOS/EOS strings; `None` when it ships none.
+pub fn checkpoint_template(ckpt: &Checkpoint) -> Result<Option<ChatTemplate>, Error> {
+    let tok = &ckpt.tokenizer;
+    let name = |id: Option<u32>| {
+        id.and_then(|i| tok.id_to_token(i))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    ckpt.chat_template
+        .as_deref()
+        .or(tok.chat_template())
+        .map(|src| ChatTemplate::new(src, &name(tok.bos_id()), &name(tok.eos_id())))
+        .transpose()
+}
+
+/// End-of-sequence ids, sorted and unique: where a completion stops.
+pub fn eos_ids(ckpt: &Checkpoint) -> Vec<u32> {
+    let mut ids = ckpt.config.eos_token_ids.clone();
+    ids.extend(ckpt.tokenizer.eos_id());
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// End-of-sequence plus end-of-turn ids: where a chat answer stops.
+pub fn chat_stop_ids(ckpt: &Checkpoint) -> Vec<u32> {
+    let mut ids = eos_ids(ckpt);
+    ids.extend(
+        END_OF_TURN
+            .iter()
+            .filter_map(|t| ckpt.tokenizer.token_to_id(t)),
+    );
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
 /// One chat message; `content` may be OpenAI's list of parts, of which text parts count.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct ChatMessage {

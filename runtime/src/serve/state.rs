@@ -3,16 +3,13 @@
 
 use std::sync::Arc;
 
-use super::chat::ChatTemplate;
+use super::chat::{chat_stop_ids, checkpoint_template, eos_ids};
 use super::engine::{EngineHandle, EngineOptions};
 use super::metrics::Metrics;
 use super::routes::ServerState;
 use crate::checkpoint::Checkpoint;
 use crate::model::{LinearBackend, Llama};
 use crate::speculative::Proposer;
-
-/// End-of-turn markers of common chat templates; chat generation stops on those present.
-const END_OF_TURN: [&str; 4] = ["<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"];
 
 /// Server settings from the command line.
 #[derive(Debug, Clone)]
@@ -46,37 +43,18 @@ pub fn build_state<B: LinearBackend>(
 where
     Llama<B>: Send + 'static,
 {
-    let tok = &ckpt.tokenizer;
     let model_context = model.rope.max_positions();
     let context = opts.max_context.unwrap_or(model_context).min(model_context);
-    let name = |id: Option<u32>| {
-        id.and_then(|i| tok.id_to_token(i))
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let chat = match ckpt.chat_template.as_deref().or(tok.chat_template()) {
-        Some(src) => Some(
-            ChatTemplate::new(src, &name(tok.bos_id()), &name(tok.eos_id()))
-                .map_err(|e| anyhow::anyhow!("the model's chat template does not compile: {e}"))?,
-        ),
-        None => None,
-    };
-    let mut eos_ids = ckpt.config.eos_token_ids.clone();
-    eos_ids.extend(tok.eos_id());
-    eos_ids.sort_unstable();
-    eos_ids.dedup();
-    let mut chat_stop_ids = eos_ids.clone();
-    chat_stop_ids.extend(END_OF_TURN.iter().filter_map(|t| tok.token_to_id(t)));
-    chat_stop_ids.sort_unstable();
-    chat_stop_ids.dedup();
+    let chat = checkpoint_template(ckpt)
+        .map_err(|e| anyhow::anyhow!("the model's chat template does not compile: {e}"))?;
     Ok(Arc::new(ServerState {
         engine: EngineHandle::spawn(model, opts.engine, proposer),
-        tokenizer: Arc::new(tok.clone()),
+        tokenizer: Arc::new(ckpt.tokenizer.clone()),
         model_id: opts.model_id,
         context,
         chat,
-        eos_ids,
-        chat_stop_ids,
+        eos_ids: eos_ids(ckpt),
+        chat_stop_ids: chat_stop_ids(ckpt),
         max_body_bytes: opts.max_body_bytes,
         metrics: Metrics::default(),
     }))

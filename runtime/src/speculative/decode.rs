@@ -7,7 +7,7 @@ use rand::SeedableRng;
 
 use super::verify::{verify_greedy, verify_sampling};
 use super::Proposer;
-use crate::generate::{last_logits, GenerateError};
+use crate::generate::{check_request, last_logits, GenerateError};
 use crate::model::{LinearBackend, Llama};
 use crate::sampling::{filtered_distribution, Sampler, SamplingParams};
 
@@ -63,17 +63,7 @@ pub fn generate_speculative<B: LinearBackend>(
     stop_ids: &[u32],
     mut on_token: impl FnMut(u32),
 ) -> Result<(Vec<u32>, SpecStats), GenerateError> {
-    if prompt.is_empty() {
-        return Err(GenerateError::EmptyPrompt);
-    }
-    let context = model.rope.max_positions();
-    if prompt.len() + max_new > context {
-        return Err(GenerateError::TooLong {
-            prompt: prompt.len(),
-            max_new,
-            context,
-        });
-    }
+    check_request(model, prompt, max_new)?;
     let device = model.device();
     let greedy = params.temperature <= 0.0;
     let mut cache = model.new_growable_cache(prompt.len() + 64, prompt.len() + max_new + k + 1);
