@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use super::simd::dot_f32;
+use super::simd::{dot2_f32, dot_f32};
 
 /// Up to this many activation rows, the streaming GEMV kernel beats blocked GEMM (the weight
 /// is read once either way; below this, GEMM's packing costs more than it saves).
@@ -48,8 +48,17 @@ fn gemv_rows(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
         .zip(w.par_chunks(band * k))
         .for_each(|(ys, ws)| {
             for (yrow, wrow) in ys.chunks_exact_mut(m).zip(ws.chunks_exact(k)) {
-                for (r, y) in yrow.iter_mut().enumerate() {
-                    *y = dot_f32(&x[r * k..(r + 1) * k], wrow);
+                // Rows in pairs share each weight load (same sums as one row at a time).
+                let mut r = 0;
+                while r + 2 <= m {
+                    let [a, b] =
+                        dot2_f32(wrow, &x[r * k..(r + 1) * k], &x[(r + 1) * k..(r + 2) * k]);
+                    yrow[r] = a;
+                    yrow[r + 1] = b;
+                    r += 2;
+                }
+                if r < m {
+                    yrow[r] = dot_f32(&x[r * k..(r + 1) * k], wrow);
                 }
             }
         });
