@@ -172,10 +172,10 @@ fn answers(model: &Llama<Cpu>, prompts: &[Vec<u32>], n_new: usize, stop: &[u32])
         for (p, o) in chunk.iter().zip(out) {
             let mut s = p.clone();
             s.extend(o);
-            seqs.push((p.len(), s));
+            seqs.push(s);
         }
     }
-    seqs.into_iter().map(|(_, s)| s).collect::<Vec<_>>()
+    seqs
 }
 
 /// Trains heads for `model` (frozen) with its chat `template`.

@@ -19,6 +19,14 @@ pub enum GenerateError {
     },
 }
 
+/// A tensor's values on the host, as f32, in row-major order.
+pub fn host_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .expect("f32 tensor")
+}
+
 /// Last-position logits of `[1, t, vocab]` as a plain vector.
 pub fn last_logits<B: Backend>(logits: Tensor<B, 3>) -> Vec<f32> {
     let [_, t, v] = logits.dims();

@@ -70,6 +70,19 @@ pub fn filtered_distribution(logits: &[f32], params: &SamplingParams) -> Vec<(u3
     probs
 }
 
+/// The token of a normalized (token, probability) list that the uniform `u` in [0, 1) falls
+/// on (the last one when rounding leaves the sum just below `u`).
+pub fn draw(dist: &[(u32, f64)], u: f64) -> u32 {
+    let mut acc = 0.0;
+    for &(tok, p) in dist {
+        acc += p;
+        if u < acc {
+            return tok;
+        }
+    }
+    dist.last().map(|d| d.0).unwrap_or(0)
+}
+
 /// Stateful sampler: one per generation, so the seed fixes the whole sequence.
 pub struct Sampler {
     params: SamplingParams,
@@ -99,15 +112,7 @@ impl Sampler {
             return argmax(logits);
         }
         let dist = filtered_distribution(logits, &self.params);
-        let u: f64 = self.rng.gen();
-        let mut acc = 0.0;
-        for &(tok, p) in &dist {
-            acc += p;
-            if u < acc {
-                return tok;
-            }
-        }
-        dist.last().map(|d| d.0).unwrap_or(0)
+        draw(&dist, self.rng.gen())
     }
 }
 

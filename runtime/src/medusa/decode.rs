@@ -5,17 +5,10 @@ use burn::prelude::*;
 
 use super::heads::MedusaHeads;
 use super::tree::Tree;
-use crate::generate::{check_request, GenerateError};
+use crate::generate::{check_request, host_f32, GenerateError};
 use crate::model::{LinearBackend, Llama};
 use crate::sampling::argmax;
 use crate::speculative::SpecStats;
-
-fn rows<B: Backend>(t: Tensor<B, 3>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .expect("f32 tensor")
-}
 
 /// The `k` largest entries' indices, best first.
 fn top_k(row: &[f32], k: usize) -> Vec<u32> {
@@ -56,8 +49,8 @@ pub fn generate_medusa<B: LinearBackend>(
     let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, prompt.len()]), &device);
     let hidden = model.forward_hidden(input, Some(&mut cache));
     let t = prompt.len();
-    let mut h_last = rows(hidden.slice([0..1, t - 1..t, 0..d]));
-    let first = argmax(&rows(model.logits(Tensor::from_data(
+    let mut h_last = host_f32(hidden.slice([0..1, t - 1..t, 0..d]));
+    let first = argmax(&host_f32(model.logits(Tensor::from_data(
         TensorData::new(h_last.clone(), [1, 1, d]),
         &device,
     ))));
@@ -74,7 +67,7 @@ pub fn generate_medusa<B: LinearBackend>(
     while out.len() < max_new && !stop_ids.contains(out.last().unwrap()) {
         // Head guesses from the last accepted position, all heads through the lm_head at once.
         let hv: Vec<f32> = (0..depth).flat_map(|k| heads.hidden(k, &h_last)).collect();
-        let head_logits = rows(model.logits(Tensor::from_data(
+        let head_logits = host_f32(model.logits(Tensor::from_data(
             TensorData::new(hv, [1, depth, d]),
             &device,
         )));
@@ -83,8 +76,8 @@ pub fn generate_medusa<B: LinearBackend>(
             .collect();
         let tokens = tree.tokens(*out.last().unwrap(), &topk);
         let before = cache.len();
-        let hidden = rows(model.forward_tree(&tokens, &depths, &mask, &mut cache));
-        let logits = rows(model.logits(Tensor::from_data(
+        let hidden = host_f32(model.forward_tree(&tokens, &depths, &mask, &mut cache));
+        let logits = host_f32(model.logits(Tensor::from_data(
             TensorData::new(hidden.clone(), [1, tokens.len(), d]),
             &device,
         )));

@@ -243,21 +243,35 @@ impl<B: LinearBackend> Llama<B> {
             .into_iter()
             .map(|x| x as u32)
             .collect();
-        let mut x = B::gather_rows(&ids, &self.embed_tokens, &self.device()).reshape([
+        let x = B::gather_rows(&ids, &self.embed_tokens, &self.device()).reshape([
             b,
             t,
             self.config.hidden_size,
         ]);
+        let out = self.decoder_stack(x, |i, attn, h| {
+            let layer_cache = cache.as_deref_mut().map(|c| (c, i));
+            attn.forward(h, &self.rope, start, layer_cache)
+        });
+        if let Some(c) = cache {
+            c.advance(t);
+        }
+        out
+    }
+
+    /// The decoder blocks and the final norm over embedded `x`, with each block's attention
+    /// done by `attend(layer index, attention, normed input)`: the one place the block
+    /// structure lives, whatever the attention pattern (prefix, batched decode, tree).
+    fn decoder_stack(
+        &self,
+        mut x: Tensor<B, 3>,
+        mut attend: impl FnMut(usize, &Attention<B>, Tensor<B, 3>) -> Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
         let eps = self.config.rms_norm_eps;
         for (i, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(x.clone(), &layer.input_layernorm, eps);
-            let layer_cache = cache.as_deref_mut().map(|c| (c, i));
-            x = x + layer.self_attn.forward(h, &self.rope, start, layer_cache);
+            x = x + attend(i, &layer.self_attn, h);
             let h = rms_norm(x.clone(), &layer.post_attention_layernorm, eps);
             x = x + layer.mlp.forward(h);
-        }
-        if let Some(c) = cache {
-            c.advance(t);
         }
         rms_norm(x, &self.norm, eps)
     }
@@ -283,20 +297,14 @@ impl<B: LinearBackend> Llama<B> {
             c.reserve(len + 1);
         }
         let d = self.config.hidden_size;
-        let mut x = B::gather_rows(tokens, &self.embed_tokens, &self.device()).reshape([n, 1, d]);
-        let eps = self.config.rms_norm_eps;
-        for (i, layer) in self.layers.iter().enumerate() {
-            let h = rms_norm(x.clone(), &layer.input_layernorm, eps);
-            x = x + layer
-                .self_attn
-                .forward_decode_batch(h, &self.rope, caches, i);
-            let h = rms_norm(x.clone(), &layer.post_attention_layernorm, eps);
-            x = x + layer.mlp.forward(h);
-        }
+        let x = B::gather_rows(tokens, &self.embed_tokens, &self.device()).reshape([n, 1, d]);
+        let out = self.decoder_stack(x, |i, attn, h| {
+            attn.forward_decode_batch(h, &self.rope, caches, i)
+        });
         for c in caches.iter_mut() {
             c.advance(1);
         }
-        rms_norm(x, &self.norm, eps)
+        out
     }
 
     /// Final hidden states `[1, n, hidden]` of a Medusa candidate tree after the cached
@@ -319,18 +327,12 @@ impl<B: LinearBackend> Llama<B> {
         );
         cache.reserve(start + n);
         let d = self.config.hidden_size;
-        let mut x = B::gather_rows(tokens, &self.embed_tokens, &self.device()).reshape([1, n, d]);
-        let eps = self.config.rms_norm_eps;
-        for (i, layer) in self.layers.iter().enumerate() {
-            let h = rms_norm(x.clone(), &layer.input_layernorm, eps);
-            x = x + layer
-                .self_attn
-                .forward_tree(h, &self.rope, cache, i, depths, mask);
-            let h = rms_norm(x.clone(), &layer.post_attention_layernorm, eps);
-            x = x + layer.mlp.forward(h);
-        }
+        let x = B::gather_rows(tokens, &self.embed_tokens, &self.device()).reshape([1, n, d]);
+        let out = self.decoder_stack(x, |i, attn, h| {
+            attn.forward_tree(h, &self.rope, cache, i, depths, mask)
+        });
         cache.advance(n);
-        rms_norm(x, &self.norm, eps)
+        out
     }
 
     /// Vocabulary logits `[b, t, vocab]` from final hidden states.

@@ -12,9 +12,10 @@ use burn::prelude::*;
 use tokio::sync::mpsc;
 
 use super::logprobs::{token_logprob, TokenLogprob};
+use crate::generate::host_f32;
 use crate::model::{KvCache, LinearBackend, Llama};
-use crate::sampling::{filtered_distribution, Sampler, SamplingParams};
-use crate::speculative::verify::{verify_greedy, verify_sampling};
+use crate::sampling::{Sampler, SamplingParams};
+use crate::speculative::decode::verify_step;
 use crate::speculative::Proposer;
 
 /// Room a new sequence's cache starts with beyond its prompt; it grows by doubling.
@@ -310,7 +311,7 @@ fn prefill<B: LinearBackend>(
     let hidden = model.forward_hidden(input, Some(&mut cache));
     let vocab = model.config.vocab_size;
     let last: Vec<f32> = if let Some(n) = req.prompt_logprobs {
-        let all = to_vec(model.logits(hidden));
+        let all = host_f32(model.logits(hidden));
         let mut lps = vec![None];
         for i in 1..t {
             lps.push(Some(token_logprob(
@@ -323,7 +324,7 @@ fn prefill<B: LinearBackend>(
         all[(t - 1) * vocab..].to_vec()
     } else {
         let d = model.config.hidden_size;
-        to_vec(model.logits(hidden.slice([0..1, t - 1..t, 0..d])))
+        host_f32(model.logits(hidden.slice([0..1, t - 1..t, 0..d])))
     };
     let mut seq = Seq {
         tokens: req.prompt,
@@ -356,32 +357,22 @@ fn speculative_step<B: LinearBackend>(
     let room = s.max_new - s.generated - 1;
     let params = s.sampler.params().clone();
     let proposal = proposer.propose(&s.tokens, k.min(room), &params);
-    let guesses: Vec<u32> = proposal.iter().map(|p| p.0).collect();
-    let mut input = vec![s.last];
-    input.extend(&guesses);
-    let before = s.cache.len();
-    let ids: Vec<i32> = input.iter().map(|&t| t as i32).collect();
-    let x = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, input.len()]), &model.device());
-    let logits = to_vec(model.forward(x, Some(&mut s.cache)));
-    let rows: Vec<&[f32]> = logits.chunks_exact(model.config.vocab_size).collect();
-    let (n, next) = if params.temperature <= 0.0 {
-        verify_greedy(&guesses, &rows)
-    } else {
-        let q: Vec<Vec<(u32, f64)>> = proposal.into_iter().map(|p| p.1).collect();
-        let p: Vec<Vec<(u32, f64)>> = rows
-            .iter()
-            .map(|r| filtered_distribution(r, &params))
-            .collect();
-        verify_sampling(&guesses, &q, &p, s.sampler.rng())
-    };
-    s.cache.truncate(before + 1 + n);
-    for (i, &tok) in guesses[..n].iter().chain([next].iter()).enumerate() {
-        s.emit(tok, rows[i]);
+    let v = verify_step(
+        model,
+        &mut s.cache,
+        s.last,
+        proposal,
+        &params,
+        s.sampler.rng(),
+    );
+    let vocab = model.config.vocab_size;
+    for (&tok, row) in v.tokens.iter().zip(v.logits.chunks_exact(vocab)) {
+        s.emit(tok, row);
         if s.done {
             break;
         }
     }
-    (guesses.len(), n)
+    (v.proposed, v.tokens.len() - 1)
 }
 
 /// One token for every running sequence in one batched forward pass.
@@ -389,16 +380,9 @@ fn decode_step<B: LinearBackend>(model: &Llama<B>, running: &mut [Seq]) {
     let tokens: Vec<u32> = running.iter().map(|s| s.last).collect();
     let mut caches: Vec<&mut KvCache> = running.iter_mut().map(|s| &mut s.cache).collect();
     let hidden = model.forward_decode_batch(&tokens, &mut caches);
-    let logits = to_vec(model.logits(hidden));
+    let logits = host_f32(model.logits(hidden));
     let vocab = model.config.vocab_size;
     for (s, row) in running.iter_mut().zip(logits.chunks_exact(vocab)) {
         s.advance(row);
     }
-}
-
-fn to_vec<B: Backend>(t: Tensor<B, 3>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .expect("f32 logits")
 }

@@ -563,6 +563,16 @@ enum Flavor {
     Chat { logprobs: bool },
 }
 
+impl Flavor {
+    /// OpenAI's `object` of a stream chunk.
+    fn object(self) -> &'static str {
+        match self {
+            Flavor::Completion { .. } => "text_completion",
+            Flavor::Chat { .. } => "chat.completion.chunk",
+        }
+    }
+}
+
 /// Streams a generation as server-sent events in OpenAI's chunk format, ending with
 /// `[DONE]`. A client that goes away drops the event stream, which drops the engine's
 /// channel, which frees the sequence's batch slot at the next step.
@@ -579,11 +589,7 @@ fn stream(
     tokio::spawn(async move {
         let model = st.model_id.clone();
         let chunk = |choice: Value| {
-            let object = match flavor {
-                Flavor::Completion { .. } => "text_completion",
-                Flavor::Chat { .. } => "chat.completion.chunk",
-            };
-            let body = json!({"id": id, "object": object, "created": created, "model": model,
+            let body = json!({"id": id, "object": flavor.object(), "created": created, "model": model,
                               "choices": [choice]});
             Ok(SseEvent::default().data(body.to_string()))
         };
@@ -673,11 +679,7 @@ fn stream(
             .send(chunk(piece_of(String::new(), &[], Some(finish.as_str()))))
             .await;
         if usage_too {
-            let object = match flavor {
-                Flavor::Completion { .. } => "text_completion",
-                Flavor::Chat { .. } => "chat.completion.chunk",
-            };
-            let u = json!({"id": id, "object": object, "created": created, "model": model,
+            let u = json!({"id": id, "object": flavor.object(), "created": created, "model": model,
                            "choices": [], "usage": usage(run.prompt.len(), generated)});
             let _ = tx.send(Ok(SseEvent::default().data(u.to_string()))).await;
         }

@@ -72,9 +72,4 @@ impl<'a> TextStream<'a> {
     pub fn stopped(&self) -> bool {
         self.stopped
     }
-
-    /// Tokens pushed so far.
-    pub fn tokens(&self) -> &[u32] {
-        &self.ids
-    }
 }

@@ -3,12 +3,12 @@
 
 use burn::prelude::*;
 use rand::rngs::StdRng;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 
 use super::verify::{verify_greedy, verify_sampling};
-use super::Proposer;
-use crate::generate::{check_request, last_logits, GenerateError};
-use crate::model::{LinearBackend, Llama};
+use super::{Proposed, Proposer};
+use crate::generate::{check_request, host_f32, last_logits, GenerateError};
+use crate::model::{KvCache, LinearBackend, Llama};
 use crate::sampling::{filtered_distribution, Sampler, SamplingParams};
 
 /// What speculation bought.
@@ -49,6 +49,56 @@ impl SpecStats {
     }
 }
 
+/// One verified step: the tokens the target keeps (accepted guesses, then its own) and its
+/// logits at each of them (`tokens.len()` rows of the vocabulary), for log-probabilities.
+pub struct Verified {
+    pub tokens: Vec<u32>,
+    /// Guesses the proposer made.
+    pub proposed: usize,
+    pub logits: Vec<f32>,
+}
+
+/// Runs `last` (not yet in `cache`) and the `proposal` through the target in one pass,
+/// verifies the guesses (greedy for temperature 0, rejection sampling with `rng` otherwise)
+/// and rolls `cache` back to `last` plus the accepted guesses.
+pub fn verify_step<B: LinearBackend>(
+    model: &Llama<B>,
+    cache: &mut KvCache,
+    last: u32,
+    proposal: Vec<Proposed>,
+    params: &SamplingParams,
+    rng: &mut impl Rng,
+) -> Verified {
+    let guesses: Vec<u32> = proposal.iter().map(|p| p.0).collect();
+    let mut input = vec![last];
+    input.extend(&guesses);
+    let before = cache.len();
+    let ids: Vec<i32> = input.iter().map(|&t| t as i32).collect();
+    let x = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, input.len()]), &model.device());
+    let mut logits = host_f32(model.forward(x, Some(&mut *cache)));
+    let vocab = model.config.vocab_size;
+    let rows: Vec<&[f32]> = logits.chunks_exact(vocab).collect();
+    let (n, next) = if params.temperature <= 0.0 {
+        verify_greedy(&guesses, &rows)
+    } else {
+        let q: Vec<Vec<(u32, f64)>> = proposal.into_iter().map(|p| p.1).collect();
+        let p: Vec<Vec<(u32, f64)>> = rows
+            .iter()
+            .map(|r| filtered_distribution(r, params))
+            .collect();
+        verify_sampling(&guesses, &q, &p, rng)
+    };
+    cache.truncate(before + 1 + n);
+    logits.truncate((n + 1) * vocab);
+    let mut tokens = guesses[..n].to_vec();
+    tokens.push(next);
+    Verified {
+        tokens,
+        proposed: guesses.len(),
+        logits,
+    }
+}
+
 /// Generates up to `max_new` tokens after `prompt` with `proposer` guessing up to `k` tokens
 /// per step; stops at any of `stop_ids` (emitted, as `generate` does). Same output as
 /// `generate::generate` for greedy parameters; the target's distribution when sampling.
@@ -65,7 +115,6 @@ pub fn generate_speculative<B: LinearBackend>(
 ) -> Result<(Vec<u32>, SpecStats), GenerateError> {
     check_request(model, prompt, max_new)?;
     let device = model.device();
-    let greedy = params.temperature <= 0.0;
     let mut cache = model.new_growable_cache(prompt.len() + 64, prompt.len() + max_new + k + 1);
     let mut rng = StdRng::seed_from_u64(params.seed);
     let run = |tokens: &[u32], cache: &mut crate::model::KvCache| {
@@ -84,33 +133,19 @@ pub fn generate_speculative<B: LinearBackend>(
     while out.len() < max_new && !stop_ids.contains(out.last().unwrap()) {
         let room = max_new - out.len() - 1;
         let proposal = proposer.propose(&seq, k.min(room), &params);
-        let mut input = vec![*out.last().unwrap()];
-        input.extend(proposal.iter().map(|p| p.0));
-        let before = cache.len();
-        let logits = run(&input, &mut cache);
-        let vocab = model.config.vocab_size;
-        let rows: Vec<f32> = logits
-            .into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
-            .expect("f32 logits");
-        let rows: Vec<&[f32]> = rows.chunks_exact(vocab).collect();
-        let tokens: Vec<u32> = proposal.iter().map(|p| p.0).collect();
-        let (n, next) = if greedy {
-            verify_greedy(&tokens, &rows)
-        } else {
-            let q: Vec<Vec<(u32, f64)>> = proposal.iter().map(|p| p.1.clone()).collect();
-            let p: Vec<Vec<(u32, f64)>> = rows
-                .iter()
-                .map(|r| filtered_distribution(r, &params))
-                .collect();
-            verify_sampling(&tokens, &q, &p, &mut rng)
-        };
-        cache.truncate(before + 1 + n);
+        let v = verify_step(
+            model,
+            &mut cache,
+            *out.last().unwrap(),
+            proposal,
+            &params,
+            &mut rng,
+        );
+        let n = v.tokens.len() - 1;
         stats.steps += 1;
-        stats.proposed += tokens.len();
+        stats.proposed += v.proposed;
         stats.accepted += n;
-        for &t in tokens[..n].iter().chain([next].iter()) {
+        for &t in &v.tokens {
             out.push(t);
             seq.push(t);
             stats.generated += 1;

@@ -10,7 +10,7 @@ use super::verify::point_mass;
 use super::{Proposed, Proposer};
 use crate::generate::last_logits;
 use crate::model::{KvCache, LinearBackend, Llama};
-use crate::sampling::{argmax, filtered_distribution, SamplingParams};
+use crate::sampling::{argmax, draw, filtered_distribution, SamplingParams};
 
 /// A draft model and its cache.
 pub struct DraftModel<B: LinearBackend> {
@@ -75,18 +75,7 @@ impl<B: LinearBackend> Proposer for DraftModel<B> {
                 (t, point_mass(t))
             } else {
                 let q = filtered_distribution(&logits, params);
-                let u: f64 = self.rng.gen();
-                let mut acc = 0.0;
-                let t = q
-                    .iter()
-                    .find(|e| {
-                        acc += e.1;
-                        u < acc
-                    })
-                    .or(q.last())
-                    .map(|e| e.0)
-                    .unwrap_or(0);
-                (t, q)
+                (draw(&q, self.rng.gen()), q)
             };
             out.push((tok, q));
             if i + 1 < k {

@@ -13,7 +13,7 @@
 
 use rand::Rng;
 
-use crate::sampling::argmax;
+use crate::sampling::{argmax, draw};
 
 /// A distribution over the vocabulary as (token, probability) pairs with positive
 /// probabilities (what `sampling::filtered_distribution` returns).
@@ -40,22 +40,9 @@ pub fn verify_greedy(proposal: &[u32], target_logits: &[&[f32]]) -> (usize, u32)
     (n, argmax(target_logits[n]))
 }
 
-/// Draws from `d` with a uniform `u` in [0, 1).
-fn draw(d: &Dist, u: f64) -> u32 {
-    let total: f64 = d.iter().map(|e| e.1).sum();
-    let mut acc = 0.0;
-    for &(t, p) in d {
-        acc += p / total;
-        if u < acc {
-            return t;
-        }
-    }
-    d.last().expect("non-empty distribution").0
-}
-
 /// norm(max(0, p − q)): where the target has more mass than the proposer.
 pub fn residual(p: &Dist, q: &Dist) -> Vec<(u32, f64)> {
-    let r: Vec<(u32, f64)> = p
+    let mut r: Vec<(u32, f64)> = p
         .iter()
         .map(|&(t, pt)| (t, (pt - prob(q, t)).max(0.0)))
         .filter(|e| e.1 > 0.0)
@@ -64,6 +51,8 @@ pub fn residual(p: &Dist, q: &Dist) -> Vec<(u32, f64)> {
         // p == q up to rounding: any sample of p is right.
         return p.to_vec();
     }
+    let total: f64 = r.iter().map(|e| e.1).sum();
+    r.iter_mut().for_each(|e| e.1 /= total);
     r
 }
 
