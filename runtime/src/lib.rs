@@ -5,8 +5,11 @@
 pub mod assets;
 pub mod checkpoint;
 pub mod config;
+pub mod device;
 pub mod generate;
 pub mod gguf;
+#[cfg(feature = "cuda")]
+pub mod gpu;
 pub mod kernels;
 pub mod medusa;
 pub mod model;

@@ -2,6 +2,7 @@
 
 mod bench;
 mod fetch;
+mod gpu_check;
 mod quant_table;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +36,17 @@ enum Cmd {
     CacheDir,
     /// List the assets and whether each is cached (never downloads).
     List,
+    /// The CUDA check (issue #10): builds with `--features cuda` and runs xtask/gpu-check.sh
+    /// (kernel checks, GEMV bandwidth, SmolLM2 ppl/prefill/decode on CPU vs GPU) when this
+    /// machine has an NVIDIA GPU; `--stage` packs binaries, model and text into .gpu/pN for
+    /// a lent GPU machine instead.
+    GpuCheck {
+        #[arg(long)]
+        stage: bool,
+        /// CUDA version the driver bindings target (cudarc's `CUDARC_CUDA_VERSION`).
+        #[arg(long, default_value = "13000")]
+        cuda_version: String,
+    },
     /// Benchmarks (release builds).
     Bench {
         #[command(subcommand)]
@@ -112,6 +124,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             fetch::list();
             Ok(())
         }
+        Cmd::GpuCheck {
+            stage,
+            cuda_version,
+        } => gpu_check::run(stage, &cuda_version),
         Cmd::Bench {
             what: BenchCmd::Backends { threaded },
         } => bench::backends(threaded),

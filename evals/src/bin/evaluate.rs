@@ -12,9 +12,9 @@ use lmq_evals::report::{self, ModelRow, TaskFigure};
 use lmq_evals::text;
 use lmq_evals::zeroshot::{self, RunOptions, Sharing, TaskResult};
 use lmq_runtime::checkpoint::Checkpoint;
-use lmq_runtime::model::Llama;
+use lmq_runtime::device::{run_on, DeviceSpec, OnBackend};
+use lmq_runtime::model::{LinearBackend, Llama};
 use lmq_runtime::weights::DequantizedSource;
-use lmq_runtime::Cpu;
 
 /// Perplexity and zero-shot accuracy of a model.
 ///
@@ -76,6 +76,9 @@ struct Args {
     /// format's scalar reference: the check that the packed kernels compute the same model.
     #[arg(long)]
     dequantize: bool,
+    /// `cpu`, or `cuda[:N]` (a build with `--features cuda` and an NVIDIA GPU).
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
 }
 
 fn main() {
@@ -183,15 +186,14 @@ fn evaluate_one(
     if args.dequantize {
         ckpt.weights = Box::new(DequantizedSource::new(ckpt.weights));
     }
-    let device = Default::default();
-    let model = ckpt.load_model::<Cpu>(&device)?;
-    let ppl = match &args.ppl {
-        Some(name) => Some(run_ppl(args, &ckpt, &model, name)?),
-        None => None,
-    };
-    let started = Instant::now();
-    let results = run_tasks(args, &ckpt, &model, tasks)?;
-    let suite_seconds = started.elapsed().as_secs_f64();
+    let (ppl, results, suite_seconds) = run_on(
+        args.device,
+        EvalJob {
+            args,
+            ckpt: &ckpt,
+            tasks,
+        },
+    )??;
     let row = ModelRow {
         name: ckpt
             .path
@@ -238,6 +240,30 @@ fn evaluate_one(
     Ok((row, v))
 }
 
+/// Perplexity and tasks of one loaded checkpoint, on whichever backend `--device` picks.
+struct EvalJob<'a> {
+    args: &'a Args,
+    ckpt: &'a Checkpoint,
+    tasks: &'a [&'a zeroshot::TaskDef],
+}
+
+type EvalOutput = (Option<(PathBuf, PplReport)>, Vec<TaskResult>, f64);
+
+impl OnBackend for EvalJob<'_> {
+    type Output = Result<EvalOutput>;
+
+    fn run<B: LinearBackend>(self, device: B::Device) -> Self::Output {
+        let model = self.ckpt.load_model::<B>(&device)?;
+        let ppl = match &self.args.ppl {
+            Some(name) => Some(run_ppl(self.args, self.ckpt, &model, name)?),
+            None => None,
+        };
+        let started = Instant::now();
+        let results = run_tasks(self.args, self.ckpt, &model, self.tasks)?;
+        Ok((ppl, results, started.elapsed().as_secs_f64()))
+    }
+}
+
 /// A task's headline figure: `acc_norm` where it has one, else `acc`.
 fn headline(r: &TaskResult) -> Option<TaskFigure> {
     let m = r
@@ -253,10 +279,10 @@ fn headline(r: &TaskResult) -> Option<TaskFigure> {
     })
 }
 
-fn run_ppl(
+fn run_ppl<B: LinearBackend>(
     args: &Args,
     ckpt: &Checkpoint,
-    model: &Llama<Cpu>,
+    model: &Llama<B>,
     name: &str,
 ) -> Result<(PathBuf, PplReport)> {
     let text_path: PathBuf = text::resolve(name);
@@ -277,10 +303,10 @@ fn run_ppl(
     Ok((text_path, report))
 }
 
-fn run_tasks(
+fn run_tasks<B: LinearBackend>(
     args: &Args,
     ckpt: &Checkpoint,
-    model: &Llama<Cpu>,
+    model: &Llama<B>,
     tasks: &[&zeroshot::TaskDef],
 ) -> Result<Vec<TaskResult>> {
     let opts = RunOptions {

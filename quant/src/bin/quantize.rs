@@ -14,6 +14,7 @@ use lmq_quant::pipeline::{CalibratedModel, PipelineEvent};
 use lmq_quant::plan::QuantPlan;
 use lmq_quant::recipe::Recipe;
 use lmq_runtime::checkpoint::Checkpoint;
+use lmq_runtime::device::DeviceSpec;
 use lmq_runtime::sysinfo::peak_rss_mib;
 
 /// Quantize or convert a checkpoint according to a recipe.
@@ -35,6 +36,10 @@ struct Args {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Where the calibration forward passes and the GPTQ/AWQ math run. Only `cpu` is
+    /// implemented; `cuda[:N]` is refused with a clear error rather than silently ignored.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
 }
 
 fn main() {
@@ -49,6 +54,14 @@ fn run(args: Args) -> Result<()> {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build_global()?;
+    }
+    if args.device != DeviceSpec::Cpu {
+        bail!(
+            "--device {}: quantization (calibration, GPTQ, AWQ, SmoothQuant) runs on the CPU \
+             only so far; omit --device, then evaluate or serve the result with --device {}",
+            args.device,
+            args.device
+        );
     }
     let started = Instant::now();
     let recipe = Recipe::from_file(&args.recipe)?;

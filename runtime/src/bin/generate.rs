@@ -5,11 +5,12 @@ use std::io::Write;
 use anyhow::Result;
 use clap::Parser;
 use lmq_runtime::checkpoint::Checkpoint;
+use lmq_runtime::device::{run_on, DeviceSpec, OnBackend};
 use lmq_runtime::generate::generate;
+use lmq_runtime::model::LinearBackend;
 use lmq_runtime::sampling::SamplingParams;
 use lmq_runtime::speculative::choose::proposer_for;
 use lmq_runtime::speculative::generate_speculative;
-use lmq_runtime::Cpu;
 
 /// Generate a continuation of a prompt.
 #[derive(Parser, Debug)]
@@ -41,6 +42,9 @@ struct Args {
     /// Tokens proposed per speculative step.
     #[arg(long, default_value_t = 4)]
     speculative_k: usize,
+    /// `cpu`, or `cuda[:N]` (a build with `--features cuda` and an NVIDIA GPU).
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
 }
 
 fn main() {
@@ -52,7 +56,31 @@ fn main() {
 
 fn run(args: Args) -> Result<()> {
     let ckpt = Checkpoint::open(&args.model)?;
-    let model = ckpt.load_model::<Cpu>(&Default::default())?;
+    run_on(
+        args.device,
+        Generate {
+            args: &args,
+            ckpt: &ckpt,
+        },
+    )?
+}
+
+/// The completion on whichever backend `--device` picks.
+struct Generate<'a> {
+    args: &'a Args,
+    ckpt: &'a Checkpoint,
+}
+
+impl OnBackend for Generate<'_> {
+    type Output = Result<()>;
+
+    fn run<B: LinearBackend>(self, device: B::Device) -> Result<()> {
+        complete::<B>(self.args, self.ckpt, device)
+    }
+}
+
+fn complete<B: LinearBackend>(args: &Args, ckpt: &Checkpoint, device: B::Device) -> Result<()> {
+    let model = ckpt.load_model::<B>(&device)?;
     let prompt = ckpt.tokenizer.encode(&args.prompt, true)?;
     let params = SamplingParams {
         temperature: args.temperature,
@@ -67,7 +95,7 @@ fn run(args: Args) -> Result<()> {
     if !args.ids {
         print!("{}", args.prompt);
     }
-    let mut proposer = proposer_for(&args.speculative, &model, &Default::default())?;
+    let mut proposer = proposer_for(&args.speculative, &model, &device)?;
     let on_token = |t: u32| {
         if args.ids {
             return;

@@ -7,10 +7,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use lmq_runtime::checkpoint::Checkpoint;
+use lmq_runtime::device::{run_on, DeviceSpec, OnBackend};
+use lmq_runtime::model::LinearBackend;
 use lmq_runtime::serve::engine::EngineOptions;
-use lmq_runtime::serve::{app, build_state, ServeOptions};
+use lmq_runtime::serve::{app, build_state, ServeOptions, ServerState};
 use lmq_runtime::speculative::choose::proposer_for;
-use lmq_runtime::Cpu;
+use std::sync::Arc;
 
 /// Serve a model over OpenAI's completions and chat APIs.
 #[derive(Parser, Debug)]
@@ -48,6 +50,26 @@ struct Args {
     /// Seconds in-flight requests get to finish after SIGINT/SIGTERM.
     #[arg(long, default_value_t = 30)]
     shutdown_grace_s: u64,
+    /// `cpu`, or `cuda[:N]` (a build with `--features cuda` and an NVIDIA GPU).
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
+}
+
+/// Loads the model on the chosen backend and starts the engine on it.
+struct StartEngine<'a> {
+    args: &'a Args,
+    ckpt: &'a Checkpoint,
+    opts: ServeOptions,
+}
+
+impl OnBackend for StartEngine<'_> {
+    type Output = Result<Arc<ServerState>>;
+
+    fn run<B: LinearBackend>(self, device: B::Device) -> Self::Output {
+        let model = self.ckpt.load_model::<B>(&device)?;
+        let proposer = proposer_for(&self.args.speculative, &model, &device)?;
+        build_state(self.ckpt, model, self.opts, proposer)
+    }
 }
 
 fn main() {
@@ -59,8 +81,6 @@ fn main() {
 
 fn run(args: Args) -> Result<()> {
     let ckpt = Checkpoint::open(&args.model)?;
-    let model = ckpt.load_model::<Cpu>(&Default::default())?;
-    let proposer = proposer_for(&args.speculative, &model, &Default::default())?;
     let model_id = args.served_model_name.clone().unwrap_or_else(|| {
         Path::new(&args.model)
             .file_stem()
@@ -77,7 +97,14 @@ fn run(args: Args) -> Result<()> {
             speculative_k: args.speculative_k,
         },
     };
-    let state = build_state(&ckpt, model, opts, proposer)?;
+    let state = run_on(
+        args.device,
+        StartEngine {
+            args: &args,
+            ckpt: &ckpt,
+            opts,
+        },
+    )??;
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
         .with_context(|| format!("bad address {}:{}", args.host, args.port))?;

@@ -55,6 +55,34 @@ impl<B: LinearBackend> Attention<B> {
         attention(q, repeat_kv(k, rep), repeat_kv(v, rep), None, None, options)
     }
 
+    /// `t` queries at positions `start..start + t` over all `start + t` cached keys, each
+    /// query seeing the keys up to its own position (`[1, heads, t, d]`).
+    fn prefix_attention(
+        &self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        rep: usize,
+        start: usize,
+    ) -> Tensor<B, 4> {
+        let [_, heads, t, _] = q.dims();
+        let len = k.dims()[2];
+        // burn's mask: true hides a key. Query i (position start + i) sees keys 0..=start + i.
+        let mask = (t > 1).then(|| {
+            let hidden: Vec<bool> = (0..t)
+                .flat_map(|i| (0..len).map(move |j| j > start + i))
+                .collect();
+            Tensor::<B, 4, Bool>::from_data(TensorData::new(hidden, [1, 1, t, len]), &q.device())
+                .expand([1, heads, t, len])
+        });
+        let options = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: false,
+        };
+        attention(q, repeat_kv(k, rep), repeat_kv(v, rep), mask, None, options)
+    }
+
     /// Attends `x` (`[b, t, hidden]`, first token at position `start`) to itself and to the
     /// cached prefix, updating the cache of `layer` when one is given.
     pub fn forward(
@@ -80,6 +108,15 @@ impl<B: LinearBackend> Attention<B> {
         let k = rope.apply(k, start);
         let rep = self.num_heads / self.num_kv_heads;
         let out = match cache {
+            Some((cache, layer)) if cache.is_on_device() => {
+                assert_eq!(b, 1, "the KV cache holds one sequence");
+                let (kc, vc) = cache.append_device(layer, k.clone(), v.clone());
+                if start == 0 && t > 1 {
+                    self.dense_attention(q, k, v, rep)
+                } else {
+                    self.prefix_attention(q, kc, vc, rep, start)
+                }
+            }
             Some((cache, layer)) => {
                 assert_eq!(b, 1, "the KV cache holds one sequence");
                 let kd = k.clone().into_data().into_vec::<f32>().expect("f32 keys");
@@ -129,6 +166,10 @@ impl<B: LinearBackend> Attention<B> {
         let [n, t, _] = x.dims();
         assert_eq!(t, 1, "batched decoding takes one token per sequence");
         assert_eq!(n, caches.len(), "one cache per sequence");
+        assert!(
+            caches.iter().all(|c| !c.is_on_device()),
+            "batched decoding uses host KV caches"
+        );
         let device = x.device();
         let host = |y: Tensor<B, 3>| y.into_data().into_vec::<f32>().expect("f32 activations");
         let mut q = host(self.q_proj.forward(x.clone()));
@@ -175,6 +216,7 @@ impl<B: LinearBackend> Attention<B> {
         mask: &[bool],
     ) -> Tensor<B, 3> {
         let [_, n, _] = x.dims();
+        assert!(!cache.is_on_device(), "Medusa trees use host KV caches");
         let device = x.device();
         let host = |y: Tensor<B, 3>| y.into_data().into_vec::<f32>().expect("f32 activations");
         let mut q = host(self.q_proj.forward(x.clone()));

@@ -3,6 +3,17 @@
 //! attention kernel reads keys in place (no per-token copy of the whole cache). Storage grows
 //! by doubling up to a maximum, so a server can promise a long generation without allocating
 //! it up front.
+//!
+//! A cache made with [`KvCache::on_device`] keeps the keys and values as backend tensors
+//! instead (`[1, kv_heads, capacity, head_dim]` per layer), so a GPU decode step moves only
+//! the new token and its logits across the bus. It serves `Llama::forward` (prefill, decode,
+//! speculative verification, `truncate`); batched decoding and Medusa trees (`keep_rows`)
+//! use host caches.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use burn::prelude::*;
 
 /// Keys and values of one layer.
 #[derive(Debug, Clone)]
@@ -20,6 +31,14 @@ pub struct KvCache {
     max_capacity: usize,
     kv_heads: usize,
     head_dim: usize,
+    /// Per layer, an `Arc<DeviceKv<B>>` when the cache lives on the backend.
+    device: Option<Vec<Option<Arc<dyn Any + Send + Sync>>>>,
+}
+
+/// One layer's keys and values as backend tensors `[1, kv_heads, capacity, head_dim]`.
+struct DeviceKv<B: Backend> {
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
 }
 
 impl KvCache {
@@ -44,7 +63,77 @@ impl KvCache {
             max_capacity,
             kv_heads,
             head_dim,
+            device: None,
         }
+    }
+
+    /// The same cache with its keys and values kept as backend tensors (see the module docs).
+    pub fn on_device(mut self) -> Self {
+        self.device = Some(vec![None; self.layers.len()]);
+        self
+    }
+
+    /// Whether keys and values live on the backend.
+    pub fn is_on_device(&self) -> bool {
+        self.device.is_some()
+    }
+
+    /// Writes `k`, `v` (`[1, kv_heads, t, head_dim]`) for `layer` after the `len` stored
+    /// positions and returns the layer's keys and values for positions `0..len + t`.
+    pub(crate) fn append_device<B: Backend>(
+        &mut self,
+        layer: usize,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let [_, h, t, d] = k.dims();
+        let (start, cap) = (self.len, self.capacity);
+        assert!(
+            start + t <= cap,
+            "KV cache overflow: {} positions > capacity {cap}",
+            start + t
+        );
+        let slots = self.device.as_mut().expect("a device cache");
+        let taken = slots[layer].take().map(|a| {
+            let kv = a.downcast::<DeviceKv<B>>().unwrap_or_else(|_| {
+                panic!("KV cache layer {layer} holds another backend's tensors")
+            });
+            // Sole owner: update in place; shared with a clone: copy on write.
+            Arc::try_unwrap(kv).unwrap_or_else(|shared| DeviceKv {
+                k: shared.k.clone(),
+                v: shared.v.clone(),
+            })
+        });
+        let device = k.device();
+        let mut kv = match taken {
+            Some(kv) if kv.k.dims()[2] >= cap => kv,
+            old => {
+                let mut grown = DeviceKv {
+                    k: Tensor::zeros([1, h, cap, d], &device),
+                    v: Tensor::zeros([1, h, cap, d], &device),
+                };
+                if let Some(old) = old {
+                    if start > 0 {
+                        let rows = [0..1, 0..h, 0..start, 0..d];
+                        grown.k = grown
+                            .k
+                            .slice_assign(rows.clone(), old.k.slice(rows.clone()));
+                        grown.v = grown.v.slice_assign(rows.clone(), old.v.slice(rows));
+                    }
+                }
+                grown
+            }
+        };
+        let new_rows = [0..1, 0..h, start..start + t, 0..d];
+        kv.k = kv.k.slice_assign(new_rows.clone(), k);
+        kv.v = kv.v.slice_assign(new_rows, v);
+        let filled = [0..1, 0..h, 0..start + t, 0..d];
+        let out = (
+            kv.k.clone().slice(filled.clone()),
+            kv.v.clone().slice(filled),
+        );
+        slots[layer] = Some(Arc::new(kv));
+        out
     }
 
     /// Makes room for `positions` in total (a no-op when there is room already); storage
@@ -96,6 +185,10 @@ impl KvCache {
     /// Keeps, of the positions from `start` on, only `rows` (offsets from `start`, increasing),
     /// moved to `start, start + 1, …`: the accepted path of a verified Medusa tree.
     pub fn keep_rows(&mut self, start: usize, rows: &[usize]) {
+        assert!(
+            !self.is_on_device(),
+            "keep_rows is for Medusa trees, which decode with host caches"
+        );
         let (h, d, cap) = (self.kv_heads, self.head_dim, self.capacity);
         for slot in self.layers.iter_mut().flatten() {
             for buf in [&mut slot.k, &mut slot.v] {

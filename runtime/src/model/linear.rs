@@ -68,6 +68,9 @@ pub trait LinearBackend: Backend {
     fn gather_rows(ids: &[u32], w: &Self::Weight, device: &Self::Device) -> Tensor<Self, 2>;
     /// `(out_features, in_features)` of a resident weight.
     fn weight_dims(w: &Self::Weight) -> (usize, usize);
+    /// Whether `Llama::new_cache` keeps keys and values as this backend's tensors (a GPU:
+    /// no per-token trips to the host) rather than in host memory beside the CPU kernels.
+    const KV_ON_DEVICE: bool = false;
 }
 
 impl LinearBackend for Flex {

@@ -369,18 +369,24 @@ impl<B: LinearBackend> Llama<B> {
             .expect("f32 logits")
     }
 
-    /// A cache that starts with room for `initial` positions and grows up to `max` (both
-    /// capped at the model context).
+    /// A host cache that starts with room for `initial` positions and grows up to `max` (both
+    /// capped at the model context): what batched decoding and Medusa trees need.
     pub fn new_growable_cache(&self, initial: usize, max: usize) -> KvCache {
         let c = &self.config;
         let max = max.min(self.rope.max_positions());
         KvCache::growable(c.num_layers, initial, max, c.num_kv_heads, c.head_dim)
     }
 
-    /// A cache sized for `capacity` positions of this model.
+    /// A cache sized for `capacity` positions of this model, on the backend's device where
+    /// it keeps caches there (`LinearBackend::KV_ON_DEVICE`); for `forward` only.
     pub fn new_cache(&self, capacity: usize) -> KvCache {
         let c = &self.config;
         let capacity = capacity.min(self.rope.max_positions());
-        KvCache::new(c.num_layers, capacity, c.num_kv_heads, c.head_dim)
+        let cache = KvCache::new(c.num_layers, capacity, c.num_kv_heads, c.head_dim);
+        if B::KV_ON_DEVICE {
+            cache.on_device()
+        } else {
+            cache
+        }
     }
 }

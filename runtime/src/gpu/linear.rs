@@ -1,0 +1,171 @@
+//! The model's matrices on the GPU: [`LinearBackend`] for burn-cuda. Dense weights are burn
+//! tensors multiplied by burn's matmul; packed and int8 weights stay in their checkpoint
+//! encoding and go through the kernels in [`super::kernels`].
+
+use std::sync::Arc;
+
+use burn::prelude::*;
+use cubecl::cuda::CudaRuntime;
+use cubecl::Runtime;
+
+use super::kernels::{int8_matmul, packed_dequant, packed_gemv, Int8OnGpu, PackedOnGpu};
+use super::{CudaDevice, Gpu};
+use crate::model::{HostWeight, LinearBackend};
+use crate::packed::pack_quantized::storage_offset;
+use crate::packed::{Int8Linear, PackedLinear};
+
+/// Activation rows up to which a packed linear runs the GEMV kernel; above it the weight is
+/// dequantized once per call and multiplied by burn's tiled GEMM (prefill).
+pub const GEMV_MAX_ROWS: usize = 16;
+
+/// A weight resident on the GPU.
+#[derive(Debug, Clone)]
+pub enum GpuWeight {
+    /// `[out, in]` f32.
+    Dense(Arc<Tensor<Gpu, 2>>),
+    /// Packed codes read by the kernels; the host copy serves embedding-row lookups.
+    Packed(Arc<PackedOnGpu>, Arc<PackedLinear>),
+    /// W8A8 codes; the host copy serves embedding-row lookups.
+    Int8(Arc<Int8OnGpu>, Arc<Int8Linear>),
+}
+
+/// Whether the kernels read `p` as it is: groups must be whole packed words (any group size
+/// that is a multiple of the pack factor, or one group per row) and columns in natural order.
+pub fn kernel_layout_ok(p: &PackedLinear) -> bool {
+    let pf = p.pack_factor();
+    p.g_idx.is_none()
+        && matches!(p.bits, 2 | 4 | 8)
+        && (p.n_groups() == 1 || p.group_size.is_multiple_of(pf))
+}
+
+fn upload_packed(p: &PackedLinear, device: &CudaDevice) -> PackedOnGpu {
+    let client = CudaRuntime::client(device);
+    let pf = p.pack_factor();
+    let n_groups = p.n_groups();
+    let off = storage_offset(p.bits) as f32;
+    let zero: Vec<f32> = match &p.zero {
+        Some(z) => z.iter().map(|&z| f32::from(z) + off).collect(),
+        None => vec![off; p.rows * n_groups],
+    };
+    let words: Vec<u32> = p.packed.iter().map(|&w| w as u32).collect();
+    let words_per_group = if n_groups == 1 {
+        p.words_per_row().max(1)
+    } else {
+        p.group_size / pf
+    };
+    PackedOnGpu {
+        bits: u32::from(p.bits),
+        rows: p.rows,
+        cols: p.cols,
+        wpr: p.words_per_row(),
+        n_groups,
+        words_per_group,
+        packed: client.create_from_slice(bytemuck::cast_slice(&words)),
+        scale: client.create_from_slice(bytemuck::cast_slice(&p.scale)),
+        zero: client.create_from_slice(bytemuck::cast_slice(&zero)),
+    }
+}
+
+fn upload_int8(w: &Int8Linear, device: &CudaDevice) -> Int8OnGpu {
+    let client = CudaRuntime::client(device);
+    let wpr = w.cols.div_ceil(4);
+    let mut words = vec![0u32; w.rows * wpr];
+    for (r, row) in w.codes.chunks_exact(w.cols.max(1)).enumerate() {
+        for (c, &q) in row.iter().enumerate() {
+            words[r * wpr + c / 4] |= u32::from(q as u8) << (8 * (c % 4));
+        }
+    }
+    Int8OnGpu {
+        rows: w.rows,
+        cols: w.cols,
+        wpr,
+        codes: client.create_from_slice(bytemuck::cast_slice(&words)),
+        scale: client.create_from_slice(bytemuck::cast_slice(&w.scale)),
+    }
+}
+
+fn dense(data: Vec<f32>, rows: usize, cols: usize, device: &CudaDevice) -> GpuWeight {
+    GpuWeight::Dense(Arc::new(Tensor::from_data(
+        TensorData::new(data, [rows, cols]),
+        device,
+    )))
+}
+
+impl LinearBackend for Gpu {
+    type Weight = GpuWeight;
+    const KV_ON_DEVICE: bool = true;
+
+    fn upload(w: HostWeight, device: &Self::Device) -> GpuWeight {
+        match w {
+            HostWeight::Dense(d) => {
+                let data = Arc::try_unwrap(d.data).unwrap_or_else(|a| (*a).clone());
+                dense(data, d.out_features, d.in_features, device)
+            }
+            // A layout the kernels do not read (act-order g_idx, 3-bit groups that split
+            // words): the scalar reference's f32 values, multiplied densely.
+            HostWeight::Packed(p) if !kernel_layout_ok(&p) => {
+                dense(p.dequantize_ref(), p.rows, p.cols, device)
+            }
+            HostWeight::Packed(p) => GpuWeight::Packed(Arc::new(upload_packed(&p, device)), p),
+            HostWeight::Int8(w) => GpuWeight::Int8(Arc::new(upload_int8(&w, device)), w),
+        }
+    }
+
+    fn apply_linear(x: Tensor<Self, 2>, w: &GpuWeight) -> Tensor<Self, 2> {
+        let [m, k] = x.dims();
+        let (_, expected) = Self::weight_dims(w);
+        assert_eq!(
+            k, expected,
+            "linear: input has {k} features, weight expects {expected}"
+        );
+        match w {
+            GpuWeight::Dense(w) => x.matmul(w.as_ref().clone().transpose()),
+            GpuWeight::Packed(p, _) if m <= GEMV_MAX_ROWS => packed_gemv(x, p),
+            GpuWeight::Packed(p, _) => {
+                let wd = packed_dequant(p, &x);
+                x.matmul(wd.transpose())
+            }
+            GpuWeight::Int8(q, _) => int8_matmul(x, q),
+        }
+    }
+
+    fn gather_rows(ids: &[u32], w: &GpuWeight, device: &Self::Device) -> Tensor<Self, 2> {
+        let (rows, d) = Self::weight_dims(w);
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= rows) {
+            panic!("token id {bad} outside the vocabulary of {rows}");
+        }
+        match w {
+            GpuWeight::Dense(t) => {
+                let idx: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
+                let idx =
+                    Tensor::<Gpu, 1, Int>::from_data(TensorData::new(idx, [ids.len()]), device);
+                t.as_ref().clone().select(0, idx)
+            }
+            GpuWeight::Packed(_, host) => {
+                let mut out = vec![0.0f32; ids.len() * d];
+                for (&id, dst) in ids.iter().zip(out.chunks_exact_mut(d)) {
+                    host.dequantize_rows_into(id as usize, dst);
+                }
+                Tensor::from_data(TensorData::new(out, [ids.len(), d]), device)
+            }
+            GpuWeight::Int8(_, host) => {
+                let mut out = vec![0.0f32; ids.len() * d];
+                for (&id, dst) in ids.iter().zip(out.chunks_exact_mut(d)) {
+                    host.dequantize_rows_into(id as usize, dst);
+                }
+                Tensor::from_data(TensorData::new(out, [ids.len(), d]), device)
+            }
+        }
+    }
+
+    fn weight_dims(w: &GpuWeight) -> (usize, usize) {
+        match w {
+            GpuWeight::Dense(t) => {
+                let [o, i] = t.dims();
+                (o, i)
+            }
+            GpuWeight::Packed(p, _) => (p.rows, p.cols),
+            GpuWeight::Int8(q, _) => (q.rows, q.cols),
+        }
+    }
+}
