@@ -5,6 +5,7 @@
 #   xtask/gpu-check.sh kernels   kernel checks against the scalar references + GEMV bandwidth
 #   xtask/gpu-check.sh models    SmolLM2 f32 / RTN w4g64 / W8A8: ppl, prefill, decode, CPU vs GPU
 #   xtask/gpu-check.sh all       both
+# GPU_ONLY=1 skips the CPU side of the models (and adds a run with burn's generic ops).
 # Writes its log to $OUT (or /tmp/gpu-check) as gpu-check.log.
 set -u -o pipefail
 what=${1:-all}   # kernels | models | all | stash (only keep the carried chunks)
@@ -46,6 +47,8 @@ export LMQ_WIKI2=$W/wiki.test.raw
 t0=$(date +%s)
 if [ "$what" = kernels ] || [ "$what" = all ]; then
   "$W"/gpu-check --no-models || echo "gpu-check kernels: exit $?"
+  echo "--- plain GEMV (LMQ_GPU_GEMV=simple) for comparison:"
+  LMQ_GPU_GEMV=simple "$W"/gpu-check --no-models 2>&1 | grep -A5 "decode GEMV" || true
 fi
 if [ "$what" = models ] || [ "$what" = all ]; then
   M=$W/smollm2.gguf
@@ -66,8 +69,14 @@ PY
   for r in rtn-w4g64 w8a8-naive; do
     [ -d "$W/$r" ] || "$W"/quantize --model "$M" --recipe recipes/$r.yaml --out "$W/$r" 2>&1 | grep -v '^\s*$' | tail -2
   done
-  "$W"/gpu-check --no-kernels --model "$M" --model "$W/rtn-w4g64" --model "$W/w8a8-naive" \
+  only=${GPU_ONLY:+--gpu-only}
+  "$W"/gpu-check --no-kernels $only --model "$M" --model "$W/rtn-w4g64" --model "$W/w8a8-naive" \
     --windows ${WINDOWS:-20} --decode ${DECODE:-64} || echo "gpu-check models: exit $?"
+  if [ -n "$only" ]; then
+    echo "--- burn's generic ops instead of the fused kernels (LMQ_GPU_FUSED=0):"
+    LMQ_GPU_FUSED=0 "$W"/gpu-check --no-kernels --gpu-only --model "$M" --model "$W/rtn-w4g64" \
+      --windows ${WINDOWS:-20} --decode ${DECODE:-64} 2>&1 | grep "^|" || true
+  fi
   "$W"/evaluate --model "$W/rtn-w4g64" --ppl wiki2 --seqlen 512 --max-windows 10 --device cuda --no-progress \
     || echo "evaluate --device cuda: exit $?"
 fi

@@ -122,7 +122,7 @@ fn tree_forward_equals_each_path_run_alone() {
             assert!(diff < BATCH_TOL, "{arch:?} node {i}: {diff}");
         }
         // Keep root → [0] → [0,0] → [0,0,0] (nodes 0, 1, 3, 6), then decode one more token.
-        cache.keep_rows(prefix.len(), &[0, 1, 3, 6]);
+        cache.keep_rows::<Cpu>(prefix.len(), &[0, 1, 3, 6]);
         assert_eq!(cache.len(), prefix.len() + 4);
         let got = step(&m, &[11], &mut cache);
         let mut alone = m.new_cache(16);

@@ -1,7 +1,8 @@
 //! The device-resident KV cache (`KvCache::on_device`, what the GPU backend uses) run on the
 //! CPU backend against the host cache and against full recomputation: prefill, single-token
-//! steps, a multi-token continuation (speculative verification's shape), `truncate` and
-//! growth past the initial capacity, on tiny seeded Llama and Qwen2 models.
+//! steps, a multi-token continuation (speculative verification's shape), `truncate`, growth
+//! past the initial capacity, batched decoding, and a Medusa tree with `keep_rows`, on tiny
+//! seeded Llama and Qwen2 models.
 
 use std::path::Path;
 
@@ -116,11 +117,80 @@ fn device_cache_matches_host_cache_and_recomputation() {
     }
 }
 
+/// The last position's logits of `ids` continuing `cache`.
+fn last(m: &Llama<Cpu>, ids: &[u32], cache: &mut KvCache) -> Vec<f32> {
+    let v = run(m, ids, Some(cache));
+    v[v.len() - m.config.vocab_size..].to_vec()
+}
+
 #[test]
-#[should_panic(expected = "batched decoding uses host KV caches")]
-fn batched_decode_refuses_a_device_cache() {
-    let m = model(Arch::Llama);
-    let (_, mut dev) = fresh(&m, 8);
-    run(&m, &[1, 2], Some(&mut dev));
-    m.forward_decode_batch(&[3], &mut [&mut dev]);
+fn batched_decode_with_device_caches_matches_host_caches() {
+    for arch in [Arch::Llama, Arch::Qwen2] {
+        let m = model(arch);
+        let prompts: [&[u32]; 3] = [&[1, 7, 9], &[1, 3, 4, 5, 6, 8, 10], &[1]];
+        let (mut host, mut dev): (Vec<KvCache>, Vec<KvCache>) = prompts
+            .iter()
+            .map(|p| {
+                let (mut h, mut d) = fresh(&m, 16);
+                last(&m, p, &mut h);
+                last(&m, p, &mut d);
+                (h, d)
+            })
+            .unzip();
+        for tokens in [[12u32, 13, 14], [4, 5, 6]] {
+            let a =
+                m.logits(m.forward_decode_batch(&tokens, &mut host.iter_mut().collect::<Vec<_>>()));
+            let b =
+                m.logits(m.forward_decode_batch(&tokens, &mut dev.iter_mut().collect::<Vec<_>>()));
+            let (a, b) = (
+                a.into_data().into_vec::<f32>().unwrap(),
+                b.into_data().into_vec::<f32>().unwrap(),
+            );
+            assert!(
+                max_diff(&a, &b) < TOL,
+                "{arch:?} batched: {}",
+                max_diff(&a, &b)
+            );
+        }
+    }
+}
+
+#[test]
+fn medusa_tree_with_a_device_cache_matches_the_host_cache() {
+    use lmq_runtime::medusa::tree::Tree;
+    for arch in [Arch::Llama, Arch::Qwen2] {
+        let m = model(arch);
+        let tree =
+            Tree::from_choices(&[&[0], &[1], &[0, 0], &[0, 1], &[1, 0], &[0, 0, 0]], 4).unwrap();
+        let tokens = tree.tokens(9, &[vec![3, 4], vec![5, 6], vec![7]]);
+        let depths: Vec<usize> = tree.nodes.iter().map(|n| n.depth).collect();
+        let prefix = [1u32, 7, 8, 2];
+        let (mut host, mut dev) = fresh(&m, 32);
+        last(&m, &prefix, &mut host);
+        last(&m, &prefix, &mut dev);
+        let mask = tree.attention_mask();
+        let a = m
+            .forward_tree(&tokens, &depths, &mask, &mut host)
+            .into_data()
+            .into_vec::<f32>()
+            .unwrap();
+        let b = m
+            .forward_tree(&tokens, &depths, &mask, &mut dev)
+            .into_data()
+            .into_vec::<f32>()
+            .unwrap();
+        assert!(
+            max_diff(&a, &b) < TOL,
+            "{arch:?} tree: {}",
+            max_diff(&a, &b)
+        );
+        host.keep_rows::<Cpu>(prefix.len(), &[0, 1, 3, 6]);
+        dev.keep_rows::<Cpu>(prefix.len(), &[0, 1, 3, 6]);
+        let (a, b) = (last(&m, &[11], &mut host), last(&m, &[11], &mut dev));
+        assert!(
+            max_diff(&a, &b) < TOL,
+            "{arch:?} after keep_rows: {}",
+            max_diff(&a, &b)
+        );
+    }
 }

@@ -46,6 +46,9 @@ struct Args {
     /// Skip the models (kernel checks and bandwidth only).
     #[arg(long)]
     no_models: bool,
+    /// Run the models on the GPU only (the CPU figures are known from an earlier run).
+    #[arg(long)]
+    gpu_only: bool,
 }
 
 fn main() {
@@ -172,6 +175,38 @@ fn bandwidth(device: &CudaDevice) -> Vec<(String, f64, f64)> {
     rows
 }
 
+/// Time per call of a SmolLM2-sized linear (1536×576) at m = 1: launch overhead, not
+/// bandwidth, is what a small model's decode pays.
+fn small_call_us(device: &CudaDevice) -> Vec<(String, f64)> {
+    let (n, k) = (1536usize, 576usize);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+    let x = Tensor::<Gpu, 2>::from_data(TensorData::new(vec![0.01f32; k], [1, k]), device);
+    let mut out = Vec::new();
+    let weights = [
+        (
+            "int4 g64 packed",
+            HostWeight::Packed(selftest::random_packed(&mut rng, 4, n, k, 64, false).into()),
+        ),
+        (
+            "f32 dense",
+            HostWeight::Dense(DenseWeight::new(vec![0.001f32; n * k], n, k)),
+        ),
+    ];
+    for (label, hw) in weights {
+        let w = Gpu::upload(hw, device);
+        let s = time_gpu(device, 500, || {
+            let _ = Gpu::apply_linear(x.clone(), &w);
+        });
+        out.push((label.to_owned(), s * 1e6));
+    }
+    let a = Tensor::<Gpu, 3>::from_data(TensorData::new(vec![0.5f32; k], [1, 1, k]), device);
+    let s = time_gpu(device, 500, || {
+        let _ = a.clone() + a.clone();
+    });
+    out.push(("burn elementwise add [1, 576]".into(), s * 1e6));
+    out
+}
+
 fn run(args: Args) -> Result<()> {
     let t_start = Instant::now();
     let device = gpu::open(args.gpu)?;
@@ -202,6 +237,10 @@ fn run(args: Args) -> Result<()> {
             t0.elapsed().as_secs_f64()
         );
         bw = bandwidth(&device);
+        println!("\n| 1536×576 linear, m=1 | µs per call |\n|---|---|");
+        for (label, us) in small_call_us(&device) {
+            println!("| {label} | {us:.1} |");
+        }
         println!("\n| decode GEMV 8192×8192, m=1 | µs | GB/s | of {PEAK_GBPS:.0} GB/s |\n|---|---|---|---|");
         for (label, us, gbps) in &bw {
             println!(
@@ -220,7 +259,12 @@ fn run(args: Args) -> Result<()> {
             .with_context(|| format!("{}: cannot read", text_path.display()))?;
         let ids = ckpt.tokenizer.encode(&text, false)?;
         let mut figures = Vec::new();
-        for spec_dev in [DeviceSpec::Cpu, DeviceSpec::Cuda(args.gpu)] {
+        let devices: &[DeviceSpec] = if args.gpu_only {
+            &[DeviceSpec::Cuda(args.gpu)]
+        } else {
+            &[DeviceSpec::Cpu, DeviceSpec::Cuda(args.gpu)]
+        };
+        for &spec_dev in devices {
             let f = run_on(
                 spec_dev,
                 ModelJob {
@@ -234,6 +278,9 @@ fn run(args: Args) -> Result<()> {
                 f.ppl, f.prefill_tok_s, f.decode_tok_s
             );
             figures.push(f);
+        }
+        if figures.len() == 1 {
+            figures.insert(0, Figures::default());
         }
         let (c, g) = (&figures[0], &figures[1]);
         let same = c

@@ -25,8 +25,12 @@ use cubecl::server::Handle;
 pub const PLANE: u32 = 32;
 /// Planes (output rows) per cube in the GEMV kernels.
 const ROWS_PER_CUBE: u32 = 8;
-/// Consecutive packed words each lane reads per step of the GEMV kernels.
+/// Packed words each lane reads per step of the GEMV kernels (independent loads in flight).
 const WORDS_PER_LANE: u32 = 4;
+/// Output rows each plane of the shared-memory GEMV computes.
+const ROWS_PER_PLANE: u32 = 2;
+/// Widest input the shared-memory GEMV stages (48 KiB of f32, less the padding column).
+pub const SMEM_MAX_COLS: usize = 12 * 1024 - 64;
 /// Units per cube for the elementwise dequantize kernel.
 const DEQUANT_CUBE: u32 = 256;
 
@@ -115,6 +119,84 @@ fn packed_gemv_kernel(
         let total = plane_sum(acc);
         if UNIT_POS_X == 0 {
             out[m * rows + row] = total;
+        }
+    }
+}
+
+/// The decode GEMV with the activation row staged in shared memory, transposed so that
+/// `xs[i][w]` is column `w·pf + i`: lanes read consecutive packed words (one 128-byte load
+/// per plane per step) and the matching activations without bank conflicts. Each plane does
+/// `ROWS_PER_PLANE` output rows, so one staged row serves `8 · ROWS_PER_PLANE` weight rows.
+/// `wpr_pad` (words per row + 1, the padding spreading the staging writes over the banks)
+/// sizes the shared memory and is compiled in; columns up to [`SMEM_MAX_COLS`].
+#[cube(launch_unchecked)]
+fn packed_gemv_smem_kernel(
+    x: &Array<f32>,
+    packed: &Array<u32>,
+    scale: &Array<f32>,
+    zero: &Array<f32>,
+    out: &mut Array<f32>,
+    rows: usize,
+    cols: usize,
+    wpr: usize,
+    n_groups: usize,
+    words_per_group: usize,
+    #[comptime] bits: u32,
+    #[comptime] wpr_pad: usize,
+) {
+    let pf = comptime!((32 / bits) as usize);
+    let mask = comptime!((1u32 << bits) - 1);
+    let unroll = comptime!(WORDS_PER_LANE as usize);
+    let per_plane = comptime!(ROWS_PER_PLANE as usize);
+    let mut xs = SharedMemory::<f32>::new(comptime!(pf * wpr_pad));
+    let m = CUBE_POS_Y as usize;
+    let lane = UNIT_POS_X as usize;
+    let tid = (UNIT_POS_Y * CUBE_DIM_X + UNIT_POS_X) as usize;
+    let threads = (CUBE_DIM_X * CUBE_DIM_Y) as usize;
+    let mut c = tid;
+    while c < wpr * pf {
+        let mut v = 0.0f32;
+        if c < cols {
+            v = x[m * cols + c];
+        }
+        xs[(c % pf) * wpr_pad + c / pf] = v;
+        c += threads;
+    }
+    sync_cube();
+    let step = PLANE_DIM as usize;
+    let first = (CUBE_POS_X * CUBE_DIM_Y + UNIT_POS_Y) as usize * per_plane;
+    #[unroll]
+    for r in 0..per_plane {
+        let row = first + r;
+        if row < rows {
+            let mut acc = 0.0f32;
+            let mut base = lane;
+            while base < wpr {
+                #[unroll]
+                for j in 0..unroll {
+                    let w = base + j * step;
+                    if w < wpr {
+                        let word = packed[row * wpr + w];
+                        let g = row * n_groups + w / words_per_group;
+                        let z = zero[g];
+                        let mut part = 0.0f32;
+                        let mut shift = 0u32;
+                        // Padding codes are stored 0 and their staged activations 0.
+                        #[unroll]
+                        for i in 0..pf {
+                            let q = f32::cast_from((word >> shift) & mask);
+                            part += (q - z) * xs[i * wpr_pad + w];
+                            shift += bits;
+                        }
+                        acc += part * scale[g];
+                    }
+                }
+                base += step * unroll;
+            }
+            let total = plane_sum(acc);
+            if lane == 0 {
+                out[m * rows + row] = total;
+            }
         }
     }
 }
@@ -228,12 +310,14 @@ fn int8_matmul_kernel(
     let m = CUBE_POS_Y as usize;
     if row < rows {
         let unroll = comptime!(WORDS_PER_LANE as usize);
+        let step = PLANE_DIM as usize;
         let mut acc = 0i32;
-        let mut base = UNIT_POS_X as usize * unroll;
+        // Lanes read consecutive words: one 128-byte load per plane per step.
+        let mut base = UNIT_POS_X as usize;
         while base < wpr {
             #[unroll]
             for j in 0..unroll {
-                let w = base + j;
+                let w = base + j * step;
                 if w < wpr {
                     let a = xq[m * wpr + w];
                     let b = wq[row * wpr + w];
@@ -245,7 +329,7 @@ fn int8_matmul_kernel(
                     }
                 }
             }
-            base += PLANE_DIM as usize * unroll;
+            base += step * unroll;
         }
         let total = plane_sum(acc);
         if UNIT_POS_X == 0 {
@@ -283,7 +367,14 @@ fn row_cubes(rows: usize) -> u32 {
     rows.div_ceil(ROWS_PER_CUBE as usize) as u32
 }
 
-/// `x · Wᵀ` for a packed `W`, one plane per output row and activation row.
+/// `LMQ_GPU_GEMV=simple` selects the plain GEMV (no shared memory) everywhere: the fallback
+/// for inputs wider than [`SMEM_MAX_COLS`], kept selectable to compare the two.
+pub fn simple_gemv() -> bool {
+    static SIMPLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SIMPLE.get_or_init(|| std::env::var("LMQ_GPU_GEMV").is_ok_and(|v| v == "simple"))
+}
+
+/// `x · Wᵀ` for a packed `W`: planes over output rows, one activation row per cube row.
 pub fn packed_gemv(
     x: burn::tensor::Tensor<Gpu, 2>,
     w: &PackedOnGpu,
@@ -292,6 +383,29 @@ pub fn packed_gemv(
     assert_eq!(k, w.cols, "packed linear: input features");
     let x = contiguous_f32(x);
     let out = f32_tensor(&x, [m, w.rows]);
+    if w.cols <= SMEM_MAX_COLS && !simple_gemv() {
+        let per_cube = (ROWS_PER_CUBE * ROWS_PER_PLANE) as usize;
+        unsafe {
+            packed_gemv_smem_kernel::launch_unchecked::<CudaRuntime>(
+                &x.client,
+                CubeCount::Static(w.rows.div_ceil(per_cube) as u32, m as u32, 1),
+                CubeDim::new_2d(PLANE, ROWS_PER_CUBE),
+                ArrayArg::from_raw_parts(x.handle.clone(), m * k),
+                ArrayArg::from_raw_parts(w.packed.clone(), w.rows * w.wpr),
+                ArrayArg::from_raw_parts(w.scale.clone(), w.rows * w.n_groups),
+                ArrayArg::from_raw_parts(w.zero.clone(), w.rows * w.n_groups),
+                ArrayArg::from_raw_parts(out.handle.clone(), m * w.rows),
+                w.rows,
+                w.cols,
+                w.wpr,
+                w.n_groups,
+                w.words_per_group,
+                w.bits,
+                w.wpr + 1,
+            );
+        }
+        return wrap(out);
+    }
     unsafe {
         packed_gemv_kernel::launch_unchecked::<CudaRuntime>(
             &x.client,

@@ -10,13 +10,20 @@ use cubecl::Runtime;
 
 use super::kernels::{int8_matmul, packed_dequant, packed_gemv, Int8OnGpu, PackedOnGpu};
 use super::{CudaDevice, Gpu};
-use crate::model::{HostWeight, LinearBackend};
+use crate::model::{HostWeight, LinearBackend, Rope};
 use crate::packed::pack_quantized::storage_offset;
 use crate::packed::{Int8Linear, PackedLinear};
 
 /// Activation rows up to which a packed linear runs the GEMV kernel; above it the weight is
 /// dequantized once per call and multiplied by burn's tiled GEMM (prefill).
 pub const GEMV_MAX_ROWS: usize = 16;
+
+/// `LMQ_GPU_FUSED=0` runs burn's generic ops instead of the fused kernels in
+/// [`super::fused`] (to compare the two; the results must agree).
+pub fn generic_ops() -> bool {
+    static GENERIC: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *GENERIC.get_or_init(|| std::env::var("LMQ_GPU_FUSED").is_ok_and(|v| v == "0"))
+}
 
 /// A weight resident on the GPU.
 #[derive(Debug, Clone)]
@@ -156,6 +163,37 @@ impl LinearBackend for Gpu {
                 Tensor::from_data(TensorData::new(out, [ids.len(), d]), device)
             }
         }
+    }
+
+    fn rms_norm(x: Tensor<Self, 3>, weight: &Tensor<Self, 1>, eps: f64) -> Tensor<Self, 3> {
+        if generic_ops() {
+            return crate::model::norm::rms_norm(x, weight, eps);
+        }
+        super::fused::rms_norm(x, weight, eps)
+    }
+
+    fn rope_heads(
+        x: Tensor<Self, 3>,
+        rope: &Rope<Self>,
+        heads: usize,
+        start: usize,
+    ) -> Tensor<Self, 4> {
+        if generic_ops() {
+            let [b, t, _] = x.dims();
+            let x = x.reshape([b, t, heads, rope.head_dim()]).swap_dims(1, 2);
+            return rope.apply(x, start);
+        }
+        let (cos, sin) = rope.tables();
+        super::fused::rope_heads(x, cos, sin, heads, start)
+    }
+
+    fn decode_attention(
+        q: Tensor<Self, 4>,
+        k: &Tensor<Self, 4>,
+        v: &Tensor<Self, 4>,
+        len: usize,
+    ) -> Option<Tensor<Self, 3>> {
+        (!generic_ops()).then(|| super::fused::decode_attention(q, k, v, len))
     }
 
     fn weight_dims(w: &GpuWeight) -> (usize, usize) {

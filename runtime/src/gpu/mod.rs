@@ -2,6 +2,7 @@
 //! packed formats ([`kernels`]), and [`open`], which turns "no GPU here" into an error
 //! instead of the panic burn-cuda raises on a worker thread.
 
+pub mod fused;
 pub mod kernels;
 pub mod linear;
 pub mod selftest;

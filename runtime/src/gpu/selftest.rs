@@ -20,6 +20,9 @@ pub const PACKED_REL_TOL: f32 = 1e-5;
 /// tensor cores in TF32 (10-bit mantissa inputs, f32 sums: cubek-matmul `adjust_dtypes`), so
 /// this is TF32 rounding, not f32.
 pub const TF32_REL_TOL: f32 = 5e-3;
+/// Fused elementwise kernels (RMSNorm, rotary embedding) and the decode attention against
+/// f64 host references: f32 arithmetic in another order.
+pub const FUSED_REL_TOL: f32 = 1e-5;
 /// W8A8: integer sums are exact and the float epilogue is the CPU's, so the results must be
 /// identical up to the last bit of the epilogue.
 pub const INT8_REL_TOL: f32 = 1e-6;
@@ -106,6 +109,8 @@ pub fn run_all(device: &CudaDevice) -> Vec<Check> {
         (8, 300, 100, 100, true),
         (2, 256, 512, 64, true),
         (4, 200, 100, 100, false),
+        // Wider than the shared-memory GEMV stages: the plain kernel.
+        (4, 64, 12800, 128, true),
     ];
     for &(bits, rows, cols, group, asym) in &shapes {
         let w = random_packed(&mut rng, bits, rows, cols, group, asym);
@@ -168,5 +173,101 @@ pub fn run_all(device: &CudaDevice) -> Vec<Check> {
             tolerance: TF32_REL_TOL,
         });
     }
+    checks.extend(fused_checks(&mut rng, device));
+    checks
+}
+
+fn to_host<const D: usize>(t: Tensor<Gpu, D>) -> Vec<f32> {
+    t.into_data().into_vec::<f32>().expect("f32")
+}
+
+fn fused_checks(rng: &mut StdRng, device: &CudaDevice) -> Vec<Check> {
+    use super::fused;
+    let mut checks = Vec::new();
+    // RMSNorm over [2, 3, 576].
+    let (b, t, d, eps) = (2usize, 3usize, 576usize, 1e-5f64);
+    let x = random(rng, b * t * d);
+    let w = random(rng, d);
+    let mut want = vec![0.0f32; x.len()];
+    for (row, out) in x.chunks_exact(d).zip(want.chunks_exact_mut(d)) {
+        let ms = row
+            .iter()
+            .map(|&v| f64::from(v) * f64::from(v))
+            .sum::<f64>()
+            / d as f64;
+        let inv = 1.0 / (ms + eps).sqrt();
+        for ((o, &v), &wv) in out.iter_mut().zip(row).zip(&w) {
+            *o = (f64::from(v) * inv * f64::from(wv)) as f32;
+        }
+    }
+    let xt = Tensor::<Gpu, 3>::from_data(TensorData::new(x, [b, t, d]), device);
+    let wt = Tensor::<Gpu, 1>::from_data(TensorData::new(w, [d]), device);
+    checks.push(Check {
+        name: format!("fused rms_norm [{b}, {t}, {d}]"),
+        rel_err: rel_err(&to_host(fused::rms_norm(xt, &wt, eps)), &want),
+        tolerance: FUSED_REL_TOL,
+    });
+    // Rotary embedding of [2, 3, 9·64] from position 5, against the CPU's host rotation.
+    let (heads, hd, start) = (9usize, 64usize, 5usize);
+    let rope = crate::model::Rope::<Gpu>::new(1e5, hd, 64, device);
+    let x = random(rng, b * t * heads * hd);
+    let mut want = vec![0.0f32; x.len()];
+    for bi in 0..b {
+        for ti in 0..t {
+            let row = (bi * t + ti) * heads * hd;
+            let mut r = x[row..row + heads * hd].to_vec();
+            rope.apply_host(&mut r, start + ti);
+            // Heads-major [b, heads, t, hd], the layout the fused op returns.
+            for h in 0..heads {
+                let dst = ((bi * heads + h) * t + ti) * hd;
+                want[dst..dst + hd].copy_from_slice(&r[h * hd..(h + 1) * hd]);
+            }
+        }
+    }
+    let xt = Tensor::<Gpu, 3>::from_data(TensorData::new(x, [b, t, heads * hd]), device);
+    let (cos, sin) = rope.tables();
+    checks.push(Check {
+        name: format!("fused rope [{b}, {t}, {heads}×{hd}] from {start}"),
+        rel_err: rel_err(
+            &to_host(fused::rope_heads(xt, cos, sin, heads, start)),
+            &want,
+        ),
+        tolerance: FUSED_REL_TOL,
+    });
+    // Decode attention: 9 query heads over 3 KV heads, 11 of 16 cached positions.
+    let (kvh, cap, len) = (3usize, 16usize, 11usize);
+    let q = random(rng, heads * hd);
+    let k = random(rng, kvh * cap * hd);
+    let v = random(rng, kvh * cap * hd);
+    let mut want = vec![0.0f32; heads * hd];
+    let scale = 1.0 / (hd as f64).sqrt();
+    for h in 0..heads {
+        let g = h / (heads / kvh);
+        let scores: Vec<f64> = (0..len)
+            .map(|j| {
+                (0..hd)
+                    .map(|e| f64::from(q[h * hd + e]) * f64::from(k[(g * cap + j) * hd + e]))
+                    .sum::<f64>()
+                    * scale
+            })
+            .collect();
+        let m = scores.iter().cloned().fold(f64::MIN, f64::max);
+        let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+        let sum: f64 = e.iter().sum();
+        for dd in 0..hd {
+            let acc: f64 = (0..len)
+                .map(|j| e[j] * f64::from(v[(g * cap + j) * hd + dd]))
+                .sum();
+            want[h * hd + dd] = (acc / sum) as f32;
+        }
+    }
+    let qt = Tensor::<Gpu, 4>::from_data(TensorData::new(q, [1, heads, 1, hd]), device);
+    let kt = Tensor::<Gpu, 4>::from_data(TensorData::new(k, [1, kvh, cap, hd]), device);
+    let vt = Tensor::<Gpu, 4>::from_data(TensorData::new(v, [1, kvh, cap, hd]), device);
+    checks.push(Check {
+        name: format!("fused decode attention {heads}/{kvh} heads, {len} of {cap} positions"),
+        rel_err: rel_err(&to_host(fused::decode_attention(qt, &kt, &vt, len)), &want),
+        tolerance: FUSED_REL_TOL,
+    });
     checks
 }

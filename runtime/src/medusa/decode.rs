@@ -83,7 +83,7 @@ pub fn generate_medusa<B: LinearBackend>(
         )));
         let best: Vec<u32> = logits.chunks_exact(vocab).map(argmax).collect();
         let (path, next) = tree.accept_greedy(&tokens, &best);
-        cache.keep_rows(before, &path);
+        cache.keep_rows::<B>(before, &path);
         h_last = hidden[path.last().unwrap() * d..][..d].to_vec();
         stats.steps += 1;
         stats.proposed += depth;

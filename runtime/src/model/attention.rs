@@ -93,28 +93,33 @@ impl<B: LinearBackend> Attention<B> {
         cache: Option<(&mut KvCache, usize)>,
     ) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
-        let q = split_heads(
-            self.q_proj.forward(x.clone()),
-            self.num_heads,
-            self.head_dim,
-        );
-        let k = split_heads(
+        let q = B::rope_heads(self.q_proj.forward(x.clone()), rope, self.num_heads, start);
+        let k = B::rope_heads(
             self.k_proj.forward(x.clone()),
+            rope,
             self.num_kv_heads,
-            self.head_dim,
+            start,
         );
         let v = split_heads(self.v_proj.forward(x), self.num_kv_heads, self.head_dim);
-        let q = rope.apply(q, start);
-        let k = rope.apply(k, start);
         let rep = self.num_heads / self.num_kv_heads;
         let out = match cache {
             Some((cache, layer)) if cache.is_on_device() => {
                 assert_eq!(b, 1, "the KV cache holds one sequence");
                 let (kc, vc) = cache.append_device(layer, k.clone(), v.clone());
+                let len = start + t;
                 if start == 0 && t > 1 {
                     self.dense_attention(q, k, v, rep)
                 } else {
-                    self.prefix_attention(q, kc, vc, rep, start)
+                    let fused = if t == 1 {
+                        B::decode_attention(q.clone(), &kc, &vc, len)
+                    } else {
+                        None
+                    };
+                    if let Some(o) = fused {
+                        return self.o_proj.forward(o);
+                    }
+                    let filled = [0..1, 0..self.num_kv_heads, 0..len, 0..self.head_dim];
+                    self.prefix_attention(q, kc.slice(filled.clone()), vc.slice(filled), rep, start)
                 }
             }
             Some((cache, layer)) => {
@@ -153,6 +158,99 @@ impl<B: LinearBackend> Attention<B> {
         self.o_proj.forward(out)
     }
 
+    /// [`Self::forward_decode_batch`] with device caches: the projections batched, then per
+    /// sequence its rotation, cache append and attention, all on the backend.
+    fn decode_batch_device(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &Rope<B>,
+        caches: &mut [&mut KvCache],
+        layer: usize,
+    ) -> Tensor<B, 3> {
+        let (hd, qw, kw) = (
+            self.head_dim,
+            self.num_heads * self.head_dim,
+            self.num_kv_heads * self.head_dim,
+        );
+        let rep = self.num_heads / self.num_kv_heads;
+        let q = self.q_proj.forward(x.clone());
+        let k = self.k_proj.forward(x.clone());
+        let v = self.v_proj.forward(x);
+        let mut outs = Vec::with_capacity(caches.len());
+        for (i, cache) in caches.iter_mut().enumerate() {
+            let pos = cache.len();
+            let row = |t: &Tensor<B, 3>, w: usize| t.clone().slice([i..i + 1, 0..1, 0..w]);
+            let qi = B::rope_heads(row(&q, qw), rope, self.num_heads, pos);
+            let ki = B::rope_heads(row(&k, kw), rope, self.num_kv_heads, pos);
+            let vi = split_heads(row(&v, kw), self.num_kv_heads, hd);
+            let (kc, vc) = cache.append_device(layer, ki, vi);
+            let o = match B::decode_attention(qi.clone(), &kc, &vc, pos + 1) {
+                Some(o) => o,
+                None => {
+                    let filled = [0..1, 0..self.num_kv_heads, 0..pos + 1, 0..hd];
+                    self.prefix_attention(qi, kc.slice(filled.clone()), vc.slice(filled), rep, pos)
+                        .swap_dims(1, 2)
+                        .reshape([1, 1, qw])
+                }
+            };
+            outs.push(o);
+        }
+        self.o_proj.forward(Tensor::cat(outs, 0))
+    }
+
+    /// [`Self::forward_tree`] with a device cache: node `i` rotated for position
+    /// `prefix + depths[i]`, appended in node order, attending to the prefix and to the nodes
+    /// `mask` allows.
+    fn tree_device(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &Rope<B>,
+        cache: &mut KvCache,
+        layer: usize,
+        depths: &[usize],
+        mask: &[bool],
+    ) -> Tensor<B, 3> {
+        let [_, n, _] = x.dims();
+        let (hd, qw) = (self.head_dim, self.num_heads * self.head_dim);
+        let rep = self.num_heads / self.num_kv_heads;
+        let prefix = cache.len();
+        let positions: Vec<usize> = depths.iter().map(|&d| prefix + d).collect();
+        let q = rope.apply_positions(
+            split_heads(self.q_proj.forward(x.clone()), self.num_heads, hd),
+            &positions,
+        );
+        let k = rope.apply_positions(
+            split_heads(self.k_proj.forward(x.clone()), self.num_kv_heads, hd),
+            &positions,
+        );
+        let v = split_heads(self.v_proj.forward(x), self.num_kv_heads, hd);
+        let (kc, vc) = cache.append_device(layer, k, v);
+        let len = prefix + n;
+        let filled = [0..1, 0..self.num_kv_heads, 0..len, 0..hd];
+        // burn's mask hides a key where true: node i sees the prefix and the nodes `mask`
+        // marks (its ancestors and itself).
+        let hidden: Vec<bool> = (0..n)
+            .flat_map(|i| (0..len).map(move |j| j >= prefix && !mask[i * n + (j - prefix)]))
+            .collect();
+        let hidden =
+            Tensor::<B, 4, Bool>::from_data(TensorData::new(hidden, [1, 1, n, len]), &q.device())
+                .expand([1, self.num_heads, n, len]);
+        let options = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: false,
+        };
+        let o = attention(
+            q,
+            repeat_kv(kc.slice(filled.clone()), rep),
+            repeat_kv(vc.slice(filled), rep),
+            Some(hidden),
+            None,
+            options,
+        );
+        self.o_proj.forward(o.swap_dims(1, 2).reshape([1, n, qw]))
+    }
+
     /// One new token for each of several sequences (`x`: `[n, 1, hidden]`), each continuing
     /// its own cache at its own position: the projections run batched (the weights are read
     /// once for all sequences), rotation and attention per sequence on the host.
@@ -166,9 +264,12 @@ impl<B: LinearBackend> Attention<B> {
         let [n, t, _] = x.dims();
         assert_eq!(t, 1, "batched decoding takes one token per sequence");
         assert_eq!(n, caches.len(), "one cache per sequence");
+        if caches.iter().all(|c| c.is_on_device()) {
+            return self.decode_batch_device(x, rope, caches, layer);
+        }
         assert!(
             caches.iter().all(|c| !c.is_on_device()),
-            "batched decoding uses host KV caches"
+            "batched decoding needs all KV caches on the host or all on the device"
         );
         let device = x.device();
         let host = |y: Tensor<B, 3>| y.into_data().into_vec::<f32>().expect("f32 activations");
@@ -216,7 +317,9 @@ impl<B: LinearBackend> Attention<B> {
         mask: &[bool],
     ) -> Tensor<B, 3> {
         let [_, n, _] = x.dims();
-        assert!(!cache.is_on_device(), "Medusa trees use host KV caches");
+        if cache.is_on_device() {
+            return self.tree_device(x, rope, cache, layer, depths, mask);
+        }
         let device = x.device();
         let host = |y: Tensor<B, 3>| y.into_data().into_vec::<f32>().expect("f32 activations");
         let mut q = host(self.q_proj.forward(x.clone()));

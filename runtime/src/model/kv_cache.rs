@@ -7,8 +7,7 @@
 //! A cache made with [`KvCache::on_device`] keeps the keys and values as backend tensors
 //! instead (`[1, kv_heads, capacity, head_dim]` per layer), so a GPU decode step moves only
 //! the new token and its logits across the bus. It serves `Llama::forward` (prefill, decode,
-//! speculative verification, `truncate`); batched decoding and Medusa trees (`keep_rows`)
-//! use host caches.
+//! speculative verification, `truncate`), batched decoding and Medusa trees (`keep_rows`).
 
 use std::any::Any;
 use std::sync::Arc;
@@ -79,7 +78,8 @@ impl KvCache {
     }
 
     /// Writes `k`, `v` (`[1, kv_heads, t, head_dim]`) for `layer` after the `len` stored
-    /// positions and returns the layer's keys and values for positions `0..len + t`.
+    /// positions and returns the layer's whole key and value buffers
+    /// (`[1, kv_heads, capacity, head_dim]`, positions `0..len + t` filled).
     pub(crate) fn append_device<B: Backend>(
         &mut self,
         layer: usize,
@@ -183,12 +183,33 @@ impl KvCache {
     }
 
     /// Keeps, of the positions from `start` on, only `rows` (offsets from `start`, increasing),
-    /// moved to `start, start + 1, …`: the accepted path of a verified Medusa tree.
-    pub fn keep_rows(&mut self, start: usize, rows: &[usize]) {
-        assert!(
-            !self.is_on_device(),
-            "keep_rows is for Medusa trees, which decode with host caches"
-        );
+    /// moved to `start, start + 1, …`: the accepted path of a verified Medusa tree. `B` is
+    /// the backend whose tensors a device cache holds.
+    pub fn keep_rows<B: Backend>(&mut self, start: usize, rows: &[usize]) {
+        if let Some(slots) = self.device.as_mut() {
+            for slot in slots.iter_mut() {
+                if let Some(any) = slot.take() {
+                    let kv = any
+                        .downcast::<DeviceKv<B>>()
+                        .unwrap_or_else(|_| panic!("KV cache holds another backend's tensors"));
+                    let [_, h, _, d] = kv.k.dims();
+                    let idx: Vec<i32> = rows.iter().map(|&r| (start + r) as i32).collect();
+                    let idx = Tensor::<B, 1, Int>::from_data(
+                        TensorData::new(idx, [rows.len()]),
+                        &kv.k.device(),
+                    );
+                    let dst = [0..1, 0..h, start..start + rows.len(), 0..d];
+                    let k = kv.k.clone().select(2, idx.clone());
+                    let v = kv.v.clone().select(2, idx);
+                    *slot = Some(Arc::new(DeviceKv {
+                        k: kv.k.clone().slice_assign(dst.clone(), k),
+                        v: kv.v.clone().slice_assign(dst, v),
+                    }));
+                }
+            }
+            self.len = start + rows.len();
+            return;
+        }
         let (h, d, cap) = (self.kv_heads, self.head_dim, self.capacity);
         for slot in self.layers.iter_mut().flatten() {
             for buf in [&mut slot.k, &mut slot.v] {

@@ -14,6 +14,8 @@ use crate::kernels::matmul_f32_nt;
 use crate::kernels::packed_q::matmul_packed_nt;
 use crate::packed::{Int8Linear, PackedLinear};
 
+use super::rope::Rope;
+
 /// A weight matrix as loaded: rows of `in_features` f32 values, one per output feature.
 #[derive(Debug, Clone)]
 pub struct DenseWeight {
@@ -56,7 +58,8 @@ impl HostWeight {
     }
 }
 
-/// What a backend must provide to run the model's matrices.
+/// What a backend must provide to run the model: its matrices, plus the per-token ops a GPU
+/// backend fuses into one kernel each (defaults: burn's generic ops, what the CPU runs).
 pub trait LinearBackend: Backend {
     /// The backend's resident form of a weight (host rows on CPU).
     type Weight: Clone + Debug + Send + Sync;
@@ -71,6 +74,36 @@ pub trait LinearBackend: Backend {
     /// Whether `Llama::new_cache` keeps keys and values as this backend's tensors (a GPU:
     /// no per-token trips to the host) rather than in host memory beside the CPU kernels.
     const KV_ON_DEVICE: bool = false;
+
+    /// RMSNorm over the last dimension.
+    fn rms_norm(x: Tensor<Self, 3>, weight: &Tensor<Self, 1>, eps: f64) -> Tensor<Self, 3> {
+        super::norm::rms_norm(x, weight, eps)
+    }
+
+    /// Splits `[b, t, heads·hd]` into heads `[b, heads, t, hd]` rotated for positions
+    /// `start..start + t`.
+    fn rope_heads(
+        x: Tensor<Self, 3>,
+        rope: &Rope<Self>,
+        heads: usize,
+        start: usize,
+    ) -> Tensor<Self, 4> {
+        let [b, t, _] = x.dims();
+        let hd = rope.head_dim();
+        rope.apply(x.reshape([b, t, heads, hd]).swap_dims(1, 2), start)
+    }
+
+    /// One query per head (`q`: `[1, heads, 1, hd]`) over positions `0..len` of a layer's
+    /// device cache (`k`, `v`: `[1, kv_heads, capacity, hd]`), as `[1, 1, heads·hd]`; `None`
+    /// leaves it to burn's attention.
+    fn decode_attention(
+        _q: Tensor<Self, 4>,
+        _k: &Tensor<Self, 4>,
+        _v: &Tensor<Self, 4>,
+        _len: usize,
+    ) -> Option<Tensor<Self, 3>> {
+        None
+    }
 }
 
 impl LinearBackend for Flex {

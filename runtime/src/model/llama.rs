@@ -9,7 +9,6 @@ use burn::tensor::activation::silu;
 use super::attention::Attention;
 use super::kv_cache::KvCache;
 use super::linear::{DenseWeight, HostWeight, Linear, LinearBackend};
-use super::norm::rms_norm;
 use super::rope::Rope;
 use crate::config::ModelConfig;
 use crate::weights::{load_checked, WeightError, WeightSource};
@@ -268,12 +267,12 @@ impl<B: LinearBackend> Llama<B> {
     ) -> Tensor<B, 3> {
         let eps = self.config.rms_norm_eps;
         for (i, layer) in self.layers.iter().enumerate() {
-            let h = rms_norm(x.clone(), &layer.input_layernorm, eps);
+            let h = B::rms_norm(x.clone(), &layer.input_layernorm, eps);
             x = x + attend(i, &layer.self_attn, h);
-            let h = rms_norm(x.clone(), &layer.post_attention_layernorm, eps);
+            let h = B::rms_norm(x.clone(), &layer.post_attention_layernorm, eps);
             x = x + layer.mlp.forward(h);
         }
-        rms_norm(x, &self.norm, eps)
+        B::rms_norm(x, &self.norm, eps)
     }
 
     /// Final hidden states `[n, 1, hidden]` for one new token of each of `n` sequences, each
@@ -369,16 +368,21 @@ impl<B: LinearBackend> Llama<B> {
             .expect("f32 logits")
     }
 
-    /// A host cache that starts with room for `initial` positions and grows up to `max` (both
-    /// capped at the model context): what batched decoding and Medusa trees need.
+    /// A cache that starts with room for `initial` positions and grows up to `max` (both
+    /// capped at the model context), on the device where the backend keeps caches there.
     pub fn new_growable_cache(&self, initial: usize, max: usize) -> KvCache {
         let c = &self.config;
         let max = max.min(self.rope.max_positions());
-        KvCache::growable(c.num_layers, initial, max, c.num_kv_heads, c.head_dim)
+        let cache = KvCache::growable(c.num_layers, initial, max, c.num_kv_heads, c.head_dim);
+        if B::KV_ON_DEVICE {
+            cache.on_device()
+        } else {
+            cache
+        }
     }
 
     /// A cache sized for `capacity` positions of this model, on the backend's device where
-    /// it keeps caches there (`LinearBackend::KV_ON_DEVICE`); for `forward` only.
+    /// it keeps caches there (`LinearBackend::KV_ON_DEVICE`).
     pub fn new_cache(&self, capacity: usize) -> KvCache {
         let c = &self.config;
         let capacity = capacity.min(self.rope.max_positions());

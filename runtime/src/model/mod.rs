@@ -4,7 +4,7 @@ mod attention;
 mod kv_cache;
 mod linear;
 mod llama;
-mod norm;
+pub(crate) mod norm;
 mod rope;
 
 pub use kv_cache::KvCache;

@@ -68,6 +68,31 @@ impl<B: Backend> Rope<B> {
     }
 
     /// Number of positions the tables cover.
+    /// Dimensions per head.
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+
+    /// The `[positions, head_dim]` cos and sin tables on the device (fused kernels read them).
+    pub fn tables(&self) -> (&Tensor<B, 2>, &Tensor<B, 2>) {
+        (&self.cos, &self.sin)
+    }
+
+    /// [`Rope::apply`] with each of the `n` tokens of `x` (`[b, heads, n, hd]`) at its own
+    /// position (Medusa tree nodes sit at their depth).
+    pub fn apply_positions(&self, x: Tensor<B, 4>, positions: &[usize]) -> Tensor<B, 4> {
+        let half = self.head_dim / 2;
+        let device = x.device();
+        let idx: Vec<i32> = positions.iter().map(|&p| p as i32).collect();
+        let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [positions.len()]), &device);
+        let cos = self.cos.clone().select(0, idx.clone()).unsqueeze::<4>();
+        let sin = self.sin.clone().select(0, idx).unsqueeze::<4>();
+        let x1 = x.clone().narrow(3, 0, half);
+        let x2 = x.clone().narrow(3, half, half);
+        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+        x * cos + rotated * sin
+    }
+
     pub fn max_positions(&self) -> usize {
         self.cos.dims()[0]
     }
