@@ -70,7 +70,9 @@ PY
     [ -d "$W/$r" ] || "$W"/quantize --model "$M" --recipe recipes/$r.yaml --out "$W/$r" 2>&1 | grep -v '^\s*$' | tail -2
   done
   only=${GPU_ONLY:+--gpu-only}
-  "$W"/gpu-check --no-kernels $only --model "$M" --model "$W/rtn-w4g64" --model "$W/w8a8-naive" \
+  # MODELS: more models (asset names or paths), e.g. MODELS="qwen-1.5b" where the cache has it.
+  extra=""; for x in ${MODELS:-}; do extra="$extra --model $x"; done
+  "$W"/gpu-check --no-kernels $only --model "$M" --model "$W/rtn-w4g64" --model "$W/w8a8-naive" $extra \
     --windows ${WINDOWS:-20} --decode ${DECODE:-64} || echo "gpu-check models: exit $?"
   if [ -n "$only" ]; then
     echo "--- burn's generic ops instead of the fused kernels (LMQ_GPU_FUSED=0):"

@@ -1,6 +1,7 @@
 //! Project automation: `cargo xtask <command>` (alias in `.cargo/config.toml`).
 
 mod bench;
+mod bench_decode;
 mod fetch;
 mod gpu_check;
 mod quant_table;
@@ -56,6 +57,20 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// Our runtime vs llama.cpp's llama-bench (built once from the vendored source into the
+    /// cache): prefill 512 / decode 128 tokens/s, peak RSS and decode bandwidth use, at f32,
+    /// 8-bit and 4-bit (ours RTN w8 / w4g128 vs llama.cpp Q8_0 / Q4_0 requantized from the
+    /// same GGUF), per thread count, alternating; prints ratios.
+    Decode {
+        #[arg(long, value_delimiter = ',', default_value = "smollm2")]
+        models: Vec<String>,
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        threads: Vec<usize>,
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        #[arg(long, default_value = "target/bench-decode")]
+        out: std::path::PathBuf,
+    },
     /// burn flex vs burn ndarray vs the runtime's `matmul_f32_nt`: f32 matmul 1024³ and decode
     /// GEMV [1,2048]×[2048,2048], on 2 rayon threads; prints a markdown table.
     Backends {
@@ -131,6 +146,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bench {
             what: BenchCmd::Backends { threaded },
         } => bench::backends(threaded),
+        Cmd::Bench {
+            what:
+                BenchCmd::Decode {
+                    models,
+                    threads,
+                    reps,
+                    out,
+                },
+        } => bench_decode::run(bench_decode::DecodeBenchArgs {
+            models,
+            threads,
+            reps,
+            out,
+        }),
         Cmd::Bench {
             what:
                 BenchCmd::Quant {

@@ -127,6 +127,76 @@ impl OnBackend for ModelJob<'_> {
     }
 }
 
+/// The cache paths a server and Medusa decoding take, on one backend: three prompts
+/// prefilled then two batched decode steps, and a Medusa tree after a prefix with the
+/// accepted path kept and one more token. Returns all the logits, to compare CPU with GPU.
+struct PathsJob<'a> {
+    ckpt: &'a Checkpoint,
+    ids: &'a [u32],
+}
+
+impl OnBackend for PathsJob<'_> {
+    type Output = Result<Vec<f32>>;
+
+    fn run<B: LinearBackend>(self, device: B::Device) -> Result<Vec<f32>> {
+        use lmq_runtime::medusa::tree::Tree;
+        let model = self.ckpt.load_model::<B>(&device)?;
+        let ids = self.ids;
+        let feed = |tokens: &[u32], cache: &mut lmq_runtime::model::KvCache| {
+            let data: Vec<i32> = tokens.iter().map(|&x| x as i32).collect();
+            let input =
+                Tensor::<B, 2, Int>::from_data(TensorData::new(data, [1, tokens.len()]), &device);
+            last_logits(model.forward(input, Some(cache)))
+        };
+        let mut out = Vec::new();
+        let mut caches: Vec<_> = [5usize, 9, 13]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let mut c = model.new_growable_cache(4, 64);
+                out.extend(feed(&ids[i * 20..i * 20 + n], &mut c));
+                c
+            })
+            .collect();
+        for step in 0..2 {
+            let tokens = [ids[100 + step], ids[110 + step], ids[120 + step]];
+            let mut refs: Vec<_> = caches.iter_mut().collect();
+            let hidden = model.forward_decode_batch(&tokens, &mut refs);
+            out.extend(
+                model
+                    .logits(hidden)
+                    .into_data()
+                    .into_vec::<f32>()
+                    .expect("f32"),
+            );
+        }
+        let tree = Tree::from_choices(&[&[0], &[1], &[0, 0], &[0, 1], &[1, 0], &[0, 0, 0]], 4)
+            .map_err(anyhow::Error::msg)?;
+        let tokens = tree.tokens(
+            ids[16],
+            &[
+                ids[17..19].to_vec(),
+                ids[19..21].to_vec(),
+                ids[21..22].to_vec(),
+            ],
+        );
+        let depths: Vec<usize> = tree.nodes.iter().map(|n| n.depth).collect();
+        let mut cache = model.new_growable_cache(8, 64);
+        out.extend(feed(&ids[..16], &mut cache));
+        let hidden = model.forward_tree(&tokens, &depths, &tree.attention_mask(), &mut cache);
+        out.extend(
+            model
+                .logits(hidden)
+                .into_data()
+                .into_vec::<f32>()
+                .expect("f32"),
+        );
+        cache.keep_rows::<B>(16, &[0, 1, 3, 6]);
+        out.extend(feed(&ids[30..31], &mut cache));
+        Ok(out)
+    }
+}
+
 /// Mean seconds of `f` over `iters` calls after two warm-ups, the GPU synchronized.
 fn time_gpu(device: &CudaDevice, iters: usize, mut f: impl FnMut()) -> f64 {
     for _ in 0..2 {
@@ -258,6 +328,30 @@ fn run(args: Args) -> Result<()> {
         let text = std::fs::read_to_string(&text_path)
             .with_context(|| format!("{}: cannot read", text_path.display()))?;
         let ids = ckpt.tokenizer.encode(&text, false)?;
+        let cpu = run_on(
+            DeviceSpec::Cpu,
+            PathsJob {
+                ckpt: &ckpt,
+                ids: &ids,
+            },
+        )??;
+        let gpu = run_on(
+            DeviceSpec::Cuda(args.gpu),
+            PathsJob {
+                ckpt: &ckpt,
+                ids: &ids,
+            },
+        )??;
+        let scale = cpu.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+        let diff = cpu
+            .iter()
+            .zip(&gpu)
+            .fold(0.0f32, |a, (c, g)| a.max((c - g).abs()));
+        println!(
+            "{spec}: batched decode + Medusa tree + keep_rows logits, GPU vs CPU: max |Δ| {diff:.2e} (rel. {:.2e}, {} logits)",
+            diff / scale,
+            cpu.len()
+        );
         let mut figures = Vec::new();
         let devices: &[DeviceSpec] = if args.gpu_only {
             &[DeviceSpec::Cuda(args.gpu)]

@@ -37,6 +37,16 @@ fn rms_norm_kernel(x: &Array<f32>, w: &Array<f32>, out: &mut Array<f32>, d: usiz
     }
 }
 
+/// `silu(g) · u` elementwise: `g / (1 + e^(−g)) · u`.
+#[cube(launch_unchecked)]
+fn silu_mul_kernel(g: &Array<f32>, u: &Array<f32>, out: &mut Array<f32>, n: usize) {
+    let i = ABSOLUTE_POS;
+    if i < n {
+        let x = g[i];
+        out[i] = x / (1.0f32 + f32::exp(-x)) * u[i];
+    }
+}
+
 /// Rotary embedding of `[batch·t, heads, hd]` rows (token `i` of each sequence at position
 /// `start + i`), one unit per rotated pair `(j, j + hd/2)`.
 #[cube(launch_unchecked)]
@@ -163,6 +173,27 @@ pub fn rms_norm(x: Tensor<Gpu, 3>, weight: &Tensor<Gpu, 1>, eps: f64) -> Tensor<
             ArrayArg::from_raw_parts(out.handle.clone(), b * t * d),
             d,
             eps as f32,
+        );
+    }
+    wrap(out)
+}
+
+/// Fused `silu(gate) · up` of two `[b, t, f]` tensors.
+pub fn silu_mul(gate: Tensor<Gpu, 3>, up: Tensor<Gpu, 3>) -> Tensor<Gpu, 3> {
+    let [b, t, f] = gate.dims();
+    let g = primitive(gate.reshape([b * t, f]));
+    let u = primitive(up.reshape([b * t, f]));
+    let n = b * t * f;
+    let out = empty_like(&g, vec![b, t, f]);
+    unsafe {
+        silu_mul_kernel::launch_unchecked::<CudaRuntime>(
+            &g.client,
+            CubeCount::Static(n.div_ceil(256) as u32, 1, 1),
+            CubeDim::new_1d(256),
+            ArrayArg::from_raw_parts(g.handle.clone(), n),
+            ArrayArg::from_raw_parts(u.handle.clone(), n),
+            ArrayArg::from_raw_parts(out.handle.clone(), n),
+            n,
         );
     }
     wrap(out)

@@ -165,6 +165,13 @@ impl LinearBackend for Gpu {
         }
     }
 
+    fn silu_mul(gate: Tensor<Self, 3>, up: Tensor<Self, 3>) -> Tensor<Self, 3> {
+        if generic_ops() {
+            return burn::tensor::activation::silu(gate) * up;
+        }
+        super::fused::silu_mul(gate, up)
+    }
+
     fn rms_norm(x: Tensor<Self, 3>, weight: &Tensor<Self, 1>, eps: f64) -> Tensor<Self, 3> {
         if generic_ops() {
             return crate::model::norm::rms_norm(x, weight, eps);

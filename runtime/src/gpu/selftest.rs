@@ -207,6 +207,25 @@ fn fused_checks(rng: &mut StdRng, device: &CudaDevice) -> Vec<Check> {
         rel_err: rel_err(&to_host(fused::rms_norm(xt, &wt, eps)), &want),
         tolerance: FUSED_REL_TOL,
     });
+    // silu(g) · u over [2, 3, 1536].
+    let f = 1536usize;
+    let g = random(rng, b * t * f);
+    let u = random(rng, b * t * f);
+    let want: Vec<f32> = g
+        .iter()
+        .zip(&u)
+        .map(|(&g, &u)| {
+            let g = f64::from(g);
+            (g / (1.0 + (-g).exp()) * f64::from(u)) as f32
+        })
+        .collect();
+    let gt = Tensor::<Gpu, 3>::from_data(TensorData::new(g, [b, t, f]), device);
+    let ut = Tensor::<Gpu, 3>::from_data(TensorData::new(u, [b, t, f]), device);
+    checks.push(Check {
+        name: format!("fused silu·mul [{b}, {t}, {f}]"),
+        rel_err: rel_err(&to_host(fused::silu_mul(gt, ut)), &want),
+        tolerance: FUSED_REL_TOL,
+    });
     // Rotary embedding of [2, 3, 9·64] from position 5, against the CPU's host rotation.
     let (heads, hd, start) = (9usize, 64usize, 5usize);
     let rope = crate::model::Rope::<Gpu>::new(1e5, hd, 64, device);

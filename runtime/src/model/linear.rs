@@ -75,6 +75,11 @@ pub trait LinearBackend: Backend {
     /// no per-token trips to the host) rather than in host memory beside the CPU kernels.
     const KV_ON_DEVICE: bool = false;
 
+    /// The gated MLP's `silu(gate) · up`.
+    fn silu_mul(gate: Tensor<Self, 3>, up: Tensor<Self, 3>) -> Tensor<Self, 3> {
+        burn::tensor::activation::silu(gate) * up
+    }
+
     /// RMSNorm over the last dimension.
     fn rms_norm(x: Tensor<Self, 3>, weight: &Tensor<Self, 1>, eps: f64) -> Tensor<Self, 3> {
         super::norm::rms_norm(x, weight, eps)

@@ -4,7 +4,6 @@
 use std::path::Path;
 
 use burn::prelude::*;
-use burn::tensor::activation::silu;
 
 use super::attention::Attention;
 use super::kv_cache::KvCache;
@@ -26,8 +25,9 @@ pub struct Mlp<B: LinearBackend> {
 
 impl<B: LinearBackend> Mlp<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        let gate = self.gate_proj.forward(x.clone());
+        self.down_proj
+            .forward(B::silu_mul(gate, self.up_proj.forward(x)))
     }
 }
 

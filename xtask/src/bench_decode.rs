@@ -1,0 +1,337 @@
+//! `cargo xtask bench decode`: our runtime against llama.cpp's `llama-bench` on the same
+//! models at the same bits, alternating on this machine, with ratios (issue #8).
+//!
+//! llama.cpp is built once from the vendored source in the `llama-cpp-python` asset into the
+//! asset cache (cmake from PATH, else from a venv of PyPI's `cmake` in the cache). Its
+//! variants are requantized from the same GGUF our runtime loads (`llama-quantize
+//! --allow-requantize`: F32, Q8_0, Q4_0); ours are written by `quantize` from that GGUF
+//! (f32 = the GGUF dequantized at load, RTN w8 per channel, RTN w4 groups of 128, or 64
+//! where the hidden size is not a multiple of 128).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use lmq_runtime::assets::{self, Asset};
+
+/// What `bench decode` was asked for.
+pub struct DecodeBenchArgs {
+    pub models: Vec<String>,
+    pub threads: Vec<usize>,
+    pub reps: usize,
+    pub out: PathBuf,
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+fn run_ok(cmd: &mut Command, what: &str) -> Result<std::process::Output> {
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+/// cmake from PATH, else from a venv in the cache with PyPI's `cmake` wheel.
+fn cmake() -> Result<PathBuf> {
+    if Command::new("cmake").arg("--version").output().is_ok() {
+        return Ok("cmake".into());
+    }
+    let venv = assets::cache_dir().join("venv-cmake");
+    let bin = venv.join("bin/cmake");
+    if !bin.is_file() {
+        eprintln!("[bench] installing cmake (PyPI) into {}", venv.display());
+        run_ok(
+            Command::new("python3").args(["-m", "venv"]).arg(&venv),
+            "python3 -m venv",
+        )?;
+        run_ok(
+            Command::new(venv.join("bin/pip")).args(["install", "--quiet", "cmake"]),
+            "pip install cmake",
+        )?;
+    }
+    Ok(bin)
+}
+
+/// `llama-bench` and `llama-quantize`, built once into the cache.
+fn llama_cpp() -> Result<(PathBuf, PathBuf)> {
+    let src_root = assets::ensure(Asset::LlamaCppSource).context("llama.cpp source")?;
+    let src = src_root.join("vendor/llama.cpp");
+    let build = assets::cache_dir().join("llama.cpp-build-0.3.36");
+    let (bench, quant) = (
+        build.join("bin/llama-bench"),
+        build.join("bin/llama-quantize"),
+    );
+    if bench.is_file() && quant.is_file() {
+        return Ok((bench, quant));
+    }
+    let cmake = cmake()?;
+    eprintln!("[bench] building llama.cpp into {} (once)", build.display());
+    run_ok(
+        Command::new(&cmake)
+            .arg("-S")
+            .arg(&src)
+            .arg("-B")
+            .arg(&build)
+            .args([
+                "-DCMAKE_BUILD_TYPE=Release",
+                "-DGGML_NATIVE=ON",
+                "-DLLAMA_CURL=OFF",
+                "-DLLAMA_BUILD_TESTS=OFF",
+                "-DLLAMA_BUILD_EXAMPLES=OFF",
+                "-DLLAMA_BUILD_SERVER=OFF",
+                "-DBUILD_SHARED_LIBS=OFF",
+            ]),
+        "cmake configure",
+    )?;
+    let jobs = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .to_string();
+    run_ok(
+        Command::new(&cmake).arg("--build").arg(&build).args([
+            "--target",
+            "llama-bench",
+            "llama-quantize",
+            "-j",
+            &jobs,
+        ]),
+        "cmake --build",
+    )?;
+    Ok((bench, quant))
+}
+
+/// One benchmarked variant: its name, llama.cpp's file and type, our checkpoint.
+struct Variant {
+    name: &'static str,
+    llama_type: &'static str,
+    recipe: Option<String>,
+}
+
+fn variants(hidden: usize) -> Vec<Variant> {
+    let g = if hidden.is_multiple_of(128) { 128 } else { 64 };
+    vec![
+        Variant {
+            name: "f32",
+            llama_type: "F32",
+            recipe: None,
+        },
+        Variant {
+            name: "8-bit",
+            llama_type: "Q8_0",
+            recipe: Some(
+                "stages:\n  - passes:\n      - rtn: {bits: 8, symmetric: true, targets: [Linear], ignore: [lm_head]}\n"
+                    .into(),
+            ),
+        },
+        Variant {
+            name: "4-bit",
+            llama_type: "Q4_0",
+            recipe: Some(format!(
+                "stages:\n  - passes:\n      - rtn: {{bits: 4, group_size: {g}, symmetric: true, targets: [Linear], ignore: [lm_head]}}\n"
+            )),
+        },
+    ]
+}
+
+/// Prefill and decode tokens/s and peak RSS (MiB) of one run.
+#[derive(Debug, Clone, Copy, Default)]
+struct Speed {
+    pp: f64,
+    tg: f64,
+    rss_mib: f64,
+}
+
+fn ours(bench: &Path, model: &Path, threads: usize, reps: usize) -> Result<Speed> {
+    let out = run_ok(
+        Command::new(bench).arg("--model").arg(model).args([
+            "--threads",
+            &threads.to_string(),
+            "--reps",
+            &reps.to_string(),
+            "--json",
+        ]),
+        "bench",
+    )?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("bench --json")?;
+    Ok(Speed {
+        pp: v["prefill_tok_s"].as_f64().unwrap_or(0.0),
+        tg: v["decode_tok_s"].as_f64().unwrap_or(0.0),
+        rss_mib: v["peak_rss_mib"].as_f64().unwrap_or(0.0),
+    })
+}
+
+fn theirs(llama_bench: &Path, model: &Path, threads: usize, reps: usize) -> Result<Speed> {
+    let out = run_ok(
+        Command::new("/usr/bin/time")
+            .args(["-f", "%M"])
+            .arg(llama_bench)
+            .arg("-m")
+            .arg(model)
+            .args(["-p", "512", "-n", "128", "-t", &threads.to_string()])
+            .args(["-r", &reps.to_string(), "-o", "json"]),
+        "llama-bench",
+    )?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("llama-bench json")?;
+    let mut s = Speed::default();
+    for r in v.as_array().into_iter().flatten() {
+        let ts = r["avg_ts"].as_f64().unwrap_or(0.0);
+        if r["n_prompt"].as_u64() == Some(512) {
+            s.pp = ts;
+        } else if r["n_gen"].as_u64() == Some(128) {
+            s.tg = ts;
+        }
+    }
+    // /usr/bin/time prints the peak RSS in KiB as the last stderr line.
+    let kib: f64 = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0.0);
+    s.rss_mib = kib / 1024.0;
+    Ok(s)
+}
+
+/// Read bandwidth of this machine with `threads` threads streaming a 1 GiB buffer (GB/s).
+fn bandwidth(threads: usize) -> f64 {
+    let n = (1usize << 30) / 8;
+    let data: Vec<u64> = (0..n as u64).collect();
+    let chunk = n.div_ceil(threads);
+    let mut best = 0.0f64;
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        let sum: u64 = std::thread::scope(|s| {
+            let handles: Vec<_> = data
+                .chunks(chunk)
+                .map(|c| s.spawn(move || c.iter().fold(0u64, |a, &x| a.wrapping_add(x))))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+        });
+        std::hint::black_box(sum);
+        best = best.max((n * 8) as f64 / t0.elapsed().as_secs_f64() / 1e9);
+    }
+    best
+}
+
+fn size_bytes(p: &Path) -> u64 {
+    if p.is_dir() {
+        fs::read_dir(p)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
+                    .map(|e| e.metadata().map_or(0, |m| m.len()))
+                    .sum()
+            })
+            .unwrap_or(0)
+    } else {
+        fs::metadata(p).map_or(0, |m| m.len())
+    }
+}
+
+/// Builds what is missing, runs every (model, variant, threads) for both runtimes back to
+/// back, and prints the table.
+pub fn run(args: DecodeBenchArgs) -> Result<()> {
+    let (llama_bench, llama_quantize) = llama_cpp()?;
+    let status = Command::new(cargo())
+        .args(["build", "--release", "-p", "lmq-quant", "--bin", "quantize"])
+        .args(["-p", "lmq-evals", "--bin", "bench"])
+        .status()?;
+    if !status.success() {
+        bail!("cargo build --release (quantize, bench) failed");
+    }
+    let (quantize, bench) = (
+        PathBuf::from("target/release/quantize"),
+        PathBuf::from("target/release/bench"),
+    );
+    fs::create_dir_all(&args.out)?;
+    let bw: Vec<(usize, f64)> = args.threads.iter().map(|&t| (t, bandwidth(t))).collect();
+    let mut rows = Vec::new();
+    for name in &args.models {
+        let asset = Asset::from_name(name).with_context(|| format!("unknown model {name}"))?;
+        let gguf = assets::ensure(asset)?;
+        let hidden = lmq_runtime::checkpoint::Checkpoint::open(gguf.to_str().unwrap_or_default())?
+            .config
+            .hidden_size;
+        for v in variants(hidden) {
+            let theirs_file = args.out.join(format!("{name}-{}.gguf", v.llama_type));
+            if !theirs_file.is_file() {
+                run_ok(
+                    Command::new(&llama_quantize)
+                        .arg("--allow-requantize")
+                        .arg(&gguf)
+                        .arg(&theirs_file)
+                        .arg(v.llama_type),
+                    "llama-quantize",
+                )?;
+            }
+            let ours_model = match &v.recipe {
+                None => gguf.clone(),
+                Some(yaml) => {
+                    let dir = args.out.join(format!("{name}-{}", v.name));
+                    if !dir.is_dir() {
+                        let recipe = args.out.join(format!("{name}-{}.yaml", v.name));
+                        fs::write(&recipe, yaml)?;
+                        run_ok(
+                            Command::new(&quantize)
+                                .arg("--model")
+                                .arg(&gguf)
+                                .arg("--recipe")
+                                .arg(&recipe)
+                                .arg("--out")
+                                .arg(&dir),
+                            "quantize",
+                        )?;
+                    }
+                    dir
+                }
+            };
+            for &t in &args.threads {
+                let o = ours(&bench, &ours_model, t, args.reps)?;
+                let l = theirs(&llama_bench, &theirs_file, t, args.reps)?;
+                eprintln!("[bench] {name} {} t{t}: ours {o:?} llama.cpp {l:?}", v.name);
+                // Bytes a decode step reads: the weights as each runtime holds them (our f32
+                // variant dequantizes the GGUF at load, so it reads what llama.cpp's F32 does).
+                let lb = size_bytes(&theirs_file);
+                let ob = if v.recipe.is_some() {
+                    size_bytes(&ours_model)
+                } else {
+                    lb
+                };
+                rows.push((name.clone(), v.name, t, o, l, ob, lb));
+            }
+        }
+    }
+    println!(
+        "\nmemory read bandwidth: {}",
+        bw.iter()
+            .map(|(t, g)| format!("{t} thread(s) {g:.1} GB/s"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!("| model | bits | threads | pp512 ours | llama.cpp | ratio | tg128 ours | llama.cpp | ratio | decode bytes/s of bandwidth ours / llama.cpp | peak RSS MiB ours / llama.cpp |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for (name, bits, t, o, l, ob, lb) in rows {
+        let b = bw.iter().find(|(tt, _)| *tt == t).map_or(1.0, |x| x.1) * 1e9;
+        println!(
+            "| {name} | {bits} | {t} | {:.1} | {:.1} | {:.2}× | {:.1} | {:.1} | {:.2}× | {:.0}% / {:.0}% | {:.0} / {:.0} |",
+            o.pp,
+            l.pp,
+            o.pp / l.pp,
+            o.tg,
+            l.tg,
+            o.tg / l.tg,
+            100.0 * o.tg * ob as f64 / b,
+            100.0 * l.tg * lb as f64 / b,
+            o.rss_mib,
+            l.rss_mib
+        );
+    }
+    Ok(())
+}
