@@ -95,16 +95,19 @@ fn llama_cpp() -> Result<(PathBuf, PathBuf)> {
     let jobs = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .to_string();
-    run_ok(
-        Command::new(&cmake).arg("--build").arg(&build).args([
-            "--target",
-            "llama-bench",
-            "llama-quantize",
-            "-j",
-            &jobs,
-        ]),
-        "cmake --build",
-    )?;
+    // Inherit the output: the build takes minutes and prints its progress.
+    let status = Command::new(&cmake)
+        .arg("--build")
+        .arg(&build)
+        .args(["--target", "llama-bench", "llama-quantize", "-j", &jobs])
+        .status()
+        .context("running cmake --build")?;
+    if !status.success() {
+        bail!(
+            "building llama.cpp failed ({status}); the build tree is {}",
+            build.display()
+        );
+    }
     Ok((bench, quant))
 }
 
@@ -127,7 +130,7 @@ fn variants(hidden: usize) -> Vec<Variant> {
             name: "8-bit",
             llama_type: "Q8_0",
             recipe: Some(
-                "stages:\n  - passes:\n      - rtn: {bits: 8, symmetric: true, targets: [Linear], ignore: [lm_head]}\n"
+                "stages:\n  - passes:\n      - rtn: {bits: 8, symmetric: true, group_size: channel, targets: [Linear], ignore: [lm_head]}\n"
                     .into(),
             ),
         },
@@ -179,16 +182,7 @@ fn theirs(llama_bench: &Path, model: &Path, threads: usize, reps: usize) -> Resu
             .args(["-r", &reps.to_string(), "-o", "json"]),
         "llama-bench",
     )?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("llama-bench json")?;
-    let mut s = Speed::default();
-    for r in v.as_array().into_iter().flatten() {
-        let ts = r["avg_ts"].as_f64().unwrap_or(0.0);
-        if r["n_prompt"].as_u64() == Some(512) {
-            s.pp = ts;
-        } else if r["n_gen"].as_u64() == Some(128) {
-            s.tg = ts;
-        }
-    }
+    let mut s = parse_llama_bench(&out.stdout)?;
     // /usr/bin/time prints the peak RSS in KiB as the last stderr line.
     let kib: f64 = String::from_utf8_lossy(&out.stderr)
         .lines()
@@ -196,6 +190,24 @@ fn theirs(llama_bench: &Path, model: &Path, threads: usize, reps: usize) -> Resu
         .and_then(|l| l.trim().parse().ok())
         .unwrap_or(0.0);
     s.rss_mib = kib / 1024.0;
+    Ok(s)
+}
+
+/// Prefill (`n_prompt` 512) and decode (`n_gen` 128) `avg_ts` from `llama-bench -o json`.
+fn parse_llama_bench(json: &[u8]) -> Result<Speed> {
+    let v: serde_json::Value = serde_json::from_slice(json).context("llama-bench json")?;
+    let mut s = Speed::default();
+    for r in v.as_array().into_iter().flatten() {
+        let ts = r["avg_ts"].as_f64().unwrap_or(0.0);
+        if r["n_prompt"].as_u64() == Some(512) && r["n_gen"].as_u64() == Some(0) {
+            s.pp = ts;
+        } else if r["n_gen"].as_u64() == Some(128) && r["n_prompt"].as_u64() == Some(0) {
+            s.tg = ts;
+        }
+    }
+    if s.pp == 0.0 || s.tg == 0.0 {
+        bail!("llama-bench output lacks the pp512 or tg128 row");
+    }
     Ok(s)
 }
 
@@ -334,4 +346,28 @@ pub fn run(args: DecodeBenchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_llama_bench_json() {
+        let json = br#"[{"n_prompt": 512, "n_gen": 0, "avg_ts": 812.5},
+                         {"n_prompt": 0, "n_gen": 128, "avg_ts": 97.25}]"#;
+        let s = parse_llama_bench(json).unwrap();
+        assert_eq!((s.pp, s.tg), (812.5, 97.25));
+        assert!(parse_llama_bench(br#"[{"n_prompt": 512, "n_gen": 0, "avg_ts": 1.0}]"#).is_err());
+    }
+
+    #[test]
+    fn four_bit_groups_fit_the_hidden_size() {
+        let g = |hidden| variants(hidden)[2].recipe.clone().unwrap();
+        assert!(
+            g(576).contains("group_size: 64"),
+            "SmolLM2: 576 = 4.5 × 128"
+        );
+        assert!(g(896).contains("group_size: 128"));
+    }
 }
