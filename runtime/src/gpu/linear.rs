@@ -186,9 +186,7 @@ impl LinearBackend for Gpu {
         start: usize,
     ) -> Tensor<Self, 4> {
         if generic_ops() {
-            let [b, t, _] = x.dims();
-            let x = x.reshape([b, t, heads, rope.head_dim()]).swap_dims(1, 2);
-            return rope.apply(x, start);
+            return rope.apply_split(x, heads, start);
         }
         let (cos, sin) = rope.tables();
         super::fused::rope_heads(x, cos, sin, heads, start)

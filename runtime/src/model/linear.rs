@@ -93,9 +93,7 @@ pub trait LinearBackend: Backend {
         heads: usize,
         start: usize,
     ) -> Tensor<Self, 4> {
-        let [b, t, _] = x.dims();
-        let hd = rope.head_dim();
-        rope.apply(x.reshape([b, t, heads, hd]).swap_dims(1, 2), start)
+        rope.apply_split(x, heads, start)
     }
 
     /// One query per head (`q`: `[1, heads, 1, hd]`) over positions `0..len` of a layer's

@@ -78,6 +78,16 @@ impl<B: Backend> Rope<B> {
         (&self.cos, &self.sin)
     }
 
+    /// Splits `[b, t, heads·hd]` into heads `[b, heads, t, hd]` and applies [`Rope::apply`]:
+    /// the generic form of `LinearBackend::rope_heads`.
+    pub fn apply_split(&self, x: Tensor<B, 3>, heads: usize, start: usize) -> Tensor<B, 4> {
+        let [b, t, _] = x.dims();
+        self.apply(
+            x.reshape([b, t, heads, self.head_dim]).swap_dims(1, 2),
+            start,
+        )
+    }
+
     /// [`Rope::apply`] with each of the `n` tokens of `x` (`[b, heads, n, hd]`) at its own
     /// position (Medusa tree nodes sit at their depth).
     pub fn apply_positions(&self, x: Tensor<B, 4>, positions: &[usize]) -> Tensor<B, 4> {
