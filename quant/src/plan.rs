@@ -104,13 +104,54 @@ pub struct QuantPlan {
     pub int8_activations: BTreeSet<String>,
 }
 
+/// The module name a tied vocabulary projection is targeted by.
+const TIED_HEAD: &str = "lm_head.weight";
+/// The tensor a tied vocabulary projection is stored in.
+const TIED_EMBEDDING: &str = "model.embed_tokens.weight";
+
 impl QuantPlan {
     /// Resolves the recipe's passes against the checkpoint's tensors. Errors name the recipe
     /// file and the pass key; a group size that does not divide a weight's input dimension
     /// names the tensor and the sizes that would work.
     pub fn from_recipe(recipe: &Recipe, weights: &dyn WeightSource, tied: bool) -> Result<Self> {
-        let names = weights.names();
-        let targets = recipe.resolve_targets(&names)?;
+        let mut names = weights.names();
+        // A tied lm_head is the embedding matrix: offer it to the targets under its module
+        // name, and quantize the embedding when a pass selects it (see `tied_head`).
+        let offer_head = tied && !names.iter().any(|n| n == TIED_HEAD);
+        if offer_head {
+            names.push(TIED_HEAD.to_owned());
+        }
+        let mut targets = recipe.resolve_targets(&names)?;
+        if offer_head {
+            for t in &mut targets {
+                let pass = &recipe.stages[t.stage].passes[t.pass];
+                // Only a pass that names lm_head quantizes the tied matrix; `Linear` alone
+                // leaves it in floating point, as it always did.
+                let named = pass
+                    .args()
+                    .targets()
+                    .iter()
+                    .any(|p| p.to_string().contains("lm_head"));
+                match pass {
+                    Pass::Rtn(_) if named => {
+                        for name in &mut t.tensors {
+                            if name == TIED_HEAD {
+                                *name = TIED_EMBEDDING.to_owned();
+                            }
+                        }
+                    }
+                    Pass::Gptq(_) if named && t.tensors.iter().any(|n| n == TIED_HEAD) => {
+                        return Err(anyhow!(
+                            "{}: {}: lm_head is tied to the embedding here, which only an rtn \
+                             pass can quantize",
+                            recipe.path.display(),
+                            t.key
+                        ));
+                    }
+                    _ => t.tensors.retain(|n| n != TIED_HEAD),
+                }
+            }
+        }
         let mut linears = BTreeMap::new();
         let mut groups = Vec::new();
         let mut int8_activations = BTreeSet::new();

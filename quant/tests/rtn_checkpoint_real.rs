@@ -106,6 +106,86 @@ fn rtn_w4g64_packed_checkpoint_equals_its_dequantized_weights() {
 }
 
 #[test]
+fn tied_head_recipe_packs_the_embedding_and_runs_it() {
+    let gguf = Checkpoint::open_gguf(&ensure(Asset::SmolLm2).unwrap()).unwrap();
+    assert!(gguf.config.tie_word_embeddings);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("head8");
+    let r = recipe("rtn-w4g64-head8.yaml");
+    let opts = ConvertOptions {
+        dtype: FloatDtype::F32,
+        force: false,
+        recipe: Some(r.text.clone()),
+    };
+    let summary = quantize_rtn(&gguf, &r, &out, &opts, |_| {}).unwrap();
+    assert_eq!(
+        summary.quantized_tensors, 211,
+        "210 layer linears + the tied head"
+    );
+    let mut dequant = MemorySource::default();
+    for name in gguf.weights.names() {
+        let shape = gguf.weights.shape(&name).unwrap();
+        let data = gguf.weights.load_f32(&name).unwrap();
+        let scheme = if name.ends_with("_proj.weight") {
+            Some((4, 64))
+        } else if name == "model.embed_tokens.weight" {
+            Some((8, 32))
+        } else {
+            None
+        };
+        let data = match scheme {
+            Some((bits, group)) => {
+                let s = QuantScheme {
+                    bits,
+                    group_size: Some(group),
+                    symmetric: true,
+                };
+                let m = WeightMatrix::new(&name, &data, shape[0], shape[1]).unwrap();
+                rtn::dequantize(&rtn::quantize(&m, &s).unwrap()).unwrap()
+            }
+            None => data,
+        };
+        dequant.insert(&name, shape, data);
+    }
+    let device = Default::default();
+    let reference =
+        Llama::<Cpu>::load(&gguf.config, &dequant, Path::new("<dequantized>"), &device).unwrap();
+    let packed = Checkpoint::open_dir(&out)
+        .unwrap()
+        .load_model::<Cpu>(&device)
+        .unwrap();
+    let ids = gguf
+        .tokenizer
+        .encode("The capital of France is Paris.", false)
+        .unwrap();
+    let (want, got) = (logits(&reference, &ids), logits(&packed, &ids));
+    let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    let err = got
+        .iter()
+        .zip(&want)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        err <= PACKED_LOGITS_REL_TOL * scale,
+        "max diff {err} (scale {scale})"
+    );
+}
+
+#[test]
+fn gptq_on_a_tied_head_is_refused() {
+    let gguf = Checkpoint::open_gguf(&ensure(Asset::SmolLm2).unwrap()).unwrap();
+    let r = Recipe::parse(
+        "calibration: {source: hellaswag, num_samples: 4, seqlen: 64}\nstages:\n  - passes:\n      - gptq: {scheme: W4A16, targets: [lm_head]}\n",
+        Path::new("tied-gptq.yaml"),
+    )
+    .unwrap();
+    let err = lmq_quant::plan::QuantPlan::from_recipe(&r, &*gguf.weights, true)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("only an rtn"), "{err}");
+}
+
+#[test]
 fn gptq_recipe_is_refused_before_writing() {
     let gguf = Checkpoint::open_gguf(&ensure(Asset::SmolLm2).unwrap()).unwrap();
     let tmp = tempfile::tempdir().unwrap();

@@ -141,6 +141,14 @@ fn variants(hidden: usize) -> Vec<Variant> {
                 "stages:\n  - passes:\n      - rtn: {{bits: 4, group_size: {g}, symmetric: true, targets: [Linear], ignore: [lm_head]}}\n"
             )),
         },
+        // llama.cpp's Q4_0 files quantize the (tied) vocabulary matrix too; ours can.
+        Variant {
+            name: "4-bit, 8-bit head",
+            llama_type: "Q4_0",
+            recipe: Some(format!(
+                "stages:\n  - passes:\n      - rtn: {{bits: 4, group_size: {g}, symmetric: true, targets: [Linear], ignore: [lm_head]}}\n      - rtn: {{bits: 8, group_size: 32, symmetric: true, targets: [lm_head]}}\n"
+            )),
+        },
     ]
 }
 
@@ -286,9 +294,13 @@ pub fn run(args: DecodeBenchArgs) -> Result<()> {
             let ours_model = match &v.recipe {
                 None => gguf.clone(),
                 Some(yaml) => {
-                    let dir = args.out.join(format!("{name}-{}", v.name));
+                    let dir = args
+                        .out
+                        .join(format!("{name}-{}", v.name.replace([' ', ','], "")));
                     if !dir.is_dir() {
-                        let recipe = args.out.join(format!("{name}-{}.yaml", v.name));
+                        let recipe = args
+                            .out
+                            .join(format!("{name}-{}.yaml", v.name.replace([' ', ','], "")));
                         fs::write(&recipe, yaml)?;
                         run_ok(
                             Command::new(&quantize)

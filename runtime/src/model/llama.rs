@@ -77,6 +77,25 @@ impl<B: LinearBackend> Loader<'_, B> {
         ))
     }
 
+    /// The packed weight `{prefix}.weight_packed`, if the checkpoint has one.
+    fn packed(&self, prefix: &str, out: usize, inp: usize) -> Result<Option<B::Weight>, LoadError> {
+        let Some(p) = self.src.load_packed(prefix)? else {
+            return Ok(None);
+        };
+        if (p.rows, p.cols) != (out, inp) {
+            return Err(WeightError::Shape {
+                path: self.origin.to_owned(),
+                name: format!("{prefix}.weight_packed"),
+                actual: vec![p.rows, p.cols],
+                expected: vec![out, inp],
+            });
+        }
+        Ok(Some(B::upload(
+            HostWeight::Packed(std::sync::Arc::new(p)),
+            self.device,
+        )))
+    }
+
     fn linear(
         &self,
         prefix: &str,
@@ -84,18 +103,8 @@ impl<B: LinearBackend> Loader<'_, B> {
         inp: usize,
         bias: bool,
     ) -> Result<Linear<B>, LoadError> {
-        let weight = match self.src.load_packed(prefix)? {
-            Some(p) => {
-                if (p.rows, p.cols) != (out, inp) {
-                    return Err(WeightError::Shape {
-                        path: self.origin.to_owned(),
-                        name: format!("{prefix}.weight_packed"),
-                        actual: vec![p.rows, p.cols],
-                        expected: vec![out, inp],
-                    });
-                }
-                B::upload(HostWeight::Packed(std::sync::Arc::new(p)), self.device)
-            }
+        let weight = match self.packed(prefix, out, inp)? {
+            Some(w) => w,
             None => match self.src.load_int8(prefix)? {
                 Some(w) => {
                     if (w.rows, w.cols) != (out, inp) {
@@ -203,7 +212,12 @@ impl<B: LinearBackend> Llama<B> {
         };
         Ok(Self {
             config: c.clone(),
-            embed_tokens: l.weight("model.embed_tokens.weight", c.vocab_size, d)?,
+            // Packed when a recipe quantized the (tied) vocabulary projection: rows are then
+            // dequantized for the lookup and the head runs the packed kernels.
+            embed_tokens: match l.packed("model.embed_tokens", c.vocab_size, d)? {
+                Some(w) => w,
+                None => l.weight("model.embed_tokens.weight", c.vocab_size, d)?,
+            },
             layers,
             norm: l.tensor("model.norm.weight", [d])?,
             lm_head,

@@ -20,8 +20,8 @@ struct Shard {
 /// One HF checkpoint directory (single file or sharded).
 pub struct SafetensorsDir {
     shards: Vec<Shard>,
-    /// `num_bits` of a compressed-tensors `pack-quantized` checkpoint (from config.json).
-    packed_bits: Option<u8>,
+    /// Code widths of a compressed-tensors `pack-quantized` checkpoint (from config.json).
+    packed_bits: PackedBits,
     /// Where every tensor lives, read from the headers once at open.
     index: BTreeMap<String, Entry>,
 }
@@ -85,19 +85,65 @@ impl SafetensorsDir {
     }
 }
 
-/// `quantization_config.config_groups.*.weights.num_bits` of a compressed-tensors
-/// `pack-quantized` config, if that is what the directory holds.
-fn packed_bits(config: &Path) -> Option<u8> {
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(config).ok()?).ok()?;
-    let q = v.get("quantization_config")?;
-    if q.get("format")?.as_str()? != "pack-quantized" {
-        return None;
+/// Code widths of a compressed-tensors `pack-quantized` config: per module named in a
+/// group's `targets`, and the first group's width for modules named by class (`Linear`), so
+/// a checkpoint may mix widths (4-bit layers, an 8-bit head).
+#[derive(Debug, Clone, Default)]
+struct PackedBits {
+    by_module: std::collections::HashMap<String, u8>,
+    default: Option<u8>,
+}
+
+impl PackedBits {
+    fn of(&self, module: &str) -> Option<u8> {
+        self.by_module.get(module).copied().or(self.default)
     }
-    let groups = q.get("config_groups")?.as_object()?;
-    groups
-        .values()
-        .find_map(|g| g.get("weights")?.get("num_bits")?.as_u64())
-        .map(|b| b as u8)
+}
+
+fn packed_bits(config: &Path) -> PackedBits {
+    let mut bits = PackedBits::default();
+    let Some(v) = std::fs::read_to_string(config)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+    else {
+        return bits;
+    };
+    let Some(q) = v.get("quantization_config") else {
+        return bits;
+    };
+    if q.get("format").and_then(|f| f.as_str()) != Some("pack-quantized") {
+        return bits;
+    }
+    for g in q
+        .get("config_groups")
+        .and_then(|g| g.as_object())
+        .into_iter()
+        .flat_map(|o| o.values())
+    {
+        let Some(b) = g
+            .get("weights")
+            .and_then(|w| w.get("num_bits"))
+            .and_then(|b| b.as_u64())
+        else {
+            continue;
+        };
+        for t in g
+            .get("targets")
+            .and_then(|t| t.as_array())
+            .into_iter()
+            .flatten()
+        {
+            match t.as_str() {
+                Some(m) if m.contains('.') && !m.starts_with("re:") => {
+                    bits.by_module.insert(m.to_owned(), b as u8);
+                }
+                _ => {
+                    bits.default.get_or_insert(b as u8);
+                }
+            }
+        }
+    }
+    bits
 }
 
 fn ints(dtype: Dtype, bytes: &[u8]) -> Option<Vec<i64>> {
@@ -237,8 +283,8 @@ impl WeightSource for SafetensorsDir {
             path: path.clone(),
             reason: format!("{prefix}: {reason}"),
         };
-        let bits = self.packed_bits.ok_or_else(|| {
-            bad("packed weights but config.json has no pack-quantized num_bits".into())
+        let bits = self.packed_bits.of(prefix).ok_or_else(|| {
+            bad("packed weights but config.json has no pack-quantized num_bits for it".into())
         })?;
         let int_tensor = |name: &str| -> Result<Option<Vec<i64>>, WeightError> {
             match self.raw(name) {
@@ -292,5 +338,30 @@ impl SafetensorsDir {
         let e = self.index.get(name)?;
         let bytes = &self.shards[e.shard].mmap[e.bytes.clone()];
         Some((e.dtype, e.shape.clone(), bytes))
+    }
+}
+
+#[cfg(test)]
+mod packed_bits_tests {
+    use super::*;
+
+    #[test]
+    fn widths_per_named_module_and_by_class() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("config.json");
+        std::fs::write(
+            &cfg,
+            r#"{"quantization_config": {"format": "pack-quantized", "config_groups": {
+                "group_0": {"targets": ["model.layers.0.mlp.up_proj"], "weights": {"num_bits": 4}},
+                "group_1": {"targets": ["model.embed_tokens"], "weights": {"num_bits": 8}},
+                "group_2": {"targets": ["Linear"], "weights": {"num_bits": 2}}}}}"#,
+        )
+        .unwrap();
+        let b = packed_bits(&cfg);
+        assert_eq!(b.of("model.layers.0.mlp.up_proj"), Some(4));
+        assert_eq!(b.of("model.embed_tokens"), Some(8));
+        assert_eq!(b.of("model.layers.3.self_attn.q_proj"), Some(2));
+        std::fs::write(&cfg, r#"{"model_type": "llama"}"#).unwrap();
+        assert_eq!(packed_bits(&cfg).of("model.embed_tokens"), None);
     }
 }
