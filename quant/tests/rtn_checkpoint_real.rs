@@ -178,10 +178,10 @@ fn gptq_on_a_tied_head_is_refused() {
         Path::new("tied-gptq.yaml"),
     )
     .unwrap();
-    let err = lmq_quant::plan::QuantPlan::from_recipe(&r, &*gguf.weights, true)
-        .err()
-        .expect("refused")
-        .to_string();
+    let Err(err) = lmq_quant::plan::QuantPlan::from_recipe(&r, &*gguf.weights, true) else {
+        panic!("a gptq pass on the tied head must be refused");
+    };
+    let err = err.to_string();
     assert!(err.contains("only an rtn"), "{err}");
 }
 
