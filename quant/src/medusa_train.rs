@@ -139,7 +139,7 @@ fn answers(model: &Llama<Cpu>, prompts: &[Vec<u32>], n_new: usize, stop: &[u32])
             let mut c = model.new_growable_cache(p.len() + n_new, p.len() + n_new);
             let ids: Vec<i32> = p.iter().map(|&t| t as i32).collect();
             let x = Tensor::<Cpu, 2, Int>::from_data(TensorData::new(ids, [1, p.len()]), &device);
-            let logits = lmq_runtime::generate::last_logits(model.forward(x, Some(&mut c)));
+            let logits = model.forward_last(x, Some(&mut c));
             caches.push(c);
             out.push(vec![argmax(&logits)]);
         }

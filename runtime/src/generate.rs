@@ -73,7 +73,7 @@ pub fn generate<B: LinearBackend>(
     let mut sampler = Sampler::new(params);
     let ids: Vec<i32> = prompt.iter().map(|&x| x as i32).collect();
     let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, prompt.len()]), &device);
-    let mut logits = last_logits(model.forward(input, Some(&mut cache)));
+    let mut logits = model.forward_last(input, Some(&mut cache));
     let mut out = Vec::with_capacity(max_new);
     for _ in 0..max_new {
         let next = sampler.sample(&logits);
@@ -84,7 +84,7 @@ pub fn generate<B: LinearBackend>(
         }
         let input =
             Tensor::<B, 2, Int>::from_data(TensorData::new(vec![next as i32], [1, 1]), &device);
-        logits = last_logits(model.forward(input, Some(&mut cache)));
+        logits = model.forward_last(input, Some(&mut cache));
     }
     Ok(out)
 }

@@ -66,7 +66,7 @@ fn run(args: Args) -> Result<()> {
         let input =
             Tensor::<Cpu, 2, Int>::from_data(TensorData::new(ids, [1, args.prompt]), &device);
         let t0 = Instant::now();
-        let logits = lmq_runtime::generate::last_logits(model.forward(input, Some(&mut cache)));
+        let logits = model.forward_last(input, Some(&mut cache));
         best_prefill = best_prefill.max(args.prompt as f64 / t0.elapsed().as_secs_f64());
         let mut next = lmq_runtime::sampling::argmax(&logits);
         let t0 = Instant::now();
@@ -75,7 +75,7 @@ fn run(args: Args) -> Result<()> {
                 TensorData::new(vec![next as i32], [1, 1]),
                 &device,
             );
-            let logits = lmq_runtime::generate::last_logits(model.forward(input, Some(&mut cache)));
+            let logits = model.forward_last(input, Some(&mut cache));
             next = lmq_runtime::sampling::argmax(&logits);
         }
         best_decode = best_decode.max(args.decode as f64 / t0.elapsed().as_secs_f64());

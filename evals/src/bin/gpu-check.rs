@@ -13,7 +13,6 @@ use clap::Parser;
 use lmq_evals::perplexity::{perplexity, PplOptions};
 use lmq_runtime::checkpoint::Checkpoint;
 use lmq_runtime::device::{run_on, DeviceSpec, OnBackend};
-use lmq_runtime::generate::last_logits;
 use lmq_runtime::gpu::{self, selftest, CudaDevice, Gpu};
 use lmq_runtime::model::{DenseWeight, HostWeight, LinearBackend};
 use lmq_runtime::sampling::argmax;
@@ -102,7 +101,7 @@ impl OnBackend for ModelJob<'_> {
             let ids: Vec<i32> = prompt.iter().map(|&x| x as i32).collect();
             let input =
                 Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, prompt.len()]), &device);
-            let mut next = argmax(&last_logits(model.forward(input, Some(&mut cache))));
+            let mut next = argmax(&model.forward_last(input, Some(&mut cache)));
             let mut out = vec![next];
             let t0 = Instant::now();
             for _ in 1..self.args.decode {
@@ -110,7 +109,7 @@ impl OnBackend for ModelJob<'_> {
                     TensorData::new(vec![next as i32], [1, 1]),
                     &device,
                 );
-                next = argmax(&last_logits(model.forward(input, Some(&mut cache))));
+                next = argmax(&model.forward_last(input, Some(&mut cache)));
                 out.push(next);
             }
             if rep == 1 {
@@ -146,7 +145,7 @@ impl OnBackend for PathsJob<'_> {
             let data: Vec<i32> = tokens.iter().map(|&x| x as i32).collect();
             let input =
                 Tensor::<B, 2, Int>::from_data(TensorData::new(data, [1, tokens.len()]), &device);
-            last_logits(model.forward(input, Some(cache)))
+            model.forward_last(input, Some(cache))
         };
         let mut out = Vec::new();
         let mut caches: Vec<_> = [5usize, 9, 13]

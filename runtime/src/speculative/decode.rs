@@ -7,7 +7,7 @@ use rand::{Rng, SeedableRng};
 
 use super::verify::{verify_greedy, verify_sampling};
 use super::{Proposed, Proposer};
-use crate::generate::{check_request, host_f32, last_logits, GenerateError};
+use crate::generate::{check_request, host_f32, GenerateError};
 use crate::model::{KvCache, LinearBackend, Llama};
 use crate::sampling::{filtered_distribution, Sampler, SamplingParams};
 
@@ -121,9 +121,9 @@ pub fn generate_speculative<B: LinearBackend>(
         let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
         let input =
             Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, tokens.len()]), &device);
-        model.forward(input, Some(cache))
+        model.forward_last(input, Some(cache))
     };
-    let first_logits = last_logits(run(prompt, &mut cache));
+    let first_logits = run(prompt, &mut cache);
     let first = Sampler::new(params.clone()).sample(&first_logits);
     let mut out = vec![first];
     let mut stats = SpecStats::default();

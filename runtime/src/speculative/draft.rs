@@ -8,7 +8,6 @@ use rand::{Rng, SeedableRng};
 
 use super::verify::point_mass;
 use super::{Proposed, Proposer};
-use crate::generate::last_logits;
 use crate::model::{KvCache, LinearBackend, Llama};
 use crate::sampling::{argmax, draw, filtered_distribution, SamplingParams};
 
@@ -42,7 +41,7 @@ impl<B: LinearBackend> DraftModel<B> {
             &self.model.device(),
         );
         self.cached.extend_from_slice(tokens);
-        last_logits(self.model.forward(input, Some(&mut self.cache)))
+        self.model.forward_last(input, Some(&mut self.cache))
     }
 }
 
