@@ -31,9 +31,9 @@ pub enum GpuWeight {
     /// `[out, in]` f32.
     Dense(Arc<Tensor<Gpu, 2>>),
     /// Packed codes read by the kernels; the host copy serves embedding-row lookups.
-    Packed(Arc<PackedOnGpu>, Arc<PackedLinear>),
+    Packed(Arc<PackedOnGpu>, HostWeight),
     /// W8A8 codes; the host copy serves embedding-row lookups.
-    Int8(Arc<Int8OnGpu>, Arc<Int8Linear>),
+    Int8(Arc<Int8OnGpu>, HostWeight),
 }
 
 /// Whether the kernels read `p` as it is: groups must be whole packed words (any group size
@@ -113,8 +113,12 @@ impl LinearBackend for Gpu {
             HostWeight::Packed(p) if !kernel_layout_ok(&p) => {
                 dense(p.dequantize_ref(), p.rows, p.cols, device)
             }
-            HostWeight::Packed(p) => GpuWeight::Packed(Arc::new(upload_packed(&p, device)), p),
-            HostWeight::Int8(w) => GpuWeight::Int8(Arc::new(upload_int8(&w, device)), w),
+            HostWeight::Packed(p) => {
+                GpuWeight::Packed(Arc::new(upload_packed(&p, device)), HostWeight::Packed(p))
+            }
+            HostWeight::Int8(w) => {
+                GpuWeight::Int8(Arc::new(upload_int8(&w, device)), HostWeight::Int8(w))
+            }
         }
     }
 
@@ -138,29 +142,18 @@ impl LinearBackend for Gpu {
 
     fn gather_rows(ids: &[u32], w: &GpuWeight, device: &Self::Device) -> Tensor<Self, 2> {
         let (rows, d) = Self::weight_dims(w);
-        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= rows) {
-            panic!("token id {bad} outside the vocabulary of {rows}");
-        }
         match w {
             GpuWeight::Dense(t) => {
+                if let Some(&bad) = ids.iter().find(|&&id| id as usize >= rows) {
+                    panic!("token id {bad} outside the vocabulary of {rows}");
+                }
                 let idx: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
                 let idx =
                     Tensor::<Gpu, 1, Int>::from_data(TensorData::new(idx, [ids.len()]), device);
                 t.as_ref().clone().select(0, idx)
             }
-            GpuWeight::Packed(_, host) => {
-                let mut out = vec![0.0f32; ids.len() * d];
-                for (&id, dst) in ids.iter().zip(out.chunks_exact_mut(d)) {
-                    host.dequantize_rows_into(id as usize, dst);
-                }
-                Tensor::from_data(TensorData::new(out, [ids.len(), d]), device)
-            }
-            GpuWeight::Int8(_, host) => {
-                let mut out = vec![0.0f32; ids.len() * d];
-                for (&id, dst) in ids.iter().zip(out.chunks_exact_mut(d)) {
-                    host.dequantize_rows_into(id as usize, dst);
-                }
-                Tensor::from_data(TensorData::new(out, [ids.len(), d]), device)
+            GpuWeight::Packed(_, host) | GpuWeight::Int8(_, host) => {
+                Tensor::from_data(TensorData::new(host.rows(ids), [ids.len(), d]), device)
             }
         }
     }

@@ -65,14 +65,31 @@ impl<B: LinearBackend> Attention<B> {
         rep: usize,
         start: usize,
     ) -> Tensor<B, 4> {
+        let t = q.dims()[2];
+        let len = k.dims()[2];
+        // Query i (position start + i) sees keys 0..=start + i.
+        let hidden = (t > 1).then(|| {
+            (0..t)
+                .flat_map(|i| (0..len).map(move |j| j > start + i))
+                .collect()
+        });
+        self.masked_attention(q, k, v, rep, hidden)
+    }
+
+    /// Attention of `q` (`[1, heads, t, d]`) over exactly `k`, `v` (`[1, kv_heads, len, d]`),
+    /// hiding the keys where `hidden` (`[t, len]`, row-major) is true: burn's mask meaning.
+    fn masked_attention(
+        &self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        rep: usize,
+        hidden: Option<Vec<bool>>,
+    ) -> Tensor<B, 4> {
         let [_, heads, t, _] = q.dims();
         let len = k.dims()[2];
-        // burn's mask: true hides a key. Query i (position start + i) sees keys 0..=start + i.
-        let mask = (t > 1).then(|| {
-            let hidden: Vec<bool> = (0..t)
-                .flat_map(|i| (0..len).map(move |j| j > start + i))
-                .collect();
-            Tensor::<B, 4, Bool>::from_data(TensorData::new(hidden, [1, 1, t, len]), &q.device())
+        let mask = hidden.map(|h| {
+            Tensor::<B, 4, Bool>::from_data(TensorData::new(h, [1, 1, t, len]), &q.device())
                 .expand([1, heads, t, len])
         });
         let options = AttentionModuleOptions {
@@ -227,26 +244,16 @@ impl<B: LinearBackend> Attention<B> {
         let (kc, vc) = cache.append_device(layer, k, v);
         let len = prefix + n;
         let filled = [0..1, 0..self.num_kv_heads, 0..len, 0..hd];
-        // burn's mask hides a key where true: node i sees the prefix and the nodes `mask`
-        // marks (its ancestors and itself).
-        let hidden: Vec<bool> = (0..n)
+        // Node i sees the prefix and the nodes `mask` marks (its ancestors and itself).
+        let hidden = (0..n)
             .flat_map(|i| (0..len).map(move |j| j >= prefix && !mask[i * n + (j - prefix)]))
             .collect();
-        let hidden =
-            Tensor::<B, 4, Bool>::from_data(TensorData::new(hidden, [1, 1, n, len]), &q.device())
-                .expand([1, self.num_heads, n, len]);
-        let options = AttentionModuleOptions {
-            scale: None,
-            softcap: None,
-            is_causal: false,
-        };
-        let o = attention(
+        let o = self.masked_attention(
             q,
-            repeat_kv(kc.slice(filled.clone()), rep),
-            repeat_kv(vc.slice(filled), rep),
+            kc.slice(filled.clone()),
+            vc.slice(filled),
+            rep,
             Some(hidden),
-            None,
-            options,
         );
         self.o_proj.forward(o.swap_dims(1, 2).reshape([1, n, qw]))
     }

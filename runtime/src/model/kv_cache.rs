@@ -127,11 +127,7 @@ impl KvCache {
         let new_rows = [0..1, 0..h, start..start + t, 0..d];
         kv.k = kv.k.slice_assign(new_rows.clone(), k);
         kv.v = kv.v.slice_assign(new_rows, v);
-        let filled = [0..1, 0..h, 0..start + t, 0..d];
-        let out = (
-            kv.k.clone().slice(filled.clone()),
-            kv.v.clone().slice(filled),
-        );
+        let out = (kv.k.clone(), kv.v.clone());
         slots[layer] = Some(Arc::new(kv));
         out
     }

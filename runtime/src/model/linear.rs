@@ -56,6 +56,23 @@ impl HostWeight {
             HostWeight::Int8(w) => (w.rows, w.cols),
         }
     }
+
+    /// Rows `ids` as f32 `[ids.len(), in_features]` (embedding lookups), dequantized by the
+    /// format's own row decoder. Panics on an id outside the matrix.
+    pub fn rows(&self, ids: &[u32]) -> Vec<f32> {
+        let (rows, d) = self.dims();
+        let mut out = vec![0.0f32; ids.len() * d];
+        for (&id, dst) in ids.iter().zip(out.chunks_exact_mut(d)) {
+            let id = id as usize;
+            assert!(id < rows, "token id {id} outside the vocabulary of {rows}");
+            match self {
+                HostWeight::Dense(w) => dst.copy_from_slice(&w.data[id * d..(id + 1) * d]),
+                HostWeight::Packed(p) => p.dequantize_rows_into(id, dst),
+                HostWeight::Int8(w) => w.dequantize_rows_into(id, dst),
+            }
+        }
+        out
+    }
 }
 
 /// What a backend must provide to run the model: its matrices, plus the per-token ops a GPU
@@ -134,18 +151,8 @@ impl LinearBackend for Flex {
     }
 
     fn gather_rows(ids: &[u32], w: &HostWeight, device: &Self::Device) -> Tensor<Self, 2> {
-        let (rows, d) = w.dims();
-        let mut out = vec![0.0f32; ids.len() * d];
-        for (&id, dst) in ids.iter().zip(out.chunks_exact_mut(d)) {
-            let id = id as usize;
-            assert!(id < rows, "token id {id} outside the vocabulary of {rows}");
-            match w {
-                HostWeight::Dense(w) => dst.copy_from_slice(&w.data[id * d..(id + 1) * d]),
-                HostWeight::Packed(p) => p.dequantize_rows_into(id, dst),
-                HostWeight::Int8(w) => w.dequantize_rows_into(id, dst),
-            }
-        }
-        Tensor::from_data(TensorData::new(out, [ids.len(), d]), device)
+        let d = w.dims().1;
+        Tensor::from_data(TensorData::new(w.rows(ids), [ids.len(), d]), device)
     }
 
     fn weight_dims(w: &HostWeight) -> (usize, usize) {
