@@ -1,18 +1,11 @@
 //! `cargo xtask bench backends`: burn's CPU backends (flex, ndarray) against the runtime's own
 //! f32 kernel (`runtime/examples/backend_bench.rs`), in a release build.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-/// The workspace root (xtask lives one level below it).
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask has a parent directory")
-        .to_path_buf()
-}
+use crate::{cargo, workspace_root};
 
 /// The cargo invocation `bench backends` runs (also printed, so the figures can be reproduced).
 pub fn backends_args(threaded: bool) -> Vec<&'static str> {
@@ -35,7 +28,7 @@ pub fn backends_args(threaded: bool) -> Vec<&'static str> {
 
 /// Builds (release; compiling burn takes a while the first time) and runs the backend bench.
 pub fn backends(threaded: bool) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let cargo = cargo();
     let args = backends_args(threaded);
     eprintln!("[xtask] cargo {}", args.join(" "));
     let status = Command::new(&cargo)

@@ -16,16 +16,14 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use lmq_runtime::assets::{self, Asset};
 
+use crate::{cargo, workspace_root};
+
 /// What `bench decode` was asked for.
 pub struct DecodeBenchArgs {
     pub models: Vec<String>,
     pub threads: Vec<usize>,
     pub reps: usize,
     pub out: PathBuf,
-}
-
-fn cargo() -> String {
-    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
 fn run_ok(cmd: &mut Command, what: &str) -> Result<std::process::Output> {
@@ -259,7 +257,9 @@ fn size_bytes(p: &Path) -> u64 {
 /// back, and prints the table.
 pub fn run(args: DecodeBenchArgs) -> Result<()> {
     let (llama_bench, llama_quantize) = llama_cpp()?;
+    let root = workspace_root();
     let status = Command::new(cargo())
+        .current_dir(&root)
         .args(["build", "--release", "-p", "lmq-quant", "--bin", "quantize"])
         .args(["-p", "lmq-evals", "--bin", "bench"])
         .status()?;
@@ -267,8 +267,8 @@ pub fn run(args: DecodeBenchArgs) -> Result<()> {
         bail!("cargo build --release (quantize, bench) failed");
     }
     let (quantize, bench) = (
-        PathBuf::from("target/release/quantize"),
-        PathBuf::from("target/release/bench"),
+        root.join("target/release/quantize"),
+        root.join("target/release/bench"),
     );
     fs::create_dir_all(&args.out)?;
     let bw: Vec<(usize, f64)> = args.threads.iter().map(|&t| (t, bandwidth(t))).collect();

@@ -14,18 +14,17 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+use crate::{cargo, workspace_root};
+
 /// Bytes per staged part: the device tool carries 64 MiB per call with the working tree.
 const PART_BYTES: u64 = 60 << 20;
-/// Where the CUDA release build goes (its own target dir: the CUDA features rebuild the
-/// runtime, and a CPU build beside it should not be invalidated).
+/// Where the CUDA release build goes, under the workspace root (its own target dir: the CUDA
+/// features rebuild the runtime, and a CPU build beside it should not be invalidated).
 const TARGET: &str = "target/gpu";
 
-fn cargo() -> String {
-    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
-}
-
-fn build(cuda_version: &str) -> Result<()> {
+fn build(root: &Path, cuda_version: &str) -> Result<()> {
     let status = Command::new(cargo())
+        .current_dir(root)
         .args([
             "build",
             "--release",
@@ -36,7 +35,7 @@ fn build(cuda_version: &str) -> Result<()> {
         ])
         .args(["--bin", "gpu-check", "--bin", "evaluate"])
         .env("CUDARC_CUDA_VERSION", cuda_version)
-        .env("CARGO_TARGET_DIR", TARGET)
+        .env("CARGO_TARGET_DIR", root.join(TARGET))
         .env("CARGO_PROFILE_RELEASE_DEBUG", "0")
         .status()
         .context("running cargo build (cuda)")?;
@@ -44,6 +43,7 @@ fn build(cuda_version: &str) -> Result<()> {
         bail!("cargo build --features cuda failed");
     }
     let status = Command::new(cargo())
+        .current_dir(root)
         .args(["build", "--release", "-p", "lmq-quant", "--bin", "quantize"])
         .status()
         .context("running cargo build (quantize)")?;
@@ -62,15 +62,17 @@ fn has_gpu() -> bool {
 
 /// Builds, then runs the check here (a GPU present) or stages it (`stage`).
 pub fn run(stage: bool, cuda_version: &str) -> Result<()> {
-    build(cuda_version)?;
+    let root = workspace_root();
+    build(&root, cuda_version)?;
     if stage {
-        return stage_parts(Path::new(".gpu"));
+        return stage_parts(&root);
     }
     if !has_gpu() {
         bail!("no NVIDIA GPU here (nvidia-smi -L): use --stage and run it where one is lent");
     }
-    stage_parts(Path::new(".gpu"))?;
+    stage_parts(&root)?;
     let status = Command::new("bash")
+        .current_dir(&root)
         .args(["xtask/gpu-check.sh", "all"])
         .status()?;
     if !status.success() {
@@ -107,8 +109,10 @@ fn xz(args: &[&str], cwd: &Path) -> Result<()> {
 }
 
 /// Writes `.gpu/p1`: the three binaries (stripped, tar.xz) and WikiText-2 (xz), then the
-/// SmolLM2 GGUF in chunks filling p1 up to [`PART_BYTES`] and p2, p3, … after it.
-fn stage_parts(root: &Path) -> Result<()> {
+/// SmolLM2 GGUF in chunks filling p1 up to [`PART_BYTES`] and p2, p3, … after it (`.gpu`
+/// under the workspace root `ws`).
+fn stage_parts(ws: &Path) -> Result<()> {
+    let root = &ws.join(".gpu");
     if root.exists() {
         fs::remove_dir_all(root).with_context(|| format!("clearing {}", root.display()))?;
     }
@@ -121,7 +125,7 @@ fn stage_parts(root: &Path) -> Result<()> {
         format!("{TARGET}/release/evaluate"),
         "target/release/quantize".into(),
     ] {
-        stripped(Path::new(&b), &bins)?;
+        stripped(&ws.join(b), &bins)?;
     }
     xz(
         &[
@@ -135,8 +139,8 @@ fn stage_parts(root: &Path) -> Result<()> {
         &bins,
     )?;
     fs::remove_dir_all(&bins)?;
-    let wiki = Path::new("../shared/data/wikitext-2-raw/wiki.test.raw");
-    fs::copy(wiki, p1.join("wiki.test.raw"))
+    let wiki = ws.join("../shared/data/wikitext-2-raw/wiki.test.raw");
+    fs::copy(&wiki, p1.join("wiki.test.raw"))
         .with_context(|| format!("copying {}", wiki.display()))?;
     xz(&["xz", "-9", "wiki.test.raw"], &p1)?;
     let model = lmq_runtime::assets::ensure(lmq_runtime::assets::Asset::SmolLm2)

@@ -6,7 +6,23 @@ mod fetch;
 mod gpu_check;
 mod quant_table;
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
+
+/// The workspace root (xtask lives one level below it): tasks build and read paths from
+/// here, wherever `cargo xtask` was started.
+pub(crate) fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent directory")
+        .to_path_buf()
+}
+
+/// The cargo that runs this task (`$CARGO`), for the builds a task starts.
+pub(crate) fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
 
 #[derive(Parser)]
 #[command(

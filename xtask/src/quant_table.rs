@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use crate::workspace_root;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
@@ -85,10 +86,6 @@ pub struct QuantTableArgs {
     pub resume: bool,
 }
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 /// The recipe for `method` at scheme `fields`: an optional smoothing pass (AWQ with its
 /// defaults, SmoothQuant at α 0.8 as llm-compressor's W8A8 example) and RTN or GPTQ.
 fn recipe_text(a: &QuantTableArgs, method: &str, fields: &str) -> Result<String> {
@@ -148,7 +145,7 @@ fn evaluate(a: &QuantTableArgs, model: &str, tag: &str) -> Result<Value> {
     if a.resume && path.exists() {
         return Ok(serde_json::from_str(&std::fs::read_to_string(&path)?)?);
     }
-    let mut cmd = Command::new(root().join("target/release/evaluate"));
+    let mut cmd = Command::new(workspace_root().join("target/release/evaluate"));
     cmd.args(["--model", model, "--ppl", "wiki2", "--json", "--seqlen"])
         .arg(a.eval_seqlen.to_string());
     if let Some(n) = a.eval_windows {
@@ -177,7 +174,7 @@ pub fn run(mut a: QuantTableArgs) -> Result<()> {
     a.out = std::env::current_dir()?.join(&a.out);
     std::fs::create_dir_all(&a.out)?;
     let status = Command::new(env!("CARGO"))
-        .current_dir(root())
+        .current_dir(workspace_root())
         .args([
             "build",
             "--release",
@@ -218,8 +215,8 @@ pub fn run(mut a: QuantTableArgs) -> Result<()> {
                 let log = a.out.join(format!("{tag}.quantize.log"));
                 let t0 = Instant::now();
                 let done = run_logged(
-                    Command::new(root().join("target/release/quantize"))
-                        .current_dir(root())
+                    Command::new(workspace_root().join("target/release/quantize"))
+                        .current_dir(workspace_root())
                         .args(["--model", &a.model, "--force", "--recipe"])
                         .arg(&recipe)
                         .arg("--out")
