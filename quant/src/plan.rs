@@ -116,7 +116,7 @@ impl QuantPlan {
     pub fn from_recipe(recipe: &Recipe, weights: &dyn WeightSource, tied: bool) -> Result<Self> {
         let mut names = weights.names();
         // A tied lm_head is the embedding matrix: offer it to the targets under its module
-        // name, and quantize the embedding when a pass selects it (see `tied_head`).
+        // name, and quantize the embedding when an rtn pass names it (below).
         let offer_head = tied && !names.iter().any(|n| n == TIED_HEAD);
         if offer_head {
             names.push(TIED_HEAD.to_owned());
