@@ -11,6 +11,7 @@ use cubecl::Runtime;
 use super::kernels::{int8_matmul, packed_dequant, packed_gemv, Int8OnGpu, PackedOnGpu};
 use super::{CudaDevice, Gpu};
 use crate::model::{HostWeight, LinearBackend, Rope};
+use crate::packed::onebit::LAYER_NORM_EPS;
 use crate::packed::pack_quantized::storage_offset;
 use crate::packed::{Int8Linear, PackedLinear};
 
@@ -34,6 +35,12 @@ pub enum GpuWeight {
     Packed(Arc<PackedOnGpu>, HostWeight),
     /// W8A8 codes; the host copy serves embedding-row lookups.
     Int8(Arc<Int8OnGpu>, HostWeight),
+    /// OneBit: no 1-bit kernel on the GPU yet, so `a ⊙ S ⊙ b` is held densely (f32) and
+    /// multiplied by burn's matmul, then the parameter-free output norm if the layer has one.
+    OneBit {
+        dense: Arc<Tensor<Gpu, 2>>,
+        output_norm: bool,
+    },
 }
 
 /// Whether the kernels read `p` as it is: groups must be whole packed words (any group size
@@ -119,6 +126,13 @@ impl LinearBackend for Gpu {
             HostWeight::Int8(w) => {
                 GpuWeight::Int8(Arc::new(upload_int8(&w, device)), HostWeight::Int8(w))
             }
+            HostWeight::OneBit(w) => GpuWeight::OneBit {
+                dense: Arc::new(Tensor::from_data(
+                    TensorData::new(w.dequantize_ref(), [w.rows, w.cols]),
+                    device,
+                )),
+                output_norm: w.output_norm,
+            },
         }
     }
 
@@ -137,13 +151,21 @@ impl LinearBackend for Gpu {
                 x.matmul(wd.transpose())
             }
             GpuWeight::Int8(q, _) => int8_matmul(x, q),
+            GpuWeight::OneBit { dense, output_norm } => {
+                let y = x.matmul(dense.as_ref().clone().transpose());
+                if *output_norm {
+                    crate::model::norm::layer_norm_no_affine(y, LAYER_NORM_EPS)
+                } else {
+                    y
+                }
+            }
         }
     }
 
     fn gather_rows(ids: &[u32], w: &GpuWeight, device: &Self::Device) -> Tensor<Self, 2> {
         let (rows, d) = Self::weight_dims(w);
         match w {
-            GpuWeight::Dense(t) => {
+            GpuWeight::Dense(t) | GpuWeight::OneBit { dense: t, .. } => {
                 if let Some(&bad) = ids.iter().find(|&&id| id as usize >= rows) {
                     panic!("token id {bad} outside the vocabulary of {rows}");
                 }
@@ -196,7 +218,7 @@ impl LinearBackend for Gpu {
 
     fn weight_dims(w: &GpuWeight) -> (usize, usize) {
         match w {
-            GpuWeight::Dense(t) => {
+            GpuWeight::Dense(t) | GpuWeight::OneBit { dense: t, .. } => {
                 let [o, i] = t.dims();
                 (o, i)
             }

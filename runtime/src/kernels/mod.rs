@@ -6,6 +6,7 @@
 pub mod attention;
 pub mod dense_f32;
 pub mod int8;
+pub mod onebit;
 pub mod packed_q;
 pub mod simd;
 

@@ -11,8 +11,9 @@ use burn::prelude::*;
 
 use crate::kernels::int8::matmul_i8_nt;
 use crate::kernels::matmul_f32_nt;
+use crate::kernels::onebit::matmul_onebit_nt;
 use crate::kernels::packed_q::matmul_packed_nt;
-use crate::packed::{Int8Linear, PackedLinear};
+use crate::packed::{Int8Linear, OneBitLinear, PackedLinear};
 
 use super::rope::Rope;
 
@@ -45,6 +46,8 @@ pub enum HostWeight {
     Dense(DenseWeight),
     Packed(Arc<PackedLinear>),
     Int8(Arc<Int8Linear>),
+    /// OneBit: packed signs and two value vectors (and the output norm the layer applies).
+    OneBit(Arc<OneBitLinear>),
 }
 
 impl HostWeight {
@@ -54,6 +57,7 @@ impl HostWeight {
             HostWeight::Dense(w) => (w.out_features, w.in_features),
             HostWeight::Packed(p) => (p.rows, p.cols),
             HostWeight::Int8(w) => (w.rows, w.cols),
+            HostWeight::OneBit(w) => (w.rows, w.cols),
         }
     }
 
@@ -69,6 +73,7 @@ impl HostWeight {
                 HostWeight::Dense(w) => dst.copy_from_slice(&w.data[id * d..(id + 1) * d]),
                 HostWeight::Packed(p) => p.dequantize_rows_into(id, dst),
                 HostWeight::Int8(w) => w.dequantize_rows_into(id, dst),
+                HostWeight::OneBit(w) => w.dequantize_rows_into(id, dst),
             }
         }
         out
@@ -146,6 +151,7 @@ impl LinearBackend for Flex {
             HostWeight::Dense(d) => matmul_f32_nt(&xs, &d.data, m, k, n),
             HostWeight::Packed(p) => matmul_packed_nt(&xs, p, m),
             HostWeight::Int8(w) => matmul_i8_nt(&xs, w, m),
+            HostWeight::OneBit(w) => matmul_onebit_nt(&xs, w, m),
         };
         Tensor::from_data(TensorData::new(y, [m, n]), &device)
     }

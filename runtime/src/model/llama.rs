@@ -103,7 +103,18 @@ impl<B: LinearBackend> Loader<'_, B> {
         inp: usize,
         bias: bool,
     ) -> Result<Linear<B>, LoadError> {
-        let weight = match self.packed(prefix, out, inp)? {
+        let weight = if let Some(w) = self.src.load_onebit(prefix)? {
+            if (w.rows, w.cols) != (out, inp) {
+                return Err(WeightError::Shape {
+                    path: self.origin.to_owned(),
+                    name: format!("{prefix}.weight_sign"),
+                    actual: vec![w.rows, w.cols],
+                    expected: vec![out, inp],
+                });
+            }
+            B::upload(HostWeight::OneBit(std::sync::Arc::new(w)), self.device)
+        } else {
+            match self.packed(prefix, out, inp)? {
             Some(w) => w,
             None => match self.src.load_int8(prefix)? {
                 Some(w) => {
@@ -119,6 +130,7 @@ impl<B: LinearBackend> Loader<'_, B> {
                 }
                 None => self.weight(&format!("{prefix}.weight"), out, inp)?,
             },
+        }
         };
         Ok(Linear {
             weight,

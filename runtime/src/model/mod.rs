@@ -4,7 +4,7 @@ mod attention;
 mod kv_cache;
 mod linear;
 mod llama;
-pub(crate) mod norm;
+pub mod norm;
 mod rope;
 
 pub use kv_cache::KvCache;

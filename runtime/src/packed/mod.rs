@@ -4,7 +4,9 @@
 //! that the fast kernels in [`crate::kernels`] are tested against.
 
 pub mod int_quantized;
+pub mod onebit;
 pub mod pack_quantized;
 
 pub use int_quantized::Int8Linear;
+pub use onebit::OneBitLinear;
 pub use pack_quantized::{PackError, PackedLinear};

@@ -36,6 +36,14 @@ pub trait WeightSource: Send + Sync {
     fn load_int8(&self, _prefix: &str) -> Result<Option<crate::packed::Int8Linear>, WeightError> {
         Ok(None)
     }
+    /// The OneBit form of linear `prefix` (`{prefix}.weight_sign` and its value vectors), if
+    /// the checkpoint stores one.
+    fn load_onebit(
+        &self,
+        _prefix: &str,
+    ) -> Result<Option<crate::packed::OneBitLinear>, WeightError> {
+        Ok(None)
+    }
 }
 
 /// Why a weight could not be read; every variant names the file and the tensor or field.

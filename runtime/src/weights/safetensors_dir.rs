@@ -10,7 +10,7 @@ use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
 use super::{WeightError, WeightSource};
-use crate::packed::{Int8Linear, PackedLinear};
+use crate::packed::{Int8Linear, OneBitLinear, PackedLinear};
 
 struct Shard {
     path: PathBuf,
@@ -22,6 +22,8 @@ pub struct SafetensorsDir {
     shards: Vec<Shard>,
     /// Code widths of a compressed-tensors `pack-quantized` checkpoint (from config.json).
     packed_bits: PackedBits,
+    /// `quantization_config.output_norm` of a OneBit checkpoint (`quant_method: onebit`).
+    onebit_output_norm: Option<bool>,
     /// Where every tensor lives, read from the headers once at open.
     index: BTreeMap<String, Entry>,
 }
@@ -77,9 +79,11 @@ impl SafetensorsDir {
             shards.push(Shard { path, mmap });
         }
         let packed_bits = packed_bits(&dir.join("config.json"));
+        let onebit_output_norm = onebit_output_norm(&dir.join("config.json"));
         Ok(Self {
             shards,
             packed_bits,
+            onebit_output_norm,
             index,
         })
     }
@@ -144,6 +148,16 @@ fn packed_bits(config: &Path) -> PackedBits {
         }
     }
     bits
+}
+
+/// `output_norm` of a `quant_method: onebit` quantization config, if that is the config.
+fn onebit_output_norm(config: &Path) -> Option<bool> {
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(config).ok()?).ok()?;
+    let q = v.get("quantization_config")?;
+    if q.get("quant_method")?.as_str()? != "onebit" {
+        return None;
+    }
+    q.get("output_norm")?.as_bool()
 }
 
 fn ints(dtype: Dtype, bytes: &[u8]) -> Option<Vec<i64>> {
@@ -269,6 +283,35 @@ impl WeightSource for SafetensorsDir {
         let scale = self.load_f32(&scale_name)?;
         let codes = bytes.iter().map(|&b| b as i8).collect();
         Int8Linear::new(rows, cols, codes, scale)
+            .map(Some)
+            .map_err(|e| bad(e.to_string()))
+    }
+
+    fn load_onebit(&self, prefix: &str) -> Result<Option<OneBitLinear>, WeightError> {
+        let sign_name = format!("{prefix}.weight_sign");
+        let Some((dtype, shape, bytes)) = self.raw(&sign_name) else {
+            return Ok(None);
+        };
+        let path = self.shards[self.index[&sign_name].shard].path.clone();
+        let bad = |reason: String| WeightError::Other {
+            path: path.clone(),
+            reason: format!("{prefix}: {reason}"),
+        };
+        let output_norm = self.onebit_output_norm.ok_or_else(|| {
+            bad("1-bit signs but config.json has no `quant_method: onebit` with `output_norm`".into())
+        })?;
+        if dtype != Dtype::I32 || shape.len() != 2 {
+            return Err(bad(format!(
+                "`{sign_name}` is {dtype:?} {shape:?}, expected I32 [out, ceil(in / 32)]"
+            )));
+        }
+        let a = self.load_f32(&format!("{prefix}.weight_out_scale"))?;
+        let b = self.load_f32(&format!("{prefix}.weight_in_scale"))?;
+        let signs = bytes
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        OneBitLinear::new(a.len(), b.len(), signs, a, b, output_norm)
             .map(Some)
             .map_err(|e| bad(e.to_string()))
     }
