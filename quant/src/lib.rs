@@ -7,6 +7,7 @@ pub mod convert;
 pub mod gptq;
 pub mod linalg;
 pub mod medusa_train;
+pub mod onebit;
 pub mod packed_checkpoint;
 pub mod pipeline;
 pub mod plan;

@@ -236,6 +236,9 @@ pub fn train_medusa(
         HostWeight::Dense(d) => d.data.to_vec(),
         HostWeight::Packed(p) => p.dequantize_ref(),
         HostWeight::Int8(w) => w.dequantize_ref(),
+        // OneBit keeps the vocabulary projection in full precision; a 1-bit one (with its
+        // output norm) is not a matrix the heads could share.
+        HostWeight::OneBit(_) => anyhow::bail!("medusa: the lm_head is a 1-bit linear"),
     };
     let vocab = model.config.vocab_size;
     let dev = Default::default();

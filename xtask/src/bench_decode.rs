@@ -152,13 +152,13 @@ fn variants(hidden: usize) -> Vec<Variant> {
 
 /// Prefill and decode tokens/s and peak RSS (MiB) of one run.
 #[derive(Debug, Clone, Copy, Default)]
-struct Speed {
-    pp: f64,
-    tg: f64,
-    rss_mib: f64,
+pub(crate) struct Speed {
+    pub pp: f64,
+    pub tg: f64,
+    pub rss_mib: f64,
 }
 
-fn ours(bench: &Path, model: &Path, threads: usize, reps: usize) -> Result<Speed> {
+pub(crate) fn ours(bench: &Path, model: &Path, threads: usize, reps: usize) -> Result<Speed> {
     let out = run_ok(
         Command::new(bench).arg("--model").arg(model).args([
             "--threads",
@@ -238,7 +238,7 @@ fn bandwidth(threads: usize) -> f64 {
     best
 }
 
-fn size_bytes(p: &Path) -> u64 {
+pub(crate) fn size_bytes(p: &Path) -> u64 {
     if p.is_dir() {
         fs::read_dir(p)
             .map(|d| {

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_decode;
+mod bench_models;
 mod fetch;
 mod gpu_check;
 mod quant_table;
@@ -87,6 +88,19 @@ enum BenchCmd {
         #[arg(long, default_value = "target/bench-decode")]
         out: std::path::PathBuf,
     },
+    /// Our runtime on several checkpoints side by side (alternating rounds, best kept):
+    /// weight size, prefill 512 / decode 128 tokens/s and peak RSS, e.g. the 1-bit model vs
+    /// 4-bit and f32.
+    Models {
+        #[arg(long, value_delimiter = ',', required = true)]
+        models: Vec<String>,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+    },
     /// burn flex vs burn ndarray vs the runtime's `matmul_f32_nt`: f32 matmul 1024³ and decode
     /// GEMV [1,2048]×[2048,2048], on 2 rayon threads; prints a markdown table.
     Backends {
@@ -162,6 +176,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bench {
             what: BenchCmd::Backends { threaded },
         } => bench::backends(threaded),
+        Cmd::Bench {
+            what:
+                BenchCmd::Models {
+                    models,
+                    threads,
+                    reps,
+                    rounds,
+                },
+        } => bench_models::run(bench_models::ModelsBenchArgs {
+            models,
+            threads,
+            reps,
+            rounds,
+        }),
         Cmd::Bench {
             what:
                 BenchCmd::Decode {

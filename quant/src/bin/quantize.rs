@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lmq_quant::calibrated::{calibration_set, quantize_calibrated};
 use lmq_quant::convert::{convert, ConvertOptions};
 use lmq_quant::medusa_train::{train_for_checkpoint, MedusaTrainOptions};
+use lmq_quant::onebit::run::quantize_onebit;
 use lmq_quant::packed_checkpoint::quantize_rtn;
 use lmq_quant::pipeline::{CalibratedModel, PipelineEvent};
 use lmq_quant::plan::QuantPlan;
@@ -78,6 +79,28 @@ fn run(args: Args) -> Result<()> {
         force: args.force,
         recipe: Some(recipe.text.clone()),
     };
+    if recipe.onebit.is_some() {
+        let Some((s, r)) = quantize_onebit(&ckpt, &recipe, &args.out, &opts, None)? else {
+            bail!("onebit: training stopped early");
+        };
+        println!(
+            "wrote {}: {} linears as OneBit, model.safetensors {:.1} MB; SVID {:.1} s, \
+             {} distillation steps ({} this run, {} tokens each) in {:.1} s, final loss {}, \
+             {:.1} s total, peak RSS {:.0} MiB",
+            s.out.display(),
+            s.quantized_tensors,
+            s.bytes as f64 / 1e6,
+            r.svid_seconds,
+            r.steps,
+            r.steps_this_run,
+            r.tokens_per_step,
+            r.train_seconds,
+            r.final_loss.map_or("-".into(), |l| format!("{l:.4}")),
+            started.elapsed().as_secs_f64(),
+            peak_rss_mib()
+        );
+        return Ok(());
+    }
     let bar = ProgressBar::new(ckpt.weights.names().len() as u64);
     bar.set_style(ProgressStyle::with_template(
         "writing [{elapsed_precise}] {bar:40} {pos}/{len} {msg}",

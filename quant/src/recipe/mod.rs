@@ -29,8 +29,8 @@ use std::path::{Path, PathBuf};
 
 pub use schema::{
     Alpha, AwqArgs, Bits, CalibrationSource, CalibrationSpec, Dampening, FloatDtype, GptqArgs,
-    GroupSize, LearningRate, MappingAlpha, MedusaSpec, OutputSpec, Pass, PassArgs, Positive,
-    RtnArgs, SchemeName, SmoothQuantArgs, Stage, TokenClip,
+    GroupSize, LearningRate, MappingAlpha, MedusaSpec, NonNegative, OneBitSpec, OutputSpec, Pass,
+    PassArgs, Positive, RtnArgs, SchemeName, SmoothQuantArgs, Stage, TokenClip,
 };
 pub use targets::{linear_module, PassTargets, Pattern};
 
@@ -46,6 +46,8 @@ pub struct Recipe {
     pub stages: Vec<Stage>,
     /// Medusa heads to train against the written model.
     pub medusa: Option<MedusaSpec>,
+    /// OneBit: 1-bit linears distilled from the model (instead of `stages`).
+    pub onebit: Option<OneBitSpec>,
 }
 
 /// A recipe that cannot be used. The message starts with the file name, then the line (and
@@ -123,6 +125,7 @@ impl Recipe {
             calibration: doc.calibration,
             stages: doc.stages,
             medusa: doc.medusa,
+            onebit: doc.onebit,
         };
         recipe.validate()?;
         Ok(recipe)
@@ -130,7 +133,7 @@ impl Recipe {
 
     /// Whether the recipe only converts (no passes).
     pub fn is_conversion(&self) -> bool {
-        self.stages.is_empty()
+        self.stages.is_empty() && self.onebit.is_none()
     }
 
     /// Every pass with its stage and pass index, in run order.
@@ -145,6 +148,34 @@ impl Recipe {
     /// whose scheme cannot be formed (no `scheme` and no `bits`), an empty `targets` list, a
     /// pass needing calibration data in a recipe without `calibration`.
     pub fn validate(&self) -> Result<(), RecipeError> {
+        if let Some(o) = &self.onebit {
+            let line = locate(&self.text, "onebit", Find::Key, 0);
+            if !self.stages.is_empty() {
+                return Err(self.error(
+                    line,
+                    "onebit".into(),
+                    "`onebit` replaces every decoder linear itself: it cannot be combined \
+                     with `stages` (remove one of them)"
+                        .into(),
+                ));
+            }
+            if o.steps > 0 && self.calibration.is_none() {
+                return Err(self.error(
+                    line,
+                    "onebit.steps".into(),
+                    "distillation needs training text: add a top-level `calibration: \
+                     {source: …, num_samples: …, seqlen: …}` (or `steps: 0` for SVID alone)"
+                        .into(),
+                ));
+            }
+            if self.medusa.is_some() {
+                return Err(self.error(
+                    line,
+                    "onebit".into(),
+                    "Medusa heads on a OneBit model are not supported yet".into(),
+                ));
+            }
+        }
         let mut seen = KeyCounter::default();
         for (i, stage) in self.stages.iter().enumerate() {
             let n = seen.next("passes");

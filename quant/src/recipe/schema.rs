@@ -52,6 +52,8 @@ pub(super) struct RecipeDoc {
     pub stages: Vec<Stage>,
     #[serde(default)]
     pub medusa: Option<MedusaSpec>,
+    #[serde(default)]
+    pub onebit: Option<OneBitSpec>,
 }
 
 /// Default calibration windows (GPTQ paper and llm-compressor examples).
@@ -964,4 +966,81 @@ fn default_medusa_batch() -> Positive {
 }
 fn default_medusa_prompts() -> Positive {
     Positive(96)
+}
+
+/// A non-negative, finite number (loss weights, decay, clipping).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NonNegative(pub f64);
+
+impl<'de> Deserialize<'de> for NonNegative {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = checked_number(d, "a finite number >= 0", |v| {
+            (v.is_finite() && v >= 0.0)
+                .then_some(())
+                .ok_or_else(|| format!("{v} is invalid: use a finite number >= 0"))
+        })?;
+        Ok(NonNegative(v))
+    }
+}
+
+/// `onebit:`: every decoder linear becomes a OneBit 1-bit linear (sign matrix + two value
+/// vectors), SVID-initialized and distilled from the original model on the `calibration`
+/// windows; embeddings, norms and the lm_head stay full precision. `steps: 0` writes the
+/// SVID initialization alone. Checkpoints go to `OUT.onebit-train/` and a rerun of the
+/// same command resumes from them.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OneBitSpec {
+    /// The parameter-free LayerNorm on each 1-bit linear's output (the reference's choice).
+    #[serde(default = "default_true")]
+    pub output_norm: bool,
+    #[serde(default = "default_onebit_steps")]
+    pub steps: usize,
+    /// Windows per step.
+    #[serde(default = "default_onebit_batch")]
+    pub batch: Positive,
+    #[serde(default = "default_onebit_lr")]
+    pub lr: LearningRate,
+    /// Final learning rate of the cosine decay as a fraction of `lr`.
+    #[serde(default = "default_min_lr_ratio")]
+    pub min_lr_ratio: NonNegative,
+    /// Linear warmup steps.
+    #[serde(default = "default_onebit_warmup")]
+    pub warmup: usize,
+    /// Weight of the normalized hidden-state MSE beside the distillation cross-entropy.
+    #[serde(default = "default_one")]
+    pub alpha: NonNegative,
+    #[serde(default = "default_zero")]
+    pub weight_decay: NonNegative,
+    /// Global gradient-norm clip (0: none).
+    #[serde(default = "default_one")]
+    pub grad_clip: NonNegative,
+    /// Steps between checkpoints (0: none).
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: usize,
+}
+
+fn default_onebit_steps() -> usize {
+    200
+}
+fn default_onebit_batch() -> Positive {
+    Positive(2)
+}
+fn default_onebit_lr() -> LearningRate {
+    LearningRate(1e-3)
+}
+fn default_min_lr_ratio() -> NonNegative {
+    NonNegative(0.1)
+}
+fn default_onebit_warmup() -> usize {
+    20
+}
+fn default_one() -> NonNegative {
+    NonNegative(1.0)
+}
+fn default_zero() -> NonNegative {
+    NonNegative(0.0)
+}
+fn default_checkpoint_every() -> usize {
+    25
 }

@@ -147,7 +147,10 @@ fn signed_sum_portable(words: &[u32], x: &[f32]) -> f32 {
 #[target_feature(enable = "avx2")]
 unsafe fn signed_sum_avx2(words: &[u32], x: &[f32]) -> f32 {
     use std::arch::x86_64::*;
-    assert!(x.len() >= words.len() * SIGNS_PER_WORD, "input row too short");
+    assert!(
+        x.len() >= words.len() * SIGNS_PER_WORD,
+        "input row too short"
+    );
     // Lane l of step k shifts bit 8k + l up to bit 31.
     let shifts: [__m256i; 4] = std::array::from_fn(|k| {
         let c = |l: i32| 31 - (8 * k as i32 + l);
@@ -196,7 +199,10 @@ mod tests {
     struct Lcg(u64);
     impl Lcg {
         fn next(&mut self) -> u32 {
-            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (self.0 >> 33) as u32
         }
         /// A multiple of 1/64 in [−4, 4): sums of a few thousand stay exact in f32.
@@ -212,7 +218,13 @@ mod tests {
         let w: Vec<f32> = (0..rows * cols).map(|_| rng.float()).collect();
         let mut v = |n| -> Vec<f32> {
             (0..n)
-                .map(|_| if dyadic { 0.5 + (rng.next() % 4) as f32 * 0.25 } else { 0.1 + rng.float().abs() })
+                .map(|_| {
+                    if dyadic {
+                        0.5 + (rng.next() % 4) as f32 * 0.25
+                    } else {
+                        0.1 + rng.float().abs()
+                    }
+                })
                 .collect()
         };
         let (a, b) = (v(rows), v(cols));

@@ -115,22 +115,22 @@ impl<B: LinearBackend> Loader<'_, B> {
             B::upload(HostWeight::OneBit(std::sync::Arc::new(w)), self.device)
         } else {
             match self.packed(prefix, out, inp)? {
-            Some(w) => w,
-            None => match self.src.load_int8(prefix)? {
-                Some(w) => {
-                    if (w.rows, w.cols) != (out, inp) {
-                        return Err(WeightError::Shape {
-                            path: self.origin.to_owned(),
-                            name: format!("{prefix}.weight"),
-                            actual: vec![w.rows, w.cols],
-                            expected: vec![out, inp],
-                        });
+                Some(w) => w,
+                None => match self.src.load_int8(prefix)? {
+                    Some(w) => {
+                        if (w.rows, w.cols) != (out, inp) {
+                            return Err(WeightError::Shape {
+                                path: self.origin.to_owned(),
+                                name: format!("{prefix}.weight"),
+                                actual: vec![w.rows, w.cols],
+                                expected: vec![out, inp],
+                            });
+                        }
+                        B::upload(HostWeight::Int8(std::sync::Arc::new(w)), self.device)
                     }
-                    B::upload(HostWeight::Int8(std::sync::Arc::new(w)), self.device)
-                }
-                None => self.weight(&format!("{prefix}.weight"), out, inp)?,
-            },
-        }
+                    None => self.weight(&format!("{prefix}.weight"), out, inp)?,
+                },
+            }
         };
         Ok(Linear {
             weight,
@@ -273,7 +273,7 @@ impl<B: LinearBackend> Llama<B> {
             t,
             self.config.hidden_size,
         ]);
-        let out = self.decoder_stack(x, |i, attn, h| {
+        let out = self.decoder_stack(x, None, |i, attn, h| {
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
             attn.forward(h, &self.rope, start, layer_cache)
         });
@@ -289,6 +289,7 @@ impl<B: LinearBackend> Llama<B> {
     fn decoder_stack(
         &self,
         mut x: Tensor<B, 3>,
+        mut layer_outputs: Option<&mut Vec<Tensor<B, 3>>>,
         mut attend: impl FnMut(usize, &Attention<B>, Tensor<B, 3>) -> Tensor<B, 3>,
     ) -> Tensor<B, 3> {
         let eps = self.config.rms_norm_eps;
@@ -297,6 +298,9 @@ impl<B: LinearBackend> Llama<B> {
             x = x + attend(i, &layer.self_attn, h);
             let h = B::rms_norm(x.clone(), &layer.post_attention_layernorm, eps);
             x = x + layer.mlp.forward(h);
+            if let Some(outs) = layer_outputs.as_deref_mut() {
+                outs.push(x.clone());
+            }
         }
         B::rms_norm(x, &self.norm, eps)
     }
@@ -323,7 +327,7 @@ impl<B: LinearBackend> Llama<B> {
         }
         let d = self.config.hidden_size;
         let x = B::gather_rows(tokens, &self.embed_tokens, &self.device()).reshape([n, 1, d]);
-        let out = self.decoder_stack(x, |i, attn, h| {
+        let out = self.decoder_stack(x, None, |i, attn, h| {
             attn.forward_decode_batch(h, &self.rope, caches, i)
         });
         for c in caches.iter_mut() {
@@ -353,7 +357,7 @@ impl<B: LinearBackend> Llama<B> {
         cache.reserve(start + n);
         let d = self.config.hidden_size;
         let x = B::gather_rows(tokens, &self.embed_tokens, &self.device()).reshape([1, n, d]);
-        let out = self.decoder_stack(x, |i, attn, h| {
+        let out = self.decoder_stack(x, None, |i, attn, h| {
             attn.forward_tree(h, &self.rope, cache, i, depths, mask)
         });
         cache.advance(n);
@@ -383,6 +387,34 @@ impl<B: LinearBackend> Llama<B> {
         let [b, t, d] = hidden.dims();
         assert_eq!(b, 1, "forward_last takes one sequence");
         crate::generate::host_f32(self.logits(hidden.slice([0..1, t - 1..t, 0..d])))
+    }
+
+    /// Logits `[b, t, vocab]` for windows `tokens` run from position 0, and every decoder
+    /// block's output `[b, t, hidden]` (the residual stream after the block): what a
+    /// distillation teacher provides.
+    pub fn forward_with_layer_outputs(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+    ) -> (Tensor<B, 3>, Vec<Tensor<B, 3>>) {
+        let [b, t] = tokens.dims();
+        let ids: Vec<u32> = tokens
+            .into_data()
+            .convert::<i64>()
+            .into_vec::<i64>()
+            .expect("integer token ids")
+            .into_iter()
+            .map(|x| x as u32)
+            .collect();
+        let x = B::gather_rows(&ids, &self.embed_tokens, &self.device()).reshape([
+            b,
+            t,
+            self.config.hidden_size,
+        ]);
+        let mut outs = Vec::with_capacity(self.layers.len());
+        let hidden = self.decoder_stack(x, Some(&mut outs), |_, attn, h| {
+            attn.forward(h, &self.rope, 0, None)
+        });
+        (self.logits(hidden), outs)
     }
 
     /// Logits for every position of `tokens`.

@@ -224,8 +224,8 @@ mod tests {
             .collect();
         let signs = pack_signs(&w, rows, cols);
         assert_eq!(signs.len(), rows * 2);
-        let l = OneBitLinear::new(rows, cols, signs, vec![1.0; rows], vec![1.0; cols], false)
-            .unwrap();
+        let l =
+            OneBitLinear::new(rows, cols, signs, vec![1.0; rows], vec![1.0; cols], false).unwrap();
         let back = l.unpack_signs();
         for (a, b) in w.iter().zip(&back) {
             assert_eq!(a.signum(), *b);
@@ -249,7 +249,9 @@ mod tests {
     #[test]
     fn reference_without_norm_is_the_dequantized_matmul() {
         let (rows, cols) = (4, 40);
-        let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 13 % 7) as f32) - 3.0).collect();
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 13 % 7) as f32) - 3.0)
+            .collect();
         let l = OneBitLinear::new(
             rows,
             cols,
@@ -275,7 +277,11 @@ mod tests {
         let mut y: Vec<f32> = (0..64).map(|i| (i as f32).powf(1.3) - 7.0).collect();
         layer_norm_in_place(&mut y);
         let mean = y.iter().map(|&v| f64::from(v)).sum::<f64>() / 64.0;
-        let var = y.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / 64.0;
+        let var = y
+            .iter()
+            .map(|&v| (f64::from(v) - mean).powi(2))
+            .sum::<f64>()
+            / 64.0;
         assert!(mean.abs() < 1e-6, "{mean}");
         assert!((var - 1.0).abs() < 1e-4, "{var}");
     }

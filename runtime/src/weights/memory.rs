@@ -16,6 +16,8 @@ pub struct MemorySource {
     /// Packed linears by prefix (`model.layers.0.mlp.up_proj`); they take precedence over
     /// an f32 `{prefix}.weight`.
     pub packed: BTreeMap<String, crate::packed::PackedLinear>,
+    /// OneBit linears by prefix; like `packed`, they take precedence over `{prefix}.weight`.
+    pub onebit: BTreeMap<String, crate::packed::OneBitLinear>,
 }
 
 impl MemorySource {
@@ -143,6 +145,13 @@ impl WeightSource for MemorySource {
         prefix: &str,
     ) -> Result<Option<crate::packed::PackedLinear>, WeightError> {
         Ok(self.packed.get(prefix).cloned())
+    }
+
+    fn load_onebit(
+        &self,
+        prefix: &str,
+    ) -> Result<Option<crate::packed::OneBitLinear>, WeightError> {
+        Ok(self.onebit.get(prefix).cloned())
     }
 
     fn load_f32(&self, name: &str) -> Result<Vec<f32>, WeightError> {

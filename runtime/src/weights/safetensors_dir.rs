@@ -298,7 +298,10 @@ impl WeightSource for SafetensorsDir {
             reason: format!("{prefix}: {reason}"),
         };
         let output_norm = self.onebit_output_norm.ok_or_else(|| {
-            bad("1-bit signs but config.json has no `quant_method: onebit` with `output_norm`".into())
+            bad(
+                "1-bit signs but config.json has no `quant_method: onebit` with `output_norm`"
+                    .into(),
+            )
         })?;
         if dtype != Dtype::I32 || shape.len() != 2 {
             return Err(bad(format!(

@@ -1,0 +1,168 @@
+//! Writes a trained (or SVID-only) student as a checkpoint the runtime executes: the 1-bit
+//! linears in the layout of `lmq_runtime::packed::onebit` (`weight_sign`,
+//! `weight_out_scale`, `weight_in_scale`), the trained norms, and everything else copied from
+//! the source checkpoint; `config.json` gets our own `quantization_config`
+//! (`quant_method: onebit`). Written atomically (staging directory, then rename).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use burn::prelude::*;
+use lmq_runtime::checkpoint::Checkpoint;
+use lmq_runtime::packed::onebit::LAYER_NORM_EPS;
+use serde_json::json;
+
+use super::student::{Student, LINEARS};
+use crate::convert::{write_tokenizer_files, ConvertOptions};
+use crate::packed_checkpoint::QuantSummary;
+use crate::recipe::FloatDtype;
+use crate::safetensors_writer::{encode_f32, write_streaming, StDtype, TensorSpec};
+use crate::staging::StagingDir;
+
+type Bytes = (StDtype, Vec<usize>, Vec<u8>);
+
+/// Writes `student` (with `ckpt`'s other tensors) to `out`, plus `extra` files.
+pub fn write_onebit_checkpoint<B: Backend>(
+    ckpt: &Checkpoint,
+    student: &Student<B>,
+    out: &Path,
+    opts: &ConvertOptions,
+    extra: &[(&str, Vec<u8>)],
+) -> Result<QuantSummary> {
+    let float = match opts.dtype {
+        FloatDtype::F32 => StDtype::F32,
+        FloatDtype::Bf16 => StDtype::BF16,
+    };
+    let mut tensors: HashMap<String, Bytes> = HashMap::new();
+    let host = |t: Tensor<B, 1>| {
+        t.into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .expect("f32")
+    };
+    let mut modules = Vec::new();
+    let mut output_norm = false;
+    for (l, layer) in student.layers.iter().enumerate() {
+        let p = format!("model.layers.{l}");
+        for (m, lin) in LINEARS.iter().zip(layer.linears()) {
+            let prefix = format!("{p}.{m}");
+            let (w, bias) = lin.export();
+            output_norm = w.output_norm;
+            let signs: Vec<u8> = w.signs.iter().flat_map(|x| x.to_le_bytes()).collect();
+            tensors.insert(
+                format!("{prefix}.weight_sign"),
+                (StDtype::I32, vec![w.rows, w.words_per_row()], signs),
+            );
+            tensors.insert(
+                format!("{prefix}.weight_out_scale"),
+                (
+                    StDtype::F32,
+                    vec![w.rows],
+                    encode_f32(&w.out_scale, StDtype::F32),
+                ),
+            );
+            tensors.insert(
+                format!("{prefix}.weight_in_scale"),
+                (
+                    StDtype::F32,
+                    vec![w.cols],
+                    encode_f32(&w.in_scale, StDtype::F32),
+                ),
+            );
+            if let Some(b) = bias {
+                tensors.insert(
+                    format!("{prefix}.bias"),
+                    (float, vec![b.len()], encode_f32(&b, float)),
+                );
+            }
+            modules.push(prefix);
+        }
+        for norm in ["input_layernorm", "post_attention_layernorm"] {
+            let v = host(if norm == "input_layernorm" {
+                layer.input_layernorm.val()
+            } else {
+                layer.post_attention_layernorm.val()
+            });
+            tensors.insert(
+                format!("{p}.{norm}.weight"),
+                (float, vec![v.len()], encode_f32(&v, float)),
+            );
+        }
+    }
+    let v = host(student.norm.val());
+    tensors.insert(
+        "model.norm.weight".into(),
+        (float, vec![v.len()], encode_f32(&v, float)),
+    );
+
+    // Everything else (embeddings, an untied lm_head) as the source has it.
+    let replaced: Vec<String> = modules.iter().map(|m| format!("{m}.weight")).collect();
+    let mut specs: Vec<TensorSpec> = Vec::new();
+    for name in ckpt.weights.names() {
+        if replaced.contains(&name) || tensors.contains_key(&name) {
+            continue;
+        }
+        if ckpt.config.tie_word_embeddings && name == "lm_head.weight" {
+            continue;
+        }
+        let shape = ckpt.weights.shape(&name).context("tensor without shape")?;
+        specs.push(TensorSpec {
+            name,
+            dtype: float,
+            shape,
+        });
+    }
+    for (name, (dtype, shape, _)) in &tensors {
+        specs.push(TensorSpec {
+            name: name.clone(),
+            dtype: *dtype,
+            shape: shape.clone(),
+        });
+    }
+    specs.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let staging = StagingDir::new(out, opts.force)?;
+    let dir = staging.path();
+    let mut config = ckpt.config.to_hf_json();
+    config["torch_dtype"] = json!(if float == StDtype::F32 {
+        "float32"
+    } else {
+        "bfloat16"
+    });
+    config["quantization_config"] = json!({
+        "quant_method": "onebit",
+        "format": "sign-packed",
+        "sign_layout": "int32 [out, ceil(in/32)]; bit j of word w is column 32w+j; set = -1",
+        "output_norm": output_norm,
+        "layer_norm_eps": LAYER_NORM_EPS,
+        "targets": modules,
+    });
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&config)? + "\n",
+    )?;
+    let mut meta = BTreeMap::new();
+    meta.insert("format".to_owned(), "pt".to_owned());
+    write_streaming(
+        &dir.join("model.safetensors"),
+        &specs,
+        &meta,
+        |spec| match tensors.remove(&spec.name) {
+            Some((_, _, bytes)) => Ok(bytes),
+            None => Ok(encode_f32(&ckpt.weights.load_f32(&spec.name)?, spec.dtype)),
+        },
+    )
+    .context("writing model.safetensors")?;
+    write_tokenizer_files(ckpt, dir, opts.recipe.as_deref())?;
+    for (name, contents) in extra {
+        std::fs::write(dir.join(name), contents).with_context(|| format!("writing {name}"))?;
+    }
+    let bytes = std::fs::metadata(dir.join("model.safetensors"))?.len();
+    let out = staging.commit()?;
+    Ok(QuantSummary {
+        out,
+        quantized_tensors: modules.len(),
+        bytes,
+    })
+}
