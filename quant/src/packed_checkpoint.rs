@@ -279,6 +279,20 @@ pub fn write_packed_checkpoint(
     if let Some(name) = floats.keys().next() {
         bail!("{name}: changed by a pass but not a tensor of the checkpoint");
     }
+    finish_checkpoint(ckpt, staging, opts, extra, plan.linears.len())
+}
+
+/// The last steps of every checkpoint writer once `model.safetensors` and `config.json` are
+/// in the staging directory: tokenizer files, the recipe, `extra` files, then the rename
+/// into place.
+pub fn finish_checkpoint(
+    ckpt: &Checkpoint,
+    staging: StagingDir,
+    opts: &ConvertOptions,
+    extra: &[(&str, Vec<u8>)],
+    quantized_tensors: usize,
+) -> Result<QuantSummary> {
+    let dir = staging.path();
     write_tokenizer_files(ckpt, dir, opts.recipe.as_deref())?;
     for (name, contents) in extra {
         std::fs::write(dir.join(name), contents).with_context(|| format!("writing {name}"))?;
@@ -287,7 +301,7 @@ pub fn write_packed_checkpoint(
     let out = staging.commit()?;
     Ok(QuantSummary {
         out,
-        quantized_tensors: plan.linears.len(),
+        quantized_tensors,
         bytes,
     })
 }

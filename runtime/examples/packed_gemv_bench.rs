@@ -1,5 +1,5 @@
 //! Decode GEMV `[1, k] × [n, k]ᵀ`: the dense f32 kernel against the fused 4-bit
-//! `pack-quantized` kernel, on SmolLM2-shaped weights (`1536 × 576`: an MLP projection, L2/L3
+//! `pack-quantized` kernel and the OneBit sign-sum kernel, on SmolLM2-shaped weights (`1536 × 576`: an MLP projection, L2/L3
 //! resident; `49152 × 576`: the tied lm_head, 113 MiB in f32 and 14 MiB packed).
 //!
 //! `cargo run --release -p lmq-runtime --example packed_gemv_bench` (rayon pool: 2 threads,
@@ -10,11 +10,13 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use lmq_runtime::kernels::matmul_f32_nt;
+use lmq_runtime::kernels::onebit::matmul_onebit_nt;
 use lmq_runtime::kernels::packed_q::matmul_packed_nt;
-use lmq_runtime::packed::PackedLinear;
+use lmq_runtime::packed::onebit::pack_signs;
+use lmq_runtime::packed::{OneBitLinear, PackedLinear};
 
 /// `(n, k)` of the weights timed.
-const SHAPES: [(usize, usize); 2] = [(1536, 576), (49152, 576)];
+const SHAPES: [(usize, usize); 3] = [(1536, 576), (576, 1536), (49152, 576)];
 /// Group size of the 4-bit weight (576 = 9 × 64; compressed-tensors needs it to divide k).
 const GROUP: usize = 64;
 
@@ -81,8 +83,10 @@ fn main() {
         .build_global()
         .expect("rayon pool");
     println!("decode GEMV, {threads} threads, best of N\n");
-    println!("| weight `[n, k]` | f32 | f32 GB/s | 4-bit g{GROUP} | 4-bit GB/s | speed-up |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| weight `[n, k]` | f32 | f32 GB/s | 4-bit g{GROUP} | 4-bit GB/s | speed-up | 1-bit | 1-bit GB/s | speed-up |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (n, k) in SHAPES {
         let x = data(k, 3);
         let w = packed_weight(n, k);
@@ -93,15 +97,32 @@ fn main() {
         let t_q4 = best(|| {
             black_box(matmul_packed_nt(black_box(&x), black_box(&w), 1));
         });
+        let signs = data(n * k, 17);
+        let ob = OneBitLinear::new(
+            n,
+            k,
+            pack_signs(&signs, n, k),
+            data(n, 19),
+            data(k, 23),
+            true,
+        )
+        .expect("valid 1-bit weight");
+        let t_q1 = best(|| {
+            black_box(matmul_onebit_nt(black_box(&x), black_box(&ob), 1));
+        });
+        let bytes_q1 = (ob.signs.len() * 4 + (n + k) * 4) as f64;
         let bytes_f32 = (n * k * 4) as f64;
         let bytes_q4 = (w.packed.len() * 4 + w.scale.len() * 4 + n * k / GROUP) as f64;
         println!(
-            "| {n} × {k} | {:.3} ms | {:.1} | {:.3} ms | {:.1} | {:.2}× |",
+            "| {n} × {k} | {:.3} ms | {:.1} | {:.3} ms | {:.1} | {:.2}× | {:.3} ms | {:.1} | {:.2}× |",
             t_f32.as_secs_f64() * 1e3,
             bytes_f32 / t_f32.as_secs_f64() / 1e9,
             t_q4.as_secs_f64() * 1e3,
             bytes_q4 / t_q4.as_secs_f64() / 1e9,
             t_f32.as_secs_f64() / t_q4.as_secs_f64(),
+            t_q1.as_secs_f64() * 1e3,
+            bytes_q1 / t_q1.as_secs_f64() / 1e9,
+            t_f32.as_secs_f64() / t_q1.as_secs_f64(),
         );
     }
 }

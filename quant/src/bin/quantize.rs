@@ -37,8 +37,9 @@ struct Args {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// Where the calibration forward passes and the GPTQ/AWQ math run. Only `cpu` is
-    /// implemented; `cuda[:N]` is refused with a clear error rather than silently ignored.
+    /// Where the work runs. GPTQ/AWQ/SmoothQuant run on the CPU only (`cuda[:N]` is refused
+    /// with a clear error rather than silently ignored); OneBit distillation (`onebit:`
+    /// recipes) runs its teacher and student on `cuda[:N]` in a build with `--features cuda`.
     #[arg(long, default_value = "cpu")]
     device: DeviceSpec,
 }
@@ -56,7 +57,9 @@ fn run(args: Args) -> Result<()> {
             .num_threads(n)
             .build_global()?;
     }
-    if args.device != DeviceSpec::Cpu {
+    let started = Instant::now();
+    let recipe = Recipe::from_file(&args.recipe)?;
+    if args.device != DeviceSpec::Cpu && recipe.onebit.is_none() {
         bail!(
             "--device {}: quantization (calibration, GPTQ, AWQ, SmoothQuant) runs on the CPU \
              only so far; omit --device, then evaluate or serve the result with --device {}",
@@ -64,8 +67,6 @@ fn run(args: Args) -> Result<()> {
             args.device
         );
     }
-    let started = Instant::now();
-    let recipe = Recipe::from_file(&args.recipe)?;
     // Fail before minutes of calibration, not after.
     if args.out.exists() && !args.force {
         bail!(
@@ -80,7 +81,8 @@ fn run(args: Args) -> Result<()> {
         recipe: Some(recipe.text.clone()),
     };
     if recipe.onebit.is_some() {
-        let Some((s, r)) = quantize_onebit(&ckpt, &recipe, &args.out, &opts, None)? else {
+        let Some((s, r)) = quantize_onebit(&ckpt, &recipe, &args.out, &opts, args.device, None)?
+        else {
             bail!("onebit: training stopped early");
         };
         println!(

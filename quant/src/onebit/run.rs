@@ -9,8 +9,8 @@ use anyhow::{Context, Result};
 use burn::backend::Autodiff;
 use indicatif::{ProgressBar, ProgressStyle};
 use lmq_runtime::checkpoint::Checkpoint;
-use lmq_runtime::model::Llama;
-use lmq_runtime::Cpu;
+use lmq_runtime::device::{run_on, DeviceSpec, OnBackend};
+use lmq_runtime::model::{LinearBackend, Llama};
 use serde::Serialize;
 use serde_json::json;
 
@@ -25,9 +25,6 @@ use crate::convert::ConvertOptions;
 use crate::packed_checkpoint::QuantSummary;
 use crate::recipe::{OneBitSpec, Recipe};
 
-/// The training backend: burn's CPU backend with autodiff.
-pub type Train = Autodiff<Cpu>;
-
 /// What a OneBit run did, for the summary line and the report file.
 #[derive(Debug, Clone, Serialize)]
 pub struct OneBitReport {
@@ -35,7 +32,10 @@ pub struct OneBitReport {
     /// Steps run by this process (fewer than `steps` after a resume).
     pub steps_this_run: usize,
     pub tokens_per_step: usize,
+    /// Wall time of the steps this process ran.
     pub train_seconds: f64,
+    /// Sum of every step's wall time, across resumed runs.
+    pub train_seconds_all_runs: f64,
     pub svid_seconds: f64,
     pub final_loss: Option<f64>,
     pub svid: Vec<SvidReport>,
@@ -73,24 +73,64 @@ fn fnv1a(parts: &[&[u8]]) -> String {
 
 /// Runs the recipe's `onebit:` block on `ckpt` and writes `out`. `stop_after` simulates an
 /// interruption after that many steps (tests); the checkpoint directory then stays.
+/// On `device` (`cpu`, or `cuda[:N]` in a build with the `cuda` feature): the teacher runs
+/// on that backend and the student trains on it with burn's autodiff.
 pub fn quantize_onebit(
     ckpt: &Checkpoint,
     recipe: &Recipe,
     out: &Path,
     opts: &ConvertOptions,
+    device: DeviceSpec,
     stop_after: Option<usize>,
+) -> Result<Option<(QuantSummary, OneBitReport)>> {
+    struct Job<'a> {
+        ckpt: &'a Checkpoint,
+        recipe: &'a Recipe,
+        out: &'a Path,
+        opts: &'a ConvertOptions,
+        stop_after: Option<usize>,
+    }
+    impl OnBackend for Job<'_> {
+        type Output = Result<Option<(QuantSummary, OneBitReport)>>;
+        fn run<B: LinearBackend>(self, device: B::Device) -> Self::Output {
+            quantize_onebit_on::<B>(
+                self.ckpt,
+                self.recipe,
+                self.out,
+                self.opts,
+                self.stop_after,
+                device,
+            )
+        }
+    }
+    let job = Job {
+        ckpt,
+        recipe,
+        out,
+        opts,
+        stop_after,
+    };
+    run_on(device, job)?
+}
+
+fn quantize_onebit_on<T: LinearBackend>(
+    ckpt: &Checkpoint,
+    recipe: &Recipe,
+    out: &Path,
+    opts: &ConvertOptions,
+    stop_after: Option<usize>,
+    device: T::Device,
 ) -> Result<Option<(QuantSummary, OneBitReport)>> {
     let spec = recipe.onebit.context("recipe has no `onebit:` block")?;
     let seed = recipe.calibration.as_ref().map_or(0, |c| c.seed);
     let options = options_of(&spec, seed);
-    let device = Default::default();
 
     let began = Instant::now();
     let bar = ProgressBar::new(ckpt.config.num_layers as u64);
     bar.set_style(ProgressStyle::with_template(
         "onebit: SVID [{elapsed_precise}] {bar:30} layer {pos}/{len}",
     )?);
-    let (student, frozen, svid) = svid_student::<Train>(
+    let (student, frozen, svid) = svid_student::<Autodiff<T>>(
         &ckpt.config,
         &*ckpt.weights,
         &ckpt.path,
@@ -110,7 +150,7 @@ pub fn quantize_onebit(
         eprintln!("onebit: training data: {}", calib.description);
         tokens_per_step = options.batch * calib.seqlen;
         data = Some(calib.description.clone());
-        let teacher = Llama::<Cpu>::load(&ckpt.config, &*ckpt.weights, &ckpt.path, &device)
+        let teacher = Llama::<T>::load(&ckpt.config, &*ckpt.weights, &ckpt.path, &device)
             .with_context(|| format!("{}: loading the teacher", ckpt.path.display()))?;
         let dir = checkpoint_dir_for(out);
         let fingerprint = fnv1a(&[
@@ -168,6 +208,7 @@ pub fn quantize_onebit(
         steps_this_run,
         tokens_per_step,
         train_seconds,
+        train_seconds_all_runs: log.iter().map(|s| s.seconds).sum(),
         svid_seconds,
         final_loss: log.last().map(|s| s.loss),
         svid,

@@ -14,8 +14,8 @@ use lmq_runtime::packed::onebit::LAYER_NORM_EPS;
 use serde_json::json;
 
 use super::student::{Student, LINEARS};
-use crate::convert::{write_tokenizer_files, ConvertOptions};
-use crate::packed_checkpoint::QuantSummary;
+use crate::convert::ConvertOptions;
+use crate::packed_checkpoint::{finish_checkpoint, QuantSummary};
 use crate::recipe::FloatDtype;
 use crate::safetensors_writer::{encode_f32, write_streaming, StDtype, TensorSpec};
 use crate::staging::StagingDir;
@@ -154,15 +154,5 @@ pub fn write_onebit_checkpoint<B: Backend>(
         },
     )
     .context("writing model.safetensors")?;
-    write_tokenizer_files(ckpt, dir, opts.recipe.as_deref())?;
-    for (name, contents) in extra {
-        std::fs::write(dir.join(name), contents).with_context(|| format!("writing {name}"))?;
-    }
-    let bytes = std::fs::metadata(dir.join("model.safetensors"))?.len();
-    let out = staging.commit()?;
-    Ok(QuantSummary {
-        out,
-        quantized_tensors: modules.len(),
-        bytes,
-    })
+    finish_checkpoint(ckpt, staging, opts, extra, modules.len())
 }

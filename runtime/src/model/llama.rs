@@ -249,7 +249,7 @@ impl<B: LinearBackend> Llama<B> {
         tokens: Tensor<B, 2, Int>,
         mut cache: Option<&mut KvCache>,
     ) -> Tensor<B, 3> {
-        let [b, t] = tokens.dims();
+        let t = tokens.dims()[1];
         let start = cache.as_ref().map_or(0, |c| c.len());
         assert!(
             start + t <= self.rope.max_positions(),
@@ -260,19 +260,7 @@ impl<B: LinearBackend> Llama<B> {
         if let Some(c) = cache.as_deref_mut() {
             c.reserve(start + t);
         }
-        let ids: Vec<u32> = tokens
-            .into_data()
-            .convert::<i64>()
-            .into_vec::<i64>()
-            .expect("integer token ids")
-            .into_iter()
-            .map(|x| x as u32)
-            .collect();
-        let x = B::gather_rows(&ids, &self.embed_tokens, &self.device()).reshape([
-            b,
-            t,
-            self.config.hidden_size,
-        ]);
+        let x = self.embed(tokens);
         let out = self.decoder_stack(x, None, |i, attn, h| {
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
             attn.forward(h, &self.rope, start, layer_cache)
@@ -281,6 +269,24 @@ impl<B: LinearBackend> Llama<B> {
             c.advance(t);
         }
         out
+    }
+
+    /// Embeddings `[b, t, hidden]` of token ids `[b, t]`.
+    fn embed(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let [b, t] = tokens.dims();
+        let ids: Vec<u32> = tokens
+            .into_data()
+            .convert::<i64>()
+            .into_vec::<i64>()
+            .expect("integer token ids")
+            .into_iter()
+            .map(|x| x as u32)
+            .collect();
+        B::gather_rows(&ids, &self.embed_tokens, &self.device()).reshape([
+            b,
+            t,
+            self.config.hidden_size,
+        ])
     }
 
     /// The decoder blocks and the final norm over embedded `x`, with each block's attention
@@ -396,20 +402,7 @@ impl<B: LinearBackend> Llama<B> {
         &self,
         tokens: Tensor<B, 2, Int>,
     ) -> (Tensor<B, 3>, Vec<Tensor<B, 3>>) {
-        let [b, t] = tokens.dims();
-        let ids: Vec<u32> = tokens
-            .into_data()
-            .convert::<i64>()
-            .into_vec::<i64>()
-            .expect("integer token ids")
-            .into_iter()
-            .map(|x| x as u32)
-            .collect();
-        let x = B::gather_rows(&ids, &self.embed_tokens, &self.device()).reshape([
-            b,
-            t,
-            self.config.hidden_size,
-        ]);
+        let x = self.embed(tokens);
         let mut outs = Vec::with_capacity(self.layers.len());
         let hidden = self.decoder_stack(x, Some(&mut outs), |_, attn, h| {
             attn.forward(h, &self.rope, 0, None)
