@@ -227,8 +227,7 @@ fn an_interrupted_run_resumes_to_the_same_losses() {
         None,
         &mut |_| {},
     )
-    .err()
-    .expect("fingerprint mismatch");
+    .expect_err("fingerprint mismatch");
     assert!(format!("{err:#}").contains("different run"), "{err:#}");
 }
 

@@ -5,12 +5,16 @@ use std::fmt::Write;
 
 use super::distill::StepLog;
 
+/// One plotted quantity of a logged step.
+type Series = Box<dyn Fn(&StepLog) -> f64>;
+
 /// SVG of the loss curves in `log` (empty log: an empty chart).
 pub fn loss_svg(log: &[StepLog], alpha: f64, title: &str) -> String {
     let (w, h, left, right, top, bottom) = (720.0, 420.0, 60.0, 150.0, 40.0, 45.0);
     let pw = w - left - right;
     let ph = h - top - bottom;
-    let series: [(&str, &str, Box<dyn Fn(&StepLog) -> f64>); 3] = [
+    // (name, colour, value of a step)
+    let series: [(&str, &str, Series); 3] = [
         ("loss", "steelblue", Box::new(|s: &StepLog| s.loss)),
         ("CE (KD)", "darkorange", Box::new(|s: &StepLog| s.ce)),
         (

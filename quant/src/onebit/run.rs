@@ -174,7 +174,7 @@ fn quantize_onebit_on<T: LinearBackend>(
                 "loss {:.4} (ce {:.4}, mse {:.4}) lr {:.2e}, {:.1} s/step",
                 s.loss, s.ce, s.mse, s.lr, s.seconds
             );
-            if bar.is_hidden() && (s.step % 10 == 0 || s.step == 1) {
+            if bar.is_hidden() && (s.step.is_multiple_of(10) || s.step == 1) {
                 eprintln!("onebit: step {}/{}: {line}", s.step, options.steps);
             }
             bar.set_message(line);
@@ -240,8 +240,8 @@ fn quantize_onebit_on<T: LinearBackend>(
         ),
     ];
     let summary = write_onebit_checkpoint(ckpt, &student, out, opts, &extra)?;
-    if options.steps > 0 {
-        let dir = checkpoint_dir_for(out);
+    let dir = checkpoint_dir_for(out);
+    if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| {
             format!("removing the finished run's checkpoints {}", dir.display())
         })?;

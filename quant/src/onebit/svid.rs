@@ -147,10 +147,10 @@ mod tests {
             })
             .collect();
         let r = rank1_abs(&w, rows, cols);
-        for o in 0..rows {
-            for c in 0..cols {
-                let got = f64::from(r.a[o]) * f64::from(r.b[c]);
-                let want = f64::from(a[o]) * f64::from(b[c]);
+        for (o, (&ra, &ao)) in r.a.iter().zip(&a).enumerate() {
+            for (c, (&rb, &bc)) in r.b.iter().zip(&b).enumerate() {
+                let got = f64::from(ra) * f64::from(rb);
+                let want = f64::from(ao) * f64::from(bc);
                 assert!(
                     (got - want).abs() <= RANK1_TOL * want,
                     "({o},{c}) {got} vs {want}"
