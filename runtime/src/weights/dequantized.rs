@@ -61,6 +61,15 @@ impl<S: WeightSource> WeightSource for DequantizedSource<S> {
         }
         self.inner.load_f32(name)
     }
+
+    /// OneBit linears stay 1-bit: with their output norm they are not a matrix, and their
+    /// kernel is already checked against the scalar reference.
+    fn load_onebit(
+        &self,
+        prefix: &str,
+    ) -> Result<Option<crate::packed::OneBitLinear>, WeightError> {
+        self.inner.load_onebit(prefix)
+    }
 }
 
 impl WeightSource for Box<dyn WeightSource> {
@@ -78,5 +87,11 @@ impl WeightSource for Box<dyn WeightSource> {
     }
     fn load_int8(&self, prefix: &str) -> Result<Option<crate::packed::Int8Linear>, WeightError> {
         (**self).load_int8(prefix)
+    }
+    fn load_onebit(
+        &self,
+        prefix: &str,
+    ) -> Result<Option<crate::packed::OneBitLinear>, WeightError> {
+        (**self).load_onebit(prefix)
     }
 }
