@@ -14,6 +14,7 @@ use lmq_runtime::assets::{ensure, Asset};
 use lmq_runtime::checkpoint::Checkpoint;
 use lmq_runtime::device::DeviceSpec;
 use lmq_runtime::model::{HostWeight, Llama};
+use lmq_runtime::weights::{DequantizedSource, WeightSource};
 use lmq_runtime::Cpu;
 
 fn losses(dir: &Path) -> Vec<String> {
