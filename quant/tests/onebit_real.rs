@@ -74,4 +74,12 @@ fn real_onebit_run_resumes_to_the_same_losses_and_loads_as_one_bit() {
         .encode("The capital of France is", false)
         .unwrap();
     assert!(model.logits_of(&ids).iter().all(|v| v.is_finite()));
+
+    // Through the wrappers too: the boxed source itself, and `--dequantize`'s view (where
+    // the 1-bit linears stay 1-bit).
+    let prefix = "model.layers.3.self_attn.o_proj";
+    let boxed: &dyn WeightSource = &out.weights;
+    assert!(boxed.load_onebit(prefix).unwrap().is_some());
+    let deq = DequantizedSource::new(out.weights);
+    assert!(deq.load_onebit(prefix).unwrap().is_some());
 }
