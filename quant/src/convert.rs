@@ -20,6 +20,24 @@ pub struct ConvertOptions {
     pub recipe: Option<String>,
 }
 
+/// How tensors a recipe leaves in floating point are stored.
+pub fn float_storage(dtype: FloatDtype) -> StDtype {
+    match dtype {
+        FloatDtype::F32 => StDtype::F32,
+        FloatDtype::Bf16 => StDtype::BF16,
+    }
+}
+
+/// The checkpoint's `config.json`, with `torch_dtype` saying how its floats are stored.
+pub fn hf_config(ckpt: &Checkpoint, dtype: FloatDtype) -> serde_json::Value {
+    let mut config = ckpt.config.to_hf_json();
+    config["torch_dtype"] = json!(match dtype {
+        FloatDtype::F32 => "float32",
+        FloatDtype::Bf16 => "bfloat16",
+    });
+    config
+}
+
 /// Converts `ckpt` into `out`, atomically. Returns the final directory.
 pub fn convert(
     ckpt: &Checkpoint,
@@ -29,16 +47,8 @@ pub fn convert(
 ) -> Result<PathBuf> {
     let staging = StagingDir::new(out, opts.force)?;
     let dir = staging.path();
-    let st_dtype = match opts.dtype {
-        FloatDtype::F32 => StDtype::F32,
-        FloatDtype::Bf16 => StDtype::BF16,
-    };
-    let mut config = ckpt.config.to_hf_json();
-    config["torch_dtype"] = json!(match opts.dtype {
-        FloatDtype::F32 => "float32",
-        FloatDtype::Bf16 => "bfloat16",
-    });
-    write_json(&dir.join("config.json"), &config)?;
+    let st_dtype = float_storage(opts.dtype);
+    write_json(&dir.join("config.json"), &hf_config(ckpt, opts.dtype))?;
 
     let names: Vec<String> = ckpt
         .weights

@@ -12,9 +12,9 @@ use lmq_runtime::checkpoint::Checkpoint;
 use lmq_runtime::packed::PackedLinear;
 use serde_json::json;
 
-use crate::convert::{write_tokenizer_files, ConvertOptions};
+use crate::convert::{float_storage, hf_config, write_tokenizer_files, ConvertOptions};
 use crate::plan::{LinearMethod, QuantPlan};
-use crate::recipe::{FloatDtype, Recipe};
+use crate::recipe::Recipe;
 use crate::rtn;
 use crate::safetensors_writer::{encode_f32, write_streaming, StDtype, TensorSpec};
 use crate::scheme::WeightMatrix;
@@ -138,10 +138,7 @@ pub fn write_packed_checkpoint(
     mut progress: impl FnMut(&str),
 ) -> Result<QuantSummary> {
     let names = ckpt.weights.names();
-    let float = match opts.dtype {
-        FloatDtype::F32 => StDtype::F32,
-        FloatDtype::Bf16 => StDtype::BF16,
-    };
+    let float = float_storage(opts.dtype);
     let mut specs = Vec::new();
     for name in names
         .iter()
@@ -199,12 +196,7 @@ pub fn write_packed_checkpoint(
 
     let staging = StagingDir::new(out, opts.force)?;
     let dir = staging.path();
-    let mut config = ckpt.config.to_hf_json();
-    config["torch_dtype"] = json!(if float == StDtype::F32 {
-        "float32"
-    } else {
-        "bfloat16"
-    });
+    let mut config = hf_config(ckpt, opts.dtype);
     if !plan.linears.is_empty() {
         config["quantization_config"] = quantization_config(plan);
     }

@@ -82,7 +82,31 @@ pub enum ConfigError {
     Unsupported { path: PathBuf, what: String },
 }
 
+/// The linears of a decoder block as HF names them under the block, in the order q, k, v,
+/// o, gate, up, down.
+pub const DECODER_LINEARS: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+
 impl ModelConfig {
+    /// Every linear of a decoder block as `(name, out, in)`, in [`DECODER_LINEARS`] order.
+    pub fn decoder_linears(&self) -> [(&'static str, usize, usize); 7] {
+        let (d, q, kv, i) = (
+            self.hidden_size,
+            self.num_heads * self.head_dim,
+            self.num_kv_heads * self.head_dim,
+            self.intermediate_size,
+        );
+        let dims = [(q, d), (kv, d), (kv, d), (d, q), (i, d), (i, d), (d, i)];
+        std::array::from_fn(|j| (DECODER_LINEARS[j], dims[j].0, dims[j].1))
+    }
+
     /// Reads an HF `config.json` (LlamaForCausalLM / Qwen2ForCausalLM).
     pub fn from_hf_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use burn::module::{AutodiffModule, Module};
+use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
@@ -326,11 +326,6 @@ fn teacher_targets<T: LinearBackend, B: Backend>(
         .map(|h| Tensor::<B, 3>::from_data(move_to(l2_normalize(h).into_data()), device))
         .collect();
     (probs, outs)
-}
-
-/// The student without autodiff, for export and evaluation.
-pub fn inference_copy<B: AutodiffBackend>(s: &Student<B>) -> Student<B::InnerBackend> {
-    s.valid()
 }
 
 /// Path of a run's checkpoint directory next to the output: `OUT.onebit-train`.

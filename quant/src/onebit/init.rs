@@ -13,7 +13,7 @@ use lmq_runtime::weights::{MemorySource, WeightSource};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::student::{BitLinear, Frozen, Student, StudentLayer, LINEARS};
+use super::student::{BitLinear, Frozen, Student, StudentLayer};
 use super::svid::{rank1_abs, relative_error, Rank1};
 
 /// How well SVID kept one weight, for the report.
@@ -23,17 +23,6 @@ pub struct SvidReport {
     /// `‖W − sign(W) ⊙ a·bᵀ‖ / ‖W‖`.
     pub relative_error: f64,
     pub iterations: usize,
-}
-
-/// `(out, in)` of linear `LINEARS[j]` for this config.
-fn dims(c: &ModelConfig, j: usize) -> (usize, usize) {
-    let (d, q, kv, i) = (
-        c.hidden_size,
-        c.num_heads * c.head_dim,
-        c.num_kv_heads * c.head_dim,
-        c.intermediate_size,
-    );
-    [(q, d), (kv, d), (kv, d), (d, q), (i, d), (i, d), (d, i)][j]
 }
 
 /// The SVID-initialized student and its frozen parts; `progress` is told each layer done.
@@ -56,11 +45,10 @@ pub fn svid_student<B: Backend>(
     let mut reports = Vec::new();
     for l in 0..c.num_layers {
         let p = format!("model.layers.{l}");
-        let weights: Vec<(String, Vec<f32>, usize, usize)> = LINEARS
-            .iter()
-            .enumerate()
-            .map(|(j, m)| {
-                let (o, i) = dims(c, j);
+        let weights: Vec<(String, Vec<f32>, usize, usize)> = c
+            .decoder_linears()
+            .into_iter()
+            .map(|(m, o, i)| {
                 let name = format!("{p}.{m}.weight");
                 Ok((name.clone(), load(&name, &[o, i])?, o, i))
             })
@@ -138,33 +126,16 @@ pub fn svid_student<B: Backend>(
 /// in-process evaluation).
 pub fn exported_source<B: Backend>(student: &Student<B>, base: &MemorySource) -> MemorySource {
     let mut src = base.clone();
-    let host = |t: Tensor<B, 1>| {
-        t.into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
-            .expect("f32")
-    };
-    for (l, layer) in student.layers.iter().enumerate() {
-        let p = format!("model.layers.{l}");
-        for (m, lin) in LINEARS.iter().zip(layer.linears()) {
-            let prefix = format!("{p}.{m}");
-            let (w, bias) = lin.export();
-            src.tensors.remove(&format!("{prefix}.weight"));
-            if let Some(b) = bias {
-                src.insert(&format!("{prefix}.bias"), vec![b.len()], b);
-            }
-            src.onebit.insert(prefix, w);
+    let e = student.export();
+    for (prefix, w, bias) in e.linears {
+        src.tensors.remove(&format!("{prefix}.weight"));
+        if let Some(b) = bias {
+            src.insert(&format!("{prefix}.bias"), vec![b.len()], b);
         }
-        let n = host(layer.input_layernorm.val());
-        src.insert(&format!("{p}.input_layernorm.weight"), vec![n.len()], n);
-        let n = host(layer.post_attention_layernorm.val());
-        src.insert(
-            &format!("{p}.post_attention_layernorm.weight"),
-            vec![n.len()],
-            n,
-        );
+        src.onebit.insert(prefix, w);
     }
-    let n = host(student.norm.val());
-    src.insert("model.norm.weight", vec![n.len()], n);
+    for (name, v) in e.norms {
+        src.insert(&name, vec![v.len()], v);
+    }
     src
 }

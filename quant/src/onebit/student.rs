@@ -13,7 +13,8 @@
 use burn::module::{Module, Param};
 use burn::prelude::*;
 use burn::tensor::activation::{silu, softmax};
-use lmq_runtime::config::ModelConfig;
+use lmq_runtime::config::{ModelConfig, DECODER_LINEARS};
+use lmq_runtime::generate::host_f32;
 use lmq_runtime::model::norm::{layer_norm_no_affine, rms_norm};
 use lmq_runtime::model::Rope;
 use lmq_runtime::packed::onebit::{pack_signs, LAYER_NORM_EPS};
@@ -99,29 +100,17 @@ impl<B: Backend> BitLinear<B> {
     /// The packed form the runtime executes (signs of the latent, value vectors as trained).
     pub fn export(&self) -> (OneBitLinear, Option<Vec<f32>>) {
         let [rows, cols] = self.latent.dims();
-        let host = |t: Tensor<B, 1>| {
-            t.into_data()
-                .convert::<f32>()
-                .into_vec::<f32>()
-                .expect("f32")
-        };
-        let latent = self
-            .latent
-            .val()
-            .into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
-            .expect("f32");
+        let latent = host_f32(self.latent.val());
         let w = OneBitLinear::new(
             rows,
             cols,
             pack_signs(&latent, rows, cols),
-            host(self.out_scale.val()),
-            host(self.in_scale.val()),
+            host_f32(self.out_scale.val()),
+            host_f32(self.in_scale.val()),
             self.output_norm,
         )
         .expect("shapes of a module built by from_svid");
-        (w, self.bias.as_ref().map(|b| host(b.val())))
+        (w, self.bias.as_ref().map(|b| host_f32(b.val())))
     }
 }
 
@@ -158,19 +147,8 @@ pub struct Frozen<B: Backend> {
     pub rope: Rope<B>,
 }
 
-/// Names of the seven linears of a block, in [`StudentLayer`] order, as HF names them.
-pub const LINEARS: [&str; 7] = [
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.o_proj",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "mlp.down_proj",
-];
-
 impl<B: Backend> StudentLayer<B> {
-    /// The block's linears in [`LINEARS`] order.
+    /// The block's linears in [`DECODER_LINEARS`] order.
     pub fn linears(&self) -> [&BitLinear<B>; 7] {
         [
             &self.q_proj,
@@ -233,6 +211,13 @@ impl<B: Backend> StudentLayer<B> {
     }
 }
 
+/// The student as the runtime executes it: every 1-bit linear (HF prefix, packed weight,
+/// bias) and every full-precision tensor it trained (the norms), by HF name.
+pub struct ExportedStudent {
+    pub linears: Vec<(String, OneBitLinear, Option<Vec<f32>>)>,
+    pub norms: Vec<(String, Vec<f32>)>,
+}
+
 /// The student's outputs for a batch: logits `[b·t, vocab]` and every block's output
 /// `[b, t, hidden]`.
 pub struct StudentOutput<B: Backend> {
@@ -241,6 +226,29 @@ pub struct StudentOutput<B: Backend> {
 }
 
 impl<B: Backend> Student<B> {
+    /// The trained weights in checkpoint form (for the writer and in-memory sources).
+    pub fn export(&self) -> ExportedStudent {
+        let mut linears = Vec::new();
+        let mut norms = Vec::new();
+        for (l, layer) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{l}");
+            for (m, lin) in DECODER_LINEARS.iter().zip(layer.linears()) {
+                let (w, bias) = lin.export();
+                linears.push((format!("{p}.{m}"), w, bias));
+            }
+            norms.push((
+                format!("{p}.input_layernorm.weight"),
+                host_f32(layer.input_layernorm.val()),
+            ));
+            norms.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                host_f32(layer.post_attention_layernorm.val()),
+            ));
+        }
+        norms.push(("model.norm.weight".into(), host_f32(self.norm.val())));
+        ExportedStudent { linears, norms }
+    }
+
     /// Runs token windows `[b, t]` (all starting at position 0).
     pub fn forward(&self, tokens: Tensor<B, 2, Int>, f: &Frozen<B>) -> StudentOutput<B> {
         let [b, t] = tokens.dims();

@@ -8,15 +8,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use burn::prelude::*;
+use burn::prelude::Backend;
 use lmq_runtime::checkpoint::Checkpoint;
 use lmq_runtime::packed::onebit::LAYER_NORM_EPS;
 use serde_json::json;
 
-use super::student::{Student, LINEARS};
-use crate::convert::ConvertOptions;
+use super::student::Student;
+use crate::convert::{float_storage, hf_config, ConvertOptions};
 use crate::packed_checkpoint::{finish_checkpoint, QuantSummary};
-use crate::recipe::FloatDtype;
 use crate::safetensors_writer::{encode_f32, write_streaming, StDtype, TensorSpec};
 use crate::staging::StagingDir;
 
@@ -30,71 +29,37 @@ pub fn write_onebit_checkpoint<B: Backend>(
     opts: &ConvertOptions,
     extra: &[(&str, Vec<u8>)],
 ) -> Result<QuantSummary> {
-    let float = match opts.dtype {
-        FloatDtype::F32 => StDtype::F32,
-        FloatDtype::Bf16 => StDtype::BF16,
-    };
+    let float = float_storage(opts.dtype);
     let mut tensors: HashMap<String, Bytes> = HashMap::new();
-    let host = |t: Tensor<B, 1>| {
-        t.into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
-            .expect("f32")
-    };
+    let exported = student.export();
+    let output_norm = exported.linears.iter().any(|(_, w, _)| w.output_norm);
     let mut modules = Vec::new();
-    let mut output_norm = false;
-    for (l, layer) in student.layers.iter().enumerate() {
-        let p = format!("model.layers.{l}");
-        for (m, lin) in LINEARS.iter().zip(layer.linears()) {
-            let prefix = format!("{p}.{m}");
-            let (w, bias) = lin.export();
-            output_norm = w.output_norm;
-            let signs: Vec<u8> = w.signs.iter().flat_map(|x| x.to_le_bytes()).collect();
+    for (prefix, w, bias) in exported.linears {
+        let signs: Vec<u8> = w.signs.iter().flat_map(|x| x.to_le_bytes()).collect();
+        tensors.insert(
+            format!("{prefix}.weight_sign"),
+            (StDtype::I32, vec![w.rows, w.words_per_row()], signs),
+        );
+        for (suffix, v) in [
+            ("weight_out_scale", &w.out_scale),
+            ("weight_in_scale", &w.in_scale),
+        ] {
             tensors.insert(
-                format!("{prefix}.weight_sign"),
-                (StDtype::I32, vec![w.rows, w.words_per_row()], signs),
-            );
-            tensors.insert(
-                format!("{prefix}.weight_out_scale"),
-                (
-                    StDtype::F32,
-                    vec![w.rows],
-                    encode_f32(&w.out_scale, StDtype::F32),
-                ),
-            );
-            tensors.insert(
-                format!("{prefix}.weight_in_scale"),
-                (
-                    StDtype::F32,
-                    vec![w.cols],
-                    encode_f32(&w.in_scale, StDtype::F32),
-                ),
-            );
-            if let Some(b) = bias {
-                tensors.insert(
-                    format!("{prefix}.bias"),
-                    (float, vec![b.len()], encode_f32(&b, float)),
-                );
-            }
-            modules.push(prefix);
-        }
-        for norm in ["input_layernorm", "post_attention_layernorm"] {
-            let v = host(if norm == "input_layernorm" {
-                layer.input_layernorm.val()
-            } else {
-                layer.post_attention_layernorm.val()
-            });
-            tensors.insert(
-                format!("{p}.{norm}.weight"),
-                (float, vec![v.len()], encode_f32(&v, float)),
+                format!("{prefix}.{suffix}"),
+                (StDtype::F32, vec![v.len()], encode_f32(v, StDtype::F32)),
             );
         }
+        if let Some(b) = bias {
+            tensors.insert(
+                format!("{prefix}.bias"),
+                (float, vec![b.len()], encode_f32(&b, float)),
+            );
+        }
+        modules.push(prefix);
     }
-    let v = host(student.norm.val());
-    tensors.insert(
-        "model.norm.weight".into(),
-        (float, vec![v.len()], encode_f32(&v, float)),
-    );
+    for (name, v) in exported.norms {
+        tensors.insert(name, (float, vec![v.len()], encode_f32(&v, float)));
+    }
 
     // Everything else (embeddings, an untied lm_head) as the source has it.
     let replaced: Vec<String> = modules.iter().map(|m| format!("{m}.weight")).collect();
@@ -124,12 +89,7 @@ pub fn write_onebit_checkpoint<B: Backend>(
 
     let staging = StagingDir::new(out, opts.force)?;
     let dir = staging.path();
-    let mut config = ckpt.config.to_hf_json();
-    config["torch_dtype"] = json!(if float == StDtype::F32 {
-        "float32"
-    } else {
-        "bfloat16"
-    });
+    let mut config = hf_config(ckpt, opts.dtype);
     config["quantization_config"] = json!({
         "quant_method": "onebit",
         "format": "sign-packed",

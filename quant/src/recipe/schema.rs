@@ -19,6 +19,7 @@ use crate::awq::{
     AwqOptions, DEFAULT_CLIP_GRID, DEFAULT_GRID, DEFAULT_MAX_SHRINK, DEFAULT_SEARCH_TOKENS,
 };
 use crate::gptq::{GptqOptions, DEFAULT_BLOCK_SIZE, DEFAULT_DAMPENING};
+use crate::onebit::distill::DistillOptions;
 use crate::pipeline::hessian::{HessianOptions, DEFAULT_TOKEN_CLIP};
 use crate::scheme::{QuantScheme, SUPPORTED_BITS};
 use crate::smoothquant::DEFAULT_ALPHA;
@@ -1008,12 +1009,12 @@ pub struct OneBitSpec {
     #[serde(default = "default_onebit_warmup")]
     pub warmup: usize,
     /// Weight of the normalized hidden-state MSE beside the distillation cross-entropy.
-    #[serde(default = "default_one")]
+    #[serde(default = "default_kd_alpha")]
     pub alpha: NonNegative,
-    #[serde(default = "default_zero")]
+    #[serde(default = "default_weight_decay")]
     pub weight_decay: NonNegative,
     /// Global gradient-norm clip (0: none).
-    #[serde(default = "default_one")]
+    #[serde(default = "default_grad_clip")]
     pub grad_clip: NonNegative,
     /// Steps between checkpoints (0: none).
     #[serde(default = "default_checkpoint_every")]
@@ -1021,26 +1022,29 @@ pub struct OneBitSpec {
 }
 
 fn default_onebit_steps() -> usize {
-    200
+    DistillOptions::default().steps
 }
 fn default_onebit_batch() -> Positive {
-    Positive(2)
+    Positive(DistillOptions::default().batch)
 }
 fn default_onebit_lr() -> LearningRate {
-    LearningRate(1e-3)
+    LearningRate(DistillOptions::default().lr)
 }
 fn default_min_lr_ratio() -> NonNegative {
-    NonNegative(0.1)
+    NonNegative(DistillOptions::default().min_lr_ratio)
 }
 fn default_onebit_warmup() -> usize {
-    20
+    DistillOptions::default().warmup
 }
-fn default_one() -> NonNegative {
-    NonNegative(1.0)
+fn default_kd_alpha() -> NonNegative {
+    NonNegative(DistillOptions::default().alpha)
 }
-fn default_zero() -> NonNegative {
-    NonNegative(0.0)
+fn default_weight_decay() -> NonNegative {
+    NonNegative(DistillOptions::default().weight_decay)
+}
+fn default_grad_clip() -> NonNegative {
+    NonNegative(DistillOptions::default().grad_clip)
 }
 fn default_checkpoint_every() -> usize {
-    25
+    DistillOptions::default().checkpoint_every
 }

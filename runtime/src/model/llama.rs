@@ -2,6 +2,7 @@
 //! the (possibly tied) vocabulary projection.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use burn::prelude::*;
 
@@ -77,23 +78,34 @@ impl<B: LinearBackend> Loader<'_, B> {
         ))
     }
 
+    /// `w`, stored under `name`, uploaded once its shape is checked against `[out, inp]`.
+    fn checked(
+        &self,
+        name: String,
+        w: HostWeight,
+        out: usize,
+        inp: usize,
+    ) -> Result<B::Weight, LoadError> {
+        let (rows, cols) = w.dims();
+        if (rows, cols) != (out, inp) {
+            return Err(WeightError::Shape {
+                path: self.origin.to_owned(),
+                name,
+                actual: vec![rows, cols],
+                expected: vec![out, inp],
+            });
+        }
+        Ok(B::upload(w, self.device))
+    }
+
     /// The packed weight `{prefix}.weight_packed`, if the checkpoint has one.
     fn packed(&self, prefix: &str, out: usize, inp: usize) -> Result<Option<B::Weight>, LoadError> {
         let Some(p) = self.src.load_packed(prefix)? else {
             return Ok(None);
         };
-        if (p.rows, p.cols) != (out, inp) {
-            return Err(WeightError::Shape {
-                path: self.origin.to_owned(),
-                name: format!("{prefix}.weight_packed"),
-                actual: vec![p.rows, p.cols],
-                expected: vec![out, inp],
-            });
-        }
-        Ok(Some(B::upload(
-            HostWeight::Packed(std::sync::Arc::new(p)),
-            self.device,
-        )))
+        let name = format!("{prefix}.weight_packed");
+        self.checked(name, HostWeight::Packed(Arc::new(p)), out, inp)
+            .map(Some)
     }
 
     fn linear(
@@ -104,33 +116,15 @@ impl<B: LinearBackend> Loader<'_, B> {
         bias: bool,
     ) -> Result<Linear<B>, LoadError> {
         let weight = if let Some(w) = self.src.load_onebit(prefix)? {
-            if (w.rows, w.cols) != (out, inp) {
-                return Err(WeightError::Shape {
-                    path: self.origin.to_owned(),
-                    name: format!("{prefix}.weight_sign"),
-                    actual: vec![w.rows, w.cols],
-                    expected: vec![out, inp],
-                });
-            }
-            B::upload(HostWeight::OneBit(std::sync::Arc::new(w)), self.device)
+            let name = format!("{prefix}.weight_sign");
+            self.checked(name, HostWeight::OneBit(Arc::new(w)), out, inp)?
+        } else if let Some(w) = self.packed(prefix, out, inp)? {
+            w
+        } else if let Some(w) = self.src.load_int8(prefix)? {
+            let name = format!("{prefix}.weight");
+            self.checked(name, HostWeight::Int8(Arc::new(w)), out, inp)?
         } else {
-            match self.packed(prefix, out, inp)? {
-                Some(w) => w,
-                None => match self.src.load_int8(prefix)? {
-                    Some(w) => {
-                        if (w.rows, w.cols) != (out, inp) {
-                            return Err(WeightError::Shape {
-                                path: self.origin.to_owned(),
-                                name: format!("{prefix}.weight"),
-                                actual: vec![w.rows, w.cols],
-                                expected: vec![out, inp],
-                            });
-                        }
-                        B::upload(HostWeight::Int8(std::sync::Arc::new(w)), self.device)
-                    }
-                    None => self.weight(&format!("{prefix}.weight"), out, inp)?,
-                },
-            }
+            self.weight(&format!("{prefix}.weight"), out, inp)?
         };
         Ok(Linear {
             weight,

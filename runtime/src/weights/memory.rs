@@ -37,7 +37,7 @@ impl MemorySource {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut src = Self::default();
         let c = config;
-        let (d, hd, ff) = (c.hidden_size, c.head_dim, c.intermediate_size);
+        let d = c.hidden_size;
         let mut rand = |shape: Vec<usize>, scale: f32, offset: f32| {
             let n = shape.iter().product();
             let data = (0..n)
@@ -78,15 +78,7 @@ impl MemorySource {
                 format!("{p}.post_attention_layernorm.weight"),
                 rand(vec![d], 0.2, 1.0),
             );
-            for (name, out, inp) in [
-                ("self_attn.q_proj", c.num_heads * hd, d),
-                ("self_attn.k_proj", c.num_kv_heads * hd, d),
-                ("self_attn.v_proj", c.num_kv_heads * hd, d),
-                ("self_attn.o_proj", d, c.num_heads * hd),
-                ("mlp.gate_proj", ff, d),
-                ("mlp.up_proj", ff, d),
-                ("mlp.down_proj", d, ff),
-            ] {
+            for (name, out, inp) in c.decoder_linears() {
                 put(
                     &mut src,
                     format!("{p}.{name}.weight"),

@@ -78,8 +78,9 @@ impl SafetensorsDir {
             }
             shards.push(Shard { path, mmap });
         }
-        let packed_bits = packed_bits(&dir.join("config.json"));
-        let onebit_output_norm = onebit_output_norm(&dir.join("config.json"));
+        let quant = quantization_config(&dir.join("config.json"));
+        let packed_bits = quant.as_ref().map(packed_bits).unwrap_or_default();
+        let onebit_output_norm = quant.as_ref().and_then(onebit_output_norm);
         Ok(Self {
             shards,
             packed_bits,
@@ -104,17 +105,15 @@ impl PackedBits {
     }
 }
 
-fn packed_bits(config: &Path) -> PackedBits {
+/// `config.json`'s `quantization_config`, if the file has one.
+fn quantization_config(config: &Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(config).ok()?;
+    let mut v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    Some(v.get_mut("quantization_config")?.take())
+}
+
+fn packed_bits(q: &serde_json::Value) -> PackedBits {
     let mut bits = PackedBits::default();
-    let Some(v) = std::fs::read_to_string(config)
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-    else {
-        return bits;
-    };
-    let Some(q) = v.get("quantization_config") else {
-        return bits;
-    };
     if q.get("format").and_then(|f| f.as_str()) != Some("pack-quantized") {
         return bits;
     }
@@ -151,9 +150,7 @@ fn packed_bits(config: &Path) -> PackedBits {
 }
 
 /// `output_norm` of a `quant_method: onebit` quantization config, if that is the config.
-fn onebit_output_norm(config: &Path) -> Option<bool> {
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(config).ok()?).ok()?;
-    let q = v.get("quantization_config")?;
+fn onebit_output_norm(q: &serde_json::Value) -> Option<bool> {
     if q.get("quant_method")?.as_str()? != "onebit" {
         return None;
     }
@@ -403,11 +400,18 @@ mod packed_bits_tests {
                 "group_2": {"targets": ["Linear"], "weights": {"num_bits": 2}}}}}"#,
         )
         .unwrap();
-        let b = packed_bits(&cfg);
+        // As `open` reads them.
+        let bits_of = |p: &Path| {
+            quantization_config(p)
+                .as_ref()
+                .map(packed_bits)
+                .unwrap_or_default()
+        };
+        let b = bits_of(&cfg);
         assert_eq!(b.of("model.layers.0.mlp.up_proj"), Some(4));
         assert_eq!(b.of("model.embed_tokens"), Some(8));
         assert_eq!(b.of("model.layers.3.self_attn.q_proj"), Some(2));
         std::fs::write(&cfg, r#"{"model_type": "llama"}"#).unwrap();
-        assert_eq!(packed_bits(&cfg).of("model.embed_tokens"), None);
+        assert_eq!(bits_of(&cfg).of("model.embed_tokens"), None);
     }
 }
