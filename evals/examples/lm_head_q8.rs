@@ -71,6 +71,7 @@ fn main() -> anyhow::Result<()> {
     let opts = PplOptions {
         seqlen: 512,
         max_windows: Some(20),
+        through_decode: false,
     };
     let base = ckpt.load_model::<Cpu>(&Default::default())?;
     anyhow::ensure!(

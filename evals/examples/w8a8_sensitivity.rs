@@ -22,6 +22,7 @@ fn main() -> anyhow::Result<()> {
     let opts = PplOptions {
         seqlen: 512,
         max_windows: Some(windows),
+        through_decode: false,
     };
     println!("| ε | ppl |\n|---|---|");
     for eps in [0.0f32, 1e-6, 1e-5, 1e-4] {

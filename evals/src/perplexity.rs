@@ -7,7 +7,7 @@ use lmq_runtime::model::{LinearBackend, Llama};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::nll::nll_sum;
+use crate::nll::{nll_sum, row_nll};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -15,6 +15,10 @@ pub struct PplOptions {
     pub seqlen: usize,
     /// Stop after this many windows (quick runs).
     pub max_windows: Option<usize>,
+    /// Score each window one token at a time through the KV cache, as generation runs
+    /// (decode kernels, fused decode step), instead of one forward pass: the check that the
+    /// decode path computes the same model.
+    pub through_decode: bool,
 }
 
 /// The measured figures, including what is needed to compare against a reference run.
@@ -68,6 +72,24 @@ pub fn window_nll<B: LinearBackend>(model: &Llama<B>, window: &[u32]) -> f64 {
     nll_sum(&data, vocab, &window[1..])
 }
 
+/// [`window_nll`] computed as generation does: each token appended to a KV cache by
+/// `Llama::forward_last`, the next token's NLL read from its logits.
+pub fn window_nll_decode<B: LinearBackend>(model: &Llama<B>, window: &[u32]) -> f64 {
+    let device = model.device();
+    let mut cache = model.new_cache(window.len());
+    window
+        .windows(2)
+        .map(|pair| {
+            let input = Tensor::<B, 2, Int>::from_data(
+                TensorData::new(vec![pair[0] as i32], [1, 1]),
+                &device,
+            );
+            let logits = model.forward_last(input, Some(&mut cache));
+            row_nll(&logits, pair[1] as usize)
+        })
+        .sum()
+}
+
 /// Runs the protocol over `ids`; `on_window` is called after each window (progress).
 pub fn perplexity<B: LinearBackend>(
     model: &Llama<B>,
@@ -96,10 +118,12 @@ pub fn perplexity<B: LinearBackend>(
     let windows = opts.max_windows.map_or(available, |m| m.min(available));
     let mut per_window = Vec::with_capacity(windows);
     for i in 0..windows {
-        per_window.push(window_nll(
-            model,
-            &ids[i * opts.seqlen..(i + 1) * opts.seqlen],
-        ));
+        let window = &ids[i * opts.seqlen..(i + 1) * opts.seqlen];
+        per_window.push(if opts.through_decode {
+            window_nll_decode(model, window)
+        } else {
+            window_nll(model, window)
+        });
         on_window(i + 1, windows);
     }
     let nll: f64 = per_window.iter().sum();

@@ -35,6 +35,7 @@ fn first_windows_of_512_match_transformers() {
     let opts = PplOptions {
         seqlen: 512,
         max_windows: Some(3),
+        through_decode: false,
     };
     let report = perplexity(&model, &ids, &opts, |_, _| {}).unwrap();
 
@@ -51,4 +52,28 @@ fn first_windows_of_512_match_transformers() {
             "window {i}: {got} vs transformers {want} (rel {rel:.2e})"
         );
     }
+}
+
+#[test]
+fn scoring_through_the_decode_path_gives_the_same_nll() {
+    // One token at a time through the KV cache (fused decode step, GEMV kernels) against one
+    // forward pass (GEMM kernels) over the same window.
+    let ckpt = Checkpoint::open_gguf(&ensure(Asset::SmolLm2).unwrap()).unwrap();
+    let model = ckpt.load_model::<Cpu>(&Default::default()).unwrap();
+    let text = std::fs::read_to_string(wiki2_path()).unwrap();
+    let ids = ckpt.tokenizer.encode(&text[..4000], false).unwrap();
+    let run = |through_decode| {
+        let opts = PplOptions {
+            seqlen: 96,
+            max_windows: Some(1),
+            through_decode,
+        };
+        perplexity(&model, &ids, &opts, |_, _| {}).unwrap().nll_sum
+    };
+    let (pass, decode) = (run(false), run(true));
+    let rel = (pass - decode).abs() / pass;
+    assert!(
+        rel < WINDOW_NLL_REL_TOL,
+        "decode path {decode} vs forward pass {pass} (rel {rel:.2e})"
+    );
 }

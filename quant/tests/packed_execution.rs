@@ -22,15 +22,7 @@ const TOKENS: [i32; 9] = [1, 5, 9, 33, 2, 17, 17, 40, 3];
 fn linear_prefixes(c: &ModelConfig) -> Vec<String> {
     let mut v = Vec::new();
     for i in 0..c.num_layers {
-        for m in [
-            "self_attn.q_proj",
-            "self_attn.k_proj",
-            "self_attn.v_proj",
-            "self_attn.o_proj",
-            "mlp.gate_proj",
-            "mlp.up_proj",
-            "mlp.down_proj",
-        ] {
+        for m in lmq_runtime::config::DECODER_LINEARS {
             v.push(format!("model.layers.{i}.{m}"));
         }
     }

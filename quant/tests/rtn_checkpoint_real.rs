@@ -11,12 +11,16 @@ use lmq_quant::rtn;
 use lmq_quant::scheme::{QuantScheme, WeightMatrix};
 use lmq_runtime::assets::{ensure, Asset};
 use lmq_runtime::checkpoint::Checkpoint;
+use lmq_runtime::kernels::dense_f32::GEMV_MAX_ROWS;
 use lmq_runtime::model::Llama;
 use lmq_runtime::weights::MemorySource;
 use lmq_runtime::Cpu;
 
 /// Packed and dense kernels sum in different orders; logits agree to f32 rounding.
 const PACKED_LOGITS_REL_TOL: f32 = 1e-4;
+
+/// The same through the decode-sized GEMV, which quantizes its inputs to int16 per block.
+const PACKED_GEMV_LOGITS_REL_TOL: f32 = 1e-3;
 
 fn recipe(name: &str) -> Recipe {
     Recipe::from_file(
@@ -154,20 +158,37 @@ fn tied_head_recipe_packs_the_embedding_and_runs_it() {
         .unwrap()
         .load_model::<Cpu>(&device)
         .unwrap();
-    let ids = gguf
+    let short = gguf
         .tokenizer
         .encode("The capital of France is Paris.", false)
         .unwrap();
-    let (want, got) = (logits(&reference, &ids), logits(&packed, &ids));
-    let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-    let err = got
+    assert!(short.len() <= GEMV_MAX_ROWS, "{} tokens", short.len());
+    // Over GEMV_MAX_ROWS tokens the packed linears dequantize and run the f32 GEMM: the
+    // same model to float rounding. Up to it they run the int16-activation GEMV, whose
+    // rounding (bounded in kernels/packed_i16.rs) reaches ~6e-4 of the largest logit here:
+    // the final hidden state's outlier channels set coarse block scales for the head.
+    let long: Vec<u32> = short
         .iter()
-        .zip(&want)
-        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(
-        err <= PACKED_LOGITS_REL_TOL * scale,
-        "max diff {err} (scale {scale})"
-    );
+        .cycle()
+        .take(3 * short.len())
+        .copied()
+        .collect();
+    for (ids, tol) in [
+        (&long, PACKED_LOGITS_REL_TOL),
+        (&short, PACKED_GEMV_LOGITS_REL_TOL),
+    ] {
+        let (want, got) = (logits(&reference, ids), logits(&packed, ids));
+        let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let err = got
+            .iter()
+            .zip(&want)
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            err <= tol * scale,
+            "{} tokens: max diff {err} (scale {scale})",
+            ids.len()
+        );
+    }
 }
 
 #[test]

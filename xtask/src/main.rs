@@ -85,6 +85,10 @@ enum BenchCmd {
         threads: Vec<usize>,
         #[arg(long, default_value_t = 3)]
         reps: usize,
+        /// Ours and llama.cpp alternate this many times per row; the best of each is kept
+        /// (the machine's speed drifts by tens of percent over minutes).
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
         #[arg(long, default_value = "target/bench-decode")]
         out: std::path::PathBuf,
     },
@@ -196,12 +200,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     models,
                     threads,
                     reps,
+                    rounds,
                     out,
                 },
         } => bench_decode::run(bench_decode::DecodeBenchArgs {
             models,
             threads,
             reps,
+            rounds,
             out,
         }),
         Cmd::Bench {

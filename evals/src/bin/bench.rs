@@ -28,6 +28,9 @@ struct Args {
     reps: usize,
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Decode after the prompt instead of from an empty cache (llama-bench's tg starts empty).
+    #[arg(long)]
+    decode_after_prompt: bool,
     #[arg(long)]
     json: bool,
 }
@@ -69,6 +72,11 @@ fn run(args: Args) -> Result<()> {
         let logits = model.forward_last(input, Some(&mut cache));
         best_prefill = best_prefill.max(args.prompt as f64 / t0.elapsed().as_secs_f64());
         let mut next = lmq_runtime::sampling::argmax(&logits);
+        // Decode as llama-bench's tg: from an empty cache, one token at a time (after the
+        // prompt, attention over its positions adds to every step).
+        if !args.decode_after_prompt {
+            cache = model.new_cache(args.decode + 1);
+        }
         let t0 = Instant::now();
         for _ in 0..args.decode {
             let input = Tensor::<Cpu, 2, Int>::from_data(

@@ -66,6 +66,10 @@ struct Args {
     /// Evaluate only the first N windows (`--ppl`, quick runs).
     #[arg(long)]
     max_windows: Option<usize>,
+    /// `--ppl` scored one token at a time through the KV cache (the decode kernels and the
+    /// fused decode step) instead of one pass per window; slower, same protocol.
+    #[arg(long)]
+    through_decode: bool,
     /// Print the report as JSON on stdout (per-window NLL sums and per-task results included).
     #[arg(long)]
     json: bool,
@@ -294,6 +298,7 @@ fn run_ppl<B: LinearBackend>(
     let opts = PplOptions {
         seqlen: args.seqlen,
         max_windows: args.max_windows,
+        through_decode: args.through_decode,
     };
     let report = perplexity(model, &ids, &opts, |done, total| {
         bar.set_length(total as u64);

@@ -80,6 +80,7 @@ impl OnBackend for ModelJob<'_> {
         let opts = PplOptions {
             seqlen: self.args.seqlen,
             max_windows: Some(self.args.windows),
+            through_decode: false,
         };
         // One window first: kernel compilation and allocation are not throughput.
         perplexity(
@@ -88,6 +89,7 @@ impl OnBackend for ModelJob<'_> {
             &PplOptions {
                 seqlen: self.args.seqlen,
                 max_windows: Some(1),
+                through_decode: false,
             },
             |_, _| {},
         )?;

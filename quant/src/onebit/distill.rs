@@ -337,3 +337,44 @@ pub fn checkpoint_dir_for(out: &Path) -> PathBuf {
     name.push(".onebit-train");
     out.with_file_name(name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A resumed run reads its earlier losses back from `state.json`; they must come back
+    /// bit-identical, or its log differs from an uninterrupted run's. serde_json's default
+    /// float parsing was once off by an ulp on this very value (a real step-1 loss).
+    #[test]
+    fn the_training_state_reads_back_bit_identical() {
+        let losses = [
+            f64::from(25.401_691_f32),
+            0.1 + 0.2,
+            1e-300,
+            15.899_795_532_226_563,
+        ];
+        let state = TrainState {
+            step: losses.len(),
+            fingerprint: "f".into(),
+            log: losses
+                .iter()
+                .enumerate()
+                .map(|(i, &loss)| StepLog {
+                    step: i + 1,
+                    lr: loss / 7.0,
+                    loss,
+                    ce: loss / 3.0,
+                    mse: loss * 1.1,
+                    seconds: 0.5,
+                })
+                .collect(),
+        };
+        let back: TrainState =
+            serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
+        for (a, b) in state.log.iter().zip(&back.log) {
+            for (x, y) in [(a.loss, b.loss), (a.ce, b.ce), (a.mse, b.mse), (a.lr, b.lr)] {
+                assert_eq!(x.to_bits(), y.to_bits(), "{x} read back as {y}");
+            }
+        }
+    }
+}

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use lmq_runtime::config::ModelConfig;
 use lmq_runtime::kernels::attention::{attention_cached, CachedAttnShape};
 use lmq_runtime::kernels::matmul_f32_nt;
+use lmq_runtime::model::host_ops::{add_in_place, silu_mul_in_place};
 use lmq_runtime::model::rope_tables;
 use lmq_runtime::weights::WeightSource;
 
@@ -238,9 +239,7 @@ impl HostLayer {
     pub fn attn_residual(&self, x: &[f32], attn: &[f32]) -> Vec<f32> {
         let t = attn.len() / self.o.inp;
         let mut h = self.o.apply(attn, t);
-        for (a, b) in h.iter_mut().zip(x) {
-            *a += b;
-        }
+        add_in_place(&mut h, x);
         h
     }
 
@@ -253,10 +252,7 @@ impl HostLayer {
     pub fn mlp_act(&self, hn: &[f32]) -> Vec<f32> {
         let t = hn.len() / self.gate.inp;
         let mut a = self.gate.apply(hn, t);
-        let u = self.up.apply(hn, t);
-        for (g, u) in a.iter_mut().zip(&u) {
-            *g = *g / (1.0 + (-*g).exp()) * u;
-        }
+        silu_mul_in_place(&mut a, &self.up.apply(hn, t));
         a
     }
 
@@ -264,9 +260,7 @@ impl HostLayer {
     pub fn mlp_residual(&self, h: &[f32], act: &[f32]) -> Vec<f32> {
         let t = act.len() / self.down.inp;
         let mut y = self.down.apply(act, t);
-        for (a, b) in y.iter_mut().zip(h) {
-            *a += b;
-        }
+        add_in_place(&mut y, h);
         y
     }
 
@@ -279,19 +273,8 @@ impl HostLayer {
     }
 }
 
-/// `x / sqrt(mean(x²) + eps) · w` per row, f32 like the runtime.
-pub fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
-    let d = w.len();
-    let mut y = vec![0.0f32; x.len()];
-    for (yr, xr) in y.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-        let ms = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
-        let inv = 1.0 / (ms + eps).sqrt();
-        for ((o, &v), &wv) in yr.iter_mut().zip(xr).zip(w) {
-            *o = v * inv * wv;
-        }
-    }
-    y
-}
+/// RMSNorm per row, the runtime's own arithmetic.
+pub use lmq_runtime::model::host_ops::rms_norm_rows as rms_norm;
 
 /// `[t, heads·hd]` → `[heads, t, hd]`, rotating each head vector by its position when tables
 /// are given (HF "rotate half": pairs `i` and `i + hd/2`).

@@ -25,15 +25,7 @@ fn assert_msg(msg: &str, fragments: &[&str]) {
 fn smollm2_names() -> Vec<String> {
     let mut names = vec!["model.embed_tokens.weight".to_owned()];
     for l in 0..30 {
-        for m in [
-            "self_attn.q_proj",
-            "self_attn.k_proj",
-            "self_attn.v_proj",
-            "self_attn.o_proj",
-            "mlp.gate_proj",
-            "mlp.up_proj",
-            "mlp.down_proj",
-        ] {
+        for m in lmq_runtime::config::DECODER_LINEARS {
             names.push(format!("model.layers.{l}.{m}.weight"));
         }
         names.push(format!("model.layers.{l}.input_layernorm.weight"));

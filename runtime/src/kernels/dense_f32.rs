@@ -6,10 +6,29 @@
 use rayon::prelude::*;
 
 use super::simd::{dot2_f32, dot_f32};
+use super::team::SendPtr;
 
 /// Up to this many activation rows, the streaming GEMV kernel beats blocked GEMM (the weight
 /// is read once either way; below this, GEMM's packing costs more than it saves).
 pub const GEMV_MAX_ROWS: usize = 8;
+
+/// Weight rows ahead of the one being multiplied whose bytes are prefetched.
+const PREFETCH_ROWS: usize = 2;
+
+/// A GEMV's output kept `[n, m]` while computing (each thread's band of output rows is
+/// contiguous) as the `[m, n]` result; `m` is tiny, so the transpose costs nothing.
+pub(crate) fn from_row_major_out(yt: Vec<f32>, n: usize, m: usize) -> Vec<f32> {
+    if m == 1 {
+        return yt;
+    }
+    let mut y = vec![0.0f32; m * n];
+    for o in 0..n {
+        for r in 0..m {
+            y[r * n + o] = yt[o * m + r];
+        }
+    }
+    y
+}
 
 /// Plain definition: `y[m][o] = Σ_i x[m][i] · w[o][i]`, accumulated in f64.
 pub fn matmul_f32_nt_ref(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
@@ -43,69 +62,125 @@ fn gemv_rows(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     // Output stored [n, m] while computing (each band writes contiguous memory), then
     // transposed: m is tiny so that costs nothing.
     let mut yt = vec![0.0f32; n * m];
-    let band = (n / (rayon::current_num_threads() * 8)).clamp(16, 1024);
-    yt.par_chunks_mut(band * m)
-        .zip(w.par_chunks(band * k))
-        .for_each(|(ys, ws)| {
-            for (yrow, wrow) in ys.chunks_exact_mut(m).zip(ws.chunks_exact(k)) {
-                // Rows in pairs share each weight load (same sums as one row at a time).
-                let mut r = 0;
-                while r + 2 <= m {
-                    let [a, b] =
-                        dot2_f32(wrow, &x[r * k..(r + 1) * k], &x[(r + 1) * k..(r + 2) * k]);
-                    yrow[r] = a;
-                    yrow[r + 1] = b;
-                    r += 2;
-                }
-                if r < m {
-                    yrow[r] = dot_f32(&x[r * k..(r + 1) * k], wrow);
-                }
+    super::team::for_each_row_band_mut(&mut yt, m, |first, ys| {
+        let ws = &w[first * k..];
+        for (i, (yrow, wrow)) in ys.chunks_exact_mut(m).zip(ws.chunks_exact(k)).enumerate() {
+            if let Some(ahead) = ws.get((i + PREFETCH_ROWS) * k..(i + PREFETCH_ROWS + 1) * k) {
+                super::simd::prefetch(ahead);
             }
-        });
-    if m == 1 {
-        return yt;
-    }
-    let mut y = vec![0.0f32; m * n];
-    for o in 0..n {
-        for r in 0..m {
-            y[r * n + o] = yt[o * m + r];
+            // Rows in pairs share each weight load (same sums as one row at a time).
+            let mut r = 0;
+            while r + 2 <= m {
+                let [a, b] = dot2_f32(wrow, &x[r * k..(r + 1) * k], &x[(r + 1) * k..(r + 2) * k]);
+                yrow[r] = a;
+                yrow[r + 1] = b;
+                r += 2;
+            }
+            if r < m {
+                yrow[r] = dot_f32(&x[r * k..(r + 1) * k], wrow);
+            }
         }
-    }
-    y
+    });
+    from_row_major_out(yt, n, m)
 }
 
 fn gemm_nt(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    gemm_nt_bands(x, m, k, n, &DenseRows { w, k })
+}
+
+/// Weight rows of a prompt-sized GEMM, one band at a time: borrowed from dense weights, or
+/// written into the calling thread's `scratch` (the packed path dequantizes there).
+pub(crate) trait WeightBands: Sync {
+    /// Most rows one band may hold: a written band is bounded so that the scratch stays
+    /// `PACKED_BAND_FLOATS` (in L3); borrowed rows need no bound.
+    fn max_band_rows(&self, k: usize) -> usize {
+        (super::packed_q::PACKED_BAND_FLOATS / k.max(1)).max(16)
+    }
+
+    /// Rows `o0..o0 + rows`, `[rows, k]` row-major.
+    fn band<'s>(&'s self, o0: usize, rows: usize, scratch: &'s mut Vec<f32>) -> &'s [f32];
+}
+
+struct DenseRows<'a> {
+    w: &'a [f32],
+    k: usize,
+}
+
+impl WeightBands for DenseRows<'_> {
+    fn max_band_rows(&self, _: usize) -> usize {
+        usize::MAX
+    }
+
+    fn band<'s>(&'s self, o0: usize, rows: usize, _: &'s mut Vec<f32>) -> &'s [f32] {
+        &self.w[o0 * self.k..(o0 + rows) * self.k]
+    }
+}
+
+/// `x · Wᵀ` (`x` `[m, k]`, `W` `[n, k]`) with the output columns split into one contiguous
+/// band per thread, each run by a single-threaded GEMM on the rows `weights` gives. gemm's
+/// own threading split these prompt-sized products (n and k of a few hundred) so that a
+/// second core added about a third; bands with no synchronization inside keep both cores
+/// busy.
+pub(crate) fn gemm_nt_bands(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    weights: &dyn WeightBands,
+) -> Vec<f32> {
+    assert_eq!(x.len(), m * k, "activation shape");
     let mut y = vec![0.0f32; m * n];
-    let par = if rayon::current_num_threads() > 1 {
-        gemm::Parallelism::Rayon(rayon::current_num_threads())
-    } else {
-        gemm::Parallelism::None
+    if m == 0 || n == 0 {
+        return y;
+    }
+    let threads = rayon::current_num_threads().clamp(1, n);
+    // Bands of whole 16-column blocks (gemm's register tile).
+    let per_thread = n.div_ceil(threads).div_ceil(16) * 16;
+    let max_rows = weights.max_band_rows(k);
+    let dst = SendPtr(y.as_mut_ptr());
+    let run = |t: usize| {
+        let (lo, hi) = (t * per_thread, ((t + 1) * per_thread).min(n));
+        let mut scratch = Vec::new();
+        let mut o0 = lo;
+        while o0 < hi {
+            let rows = max_rows.min(hi - o0);
+            let w = weights.band(o0, rows, &mut scratch);
+            assert_eq!(w.len(), rows * k, "weight band shape");
+            let dst = &dst;
+            // SAFETY: `dst` is `y` ([m, n] row-major, alive until the scope ends); this call
+            // writes columns o0..o0 + rows of every row, which no other band touches. x is
+            // [m, k] row-major and w is [rows, k] row-major, read as Wᵀ (col stride k).
+            unsafe {
+                gemm::gemm(
+                    m,
+                    rows,
+                    k,
+                    dst.0.add(o0),
+                    1,
+                    n as isize,
+                    false,
+                    x.as_ptr(),
+                    1,
+                    k as isize,
+                    w.as_ptr(),
+                    k as isize,
+                    1,
+                    0.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            o0 += rows;
+        }
     };
-    // SAFETY: dst is [m, n] row-major (col stride 1, row stride n); lhs is [m, k] row-major;
-    // rhs is Wᵀ, i.e. element (i, o) at w[o*k + i]: col stride k, row stride 1. All three
-    // buffers have exactly those sizes (asserted by the caller).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            y.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            x.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            k as isize,
-            1,
-            0.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            par,
-        );
+    let bands = n.div_ceil(per_thread);
+    if bands == 1 {
+        run(0);
+    } else {
+        (0..bands).into_par_iter().for_each(run);
     }
     y
 }
@@ -184,9 +259,7 @@ pub fn gram_lower_acc_f32(x: &[f32], t: usize, n: usize, acc: &mut [f32]) {
         return gram_acc_f32(x, t, n, acc);
     }
     let pairs: Vec<(usize, usize)> = (0..nb).flat_map(|i| (0..=i).map(move |j| (i, j))).collect();
-    struct SendPtr(*mut f32);
-    // SAFETY: each block pair writes a disjoint rectangle of `acc` (see below).
-    unsafe impl Sync for SendPtr {}
+    // Each block pair writes a disjoint rectangle of `acc` (see below).
     let dst = SendPtr(acc.as_mut_ptr());
     pairs.par_iter().for_each(|&(bi, bj)| {
         let (r0, c0) = (bi * GRAM_BLOCK, bj * GRAM_BLOCK);
@@ -251,6 +324,23 @@ mod tests {
     fn gemv_path_matches_reference() {
         for (m, k, n) in [(1, 576, 192), (1, 33, 5), (3, 64, 1000), (8, 100, 17)] {
             check(m, k, n);
+        }
+    }
+
+    /// The GEMM path in bands: one thread, two, and three (the last band short, a width that
+    /// is not a multiple of the 16-column block, more threads than blocks).
+    #[test]
+    fn gemm_bands_match_reference_on_any_thread_count() {
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                for (m, k, n) in [(9, 64, 100), (33, 17, 37), (64, 576, 192), (12, 8, 5)] {
+                    check(m, k, n);
+                }
+            });
         }
     }
 

@@ -26,7 +26,7 @@ pub const ACT_QMAX: f32 = 127.0;
 /// Widest input for which an i32 accumulator cannot overflow: 127 · 128 per product.
 const MAX_COLS: usize = (i32::MAX / (127 * 128)) as usize;
 
-/// Output rows per rayon task.
+/// Output rows per task of the thread team.
 const ROWS_PER_TASK: usize = 16;
 
 /// Activations quantized per token: codes `[m, k]` and one scale per row.
@@ -136,31 +136,28 @@ pub fn matmul_i8(x: &QuantizedActs, w: &Int8Linear) -> Vec<f32> {
     } else {
         Vec::new()
     };
-    // Bands of output rows; each band writes its [m, band] block of sums, placed after.
-    let bands: Vec<(usize, Vec<i32>)> = (0..n)
-        .step_by(ROWS_PER_TASK)
-        .collect::<Vec<_>>()
-        .into_par_iter()
-        .map(|o0| {
-            let rows = ROWS_PER_TASK.min(n - o0);
-            let mut sums = vec![0i32; m * rows];
+    // Bands of output rows on the decode team (no wake-up per call); band b's sums are
+    // the [m, rows] block at offset o0·m, o0 = b · ROWS_PER_TASK.
+    let mut sums = vec![0i32; m * n];
+    if m > 0 {
+        super::team::for_each_chunk_mut(&mut sums, ROWS_PER_TASK * m, |b, block| {
+            let (o0, rows) = (b * ROWS_PER_TASK, block.len() / m);
             #[cfg(target_arch = "x86_64")]
             if avx2 {
                 // SAFETY: AVX2 presence checked at run time.
-                unsafe { avx2_kernel::int_sums(&xw, m, w, o0, rows, &mut sums) };
-                return (o0, sums);
+                unsafe { avx2_kernel::int_sums(&xw, m, w, o0, rows, block) };
+                return;
             }
             let _ = avx2;
-            int_sums_portable(x, w, o0, rows, &mut sums);
-            (o0, sums)
-        })
-        .collect();
+            int_sums_portable(x, w, o0, rows, block);
+        });
+    }
     let mut y = vec![0.0f32; m * n];
-    for (o0, sums) in bands {
-        let rows = sums.len() / m.max(1);
+    for (b, block) in sums.chunks(ROWS_PER_TASK * m.max(1)).enumerate() {
+        let (o0, rows) = (b * ROWS_PER_TASK, block.len() / m.max(1));
         for t in 0..m {
             for r in 0..rows {
-                y[t * n + o0 + r] = epilogue(sums[t * rows + r], x.scale[t], w.scale[o0 + r]);
+                y[t * n + o0 + r] = epilogue(block[t * rows + r], x.scale[t], w.scale[o0 + r]);
             }
         }
     }
@@ -346,7 +343,14 @@ mod tests {
     fn fast_path_equals_the_reference_exactly_on_every_tile_shape() {
         // Extreme codes (−128 weights against ±127 activations) included by the generator;
         // odd sizes exercise token, row and column tails.
-        for (m, n, k) in [(1, 5, 7), (2, 4, 16), (3, 9, 40), (7, 33, 96), (8, 16, 576)] {
+        for (m, n, k) in [
+            (1, 5, 7),
+            (2, 4, 16),
+            (3, 9, 40),
+            (7, 33, 96),
+            (8, 16, 576),
+            (37, 50, 64),
+        ] {
             let w = weight(n, k, (m * n + k) as u64);
             let xq = quantize_per_token(&acts(m, k, k as u64), m, k);
             assert_eq!(matmul_i8(&xq, &w), matmul_i8_ref(&xq, &w), "{m}x{n}x{k}");

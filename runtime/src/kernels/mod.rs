@@ -5,9 +5,12 @@
 
 pub mod attention;
 pub mod dense_f32;
+pub mod fast_exp;
 pub mod int8;
 pub mod onebit;
+pub mod packed_i16;
 pub mod packed_q;
 pub mod simd;
+pub mod team;
 
 pub use dense_f32::{matmul_f32_nt, matmul_f32_nt_ref};

@@ -15,16 +15,8 @@
 //! the order of the additions: on inputs whose partial sums are exact in f32 they are
 //! bit-identical to it.
 
-use rayon::prelude::*;
-
-use super::dense_f32::{matmul_f32_nt, GEMV_MAX_ROWS};
+use super::dense_f32::{gemm_nt_bands, WeightBands, GEMV_MAX_ROWS};
 use crate::packed::onebit::{OneBitLinear, SIGNS_PER_WORD};
-
-/// Output rows per rayon task on the GEMV path.
-const ROWS_PER_TASK: usize = 32;
-
-/// Sign rows expanded per band on the prefill path.
-const PREFILL_BAND_ROWS: usize = 256;
 
 /// `x` is `[m, w.cols]`; returns `[m, w.rows]`.
 pub fn matmul_onebit_nt(x: &[f32], w: &OneBitLinear, m: usize) -> Vec<f32> {
@@ -55,52 +47,43 @@ fn padded_inputs(w: &OneBitLinear, x: &[f32], m: usize) -> Vec<f32> {
     out
 }
 
-/// Raw sign sums `[m, rows]` for a few activation rows.
+/// Raw sign sums `[m, rows]` for a few activation rows: one band of output rows per thread
+/// on the decode team (no wake-up per call, as the other decode GEMVs).
 fn gemv(xb: &[f32], w: &OneBitLinear, m: usize) -> Vec<f32> {
     let (n, wpr) = (w.rows, w.words_per_row());
     let kp = wpr * SIGNS_PER_WORD;
     let avx2 = has_avx2();
-    // Computed `[rows, m]` (each task owns whole output rows), transposed at the end.
+    // Computed `[rows, m]` (each band owns whole output rows), transposed at the end.
     let mut t = vec![0.0f32; n * m];
-    t.par_chunks_mut(ROWS_PER_TASK * m)
-        .enumerate()
-        .for_each(|(band, out)| {
-            for (i, dst) in out.chunks_exact_mut(m).enumerate() {
-                let o = band * ROWS_PER_TASK + i;
-                let words = &w.signs[o * wpr..(o + 1) * wpr];
-                for (r, d) in dst.iter_mut().enumerate() {
-                    *d = signed_sum(words, &xb[r * kp..(r + 1) * kp], avx2);
-                }
+    super::team::for_each_row_band_mut(&mut t, m, |first, out| {
+        for (i, dst) in out.chunks_exact_mut(m).enumerate() {
+            let o = first + i;
+            let words = &w.signs[o * wpr..(o + 1) * wpr];
+            for (r, d) in dst.iter_mut().enumerate() {
+                *d = signed_sum(words, &xb[r * kp..(r + 1) * kp], avx2);
             }
-        });
-    let mut y = vec![0.0f32; m * n];
-    for o in 0..n {
-        for r in 0..m {
-            y[r * n + o] = t[o * m + r];
         }
-    }
-    y
+    });
+    super::dense_f32::from_row_major_out(t, n, m)
 }
 
-/// Raw sign sums `[m, rows]`: bands of sign rows expanded to ±1 and multiplied densely.
+/// Raw sign sums `[m, rows]`: each thread expands bands of its sign rows to ±1 and
+/// multiplies them densely.
 fn gemm_banded(xb: &[f32], w: &OneBitLinear, m: usize) -> Vec<f32> {
-    let (n, wpr) = (w.rows, w.words_per_row());
-    let kp = wpr * SIGNS_PER_WORD;
-    let mut y = vec![0.0f32; m * n];
-    let mut band = vec![0.0f32; PREFILL_BAND_ROWS.min(n) * kp];
-    for start in (0..n).step_by(PREFILL_BAND_ROWS) {
-        let rows = PREFILL_BAND_ROWS.min(n - start);
-        let dense = &mut band[..rows * kp];
-        dense
-            .par_chunks_mut(kp)
-            .enumerate()
-            .for_each(|(i, dst)| expand_signs(&w.signs[(start + i) * wpr..][..wpr], dst));
-        let part = matmul_f32_nt(xb, dense, m, kp, rows);
-        for r in 0..m {
-            y[r * n + start..r * n + start + rows].copy_from_slice(&part[r * rows..(r + 1) * rows]);
+    let kp = w.words_per_row() * SIGNS_PER_WORD;
+    gemm_nt_bands(xb, m, kp, w.rows, w)
+}
+
+impl WeightBands for OneBitLinear {
+    fn band<'s>(&'s self, o0: usize, rows: usize, scratch: &'s mut Vec<f32>) -> &'s [f32] {
+        let wpr = self.words_per_row();
+        let kp = wpr * SIGNS_PER_WORD;
+        scratch.resize(rows * kp, 0.0);
+        for (i, dst) in scratch.chunks_exact_mut(kp).enumerate() {
+            expand_signs(&self.signs[(o0 + i) * wpr..][..wpr], dst);
         }
+        scratch
     }
-    y
 }
 
 /// One row of packed signs as ±1 floats (padding columns come out +1 against zero inputs).

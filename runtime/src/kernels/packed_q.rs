@@ -9,14 +9,12 @@
 //! that are multiples of 8, take this path (AVX2/FMA where the CPU has it, portable code
 //! otherwise). Decode is memory-bound, so reading 4 bits instead of 32 per weight is the point.
 //!
-//! Many rows (prefill), and every other weight (`g_idx`, 2/3-bit, ragged groups): one band of
-//! output rows at a time is dequantized to f32 (the same arithmetic as the scalar reference)
-//! and multiplied with the dense kernel, so the extra memory is one band, never the whole
-//! f32 weight.
+//! Many rows (prefill), and every other weight (`g_idx`, 2/3-bit, ragged groups): each thread
+//! dequantizes bands of its share of the output rows to f32 (the same arithmetic as the
+//! scalar reference) and multiplies them with the dense GEMM, so the extra memory is a band
+//! per thread, never the whole f32 weight.
 
-use rayon::prelude::*;
-
-use super::dense_f32::{matmul_f32_nt, GEMV_MAX_ROWS};
+use super::dense_f32::GEMV_MAX_ROWS;
 use crate::packed::pack_quantized::storage_offset;
 use crate::packed::PackedLinear;
 
@@ -52,7 +50,9 @@ pub fn matmul_packed_nt_ref(x: &[f32], w: &PackedLinear, m: usize) -> Vec<f32> {
 /// on weights it supports ([`gemv_supported`]), the banded dequantize + dense GEMM otherwise.
 pub fn matmul_packed_nt(x: &[f32], w: &PackedLinear, m: usize) -> Vec<f32> {
     assert_eq!(x.len(), m * w.cols, "activation shape");
-    if (1..=GEMV_MAX_ROWS).contains(&m) && gemv_supported(w) {
+    if let Some(y) = super::packed_i16::gemv_packed_i16(x, w, m) {
+        y
+    } else if (1..=GEMV_MAX_ROWS).contains(&m) && gemv_supported(w) {
         gemv_packed(x, w, m, has_avx2_fma())
     } else {
         matmul_banded(x, w, m)
@@ -80,26 +80,18 @@ fn has_avx2_fma() -> bool {
     false
 }
 
-/// Dequantizes `PACKED_BAND_FLOATS` worth of output rows at a time and runs the dense kernel
-/// on each band, writing its `[m, band]` result into the band's columns of `y`.
+/// Each thread dequantizes bands of its share of the output rows (at most
+/// `PACKED_BAND_FLOATS` values at a time) and multiplies them with the dense GEMM.
 fn matmul_banded(x: &[f32], w: &PackedLinear, m: usize) -> Vec<f32> {
-    let (n, k) = (w.rows, w.cols);
-    let mut y = vec![0.0f32; m * n];
-    if n == 0 || m == 0 {
-        return y;
+    super::dense_f32::gemm_nt_bands(x, m, w.cols, w.rows, w)
+}
+
+impl super::dense_f32::WeightBands for PackedLinear {
+    fn band<'s>(&'s self, o0: usize, rows: usize, scratch: &'s mut Vec<f32>) -> &'s [f32] {
+        scratch.resize(rows * self.cols, 0.0);
+        self.dequantize_rows_into(o0, scratch);
+        scratch
     }
-    let band = (PACKED_BAND_FLOATS / k.max(1)).clamp(1, n);
-    let mut buf = vec![0.0f32; band * k];
-    for row0 in (0..n).step_by(band) {
-        let nb = band.min(n - row0);
-        let wb = &mut buf[..nb * k];
-        w.dequantize_rows_into(row0, wb);
-        let yb = matmul_f32_nt(x, wb, m, k, nb);
-        for (dst, src) in y.chunks_exact_mut(n).zip(yb.chunks_exact(nb)) {
-            dst[row0..row0 + nb].copy_from_slice(src);
-        }
-    }
-    y
 }
 
 /// The fused GEMV; `simd` selects the AVX2/FMA row kernel (callers check the CPU).
@@ -118,37 +110,25 @@ fn gemv_packed(x: &[f32], w: &PackedLinear, m: usize, simd: bool) -> Vec<f32> {
     // Output stored [n, m] while computing (each band writes contiguous memory), then
     // transposed: m is tiny so that costs nothing.
     let mut yt = vec![0.0f32; n * m];
-    let band = (n / (rayon::current_num_threads() * 8)).clamp(16, 1024);
-    yt.par_chunks_mut(band * m)
-        .enumerate()
-        .for_each(|(bi, ys)| {
-            let mut zoff = vec![off; n_groups];
-            for (i, yrow) in ys.chunks_exact_mut(m).enumerate() {
-                let o = bi * band + i;
-                if let Some(z) = &w.zero {
-                    for (d, &zp) in zoff.iter_mut().zip(&z[o * n_groups..(o + 1) * n_groups]) {
-                        *d = off + f32::from(zp);
-                    }
+    super::team::for_each_row_band_mut(&mut yt, m, |first, ys| {
+        let mut zoff = vec![off; n_groups];
+        for (i, yrow) in ys.chunks_exact_mut(m).enumerate() {
+            let o = first + i;
+            if let Some(z) = &w.zero {
+                for (d, &zp) in zoff.iter_mut().zip(&z[o * n_groups..(o + 1) * n_groups]) {
+                    *d = off + f32::from(zp);
                 }
-                let row = Row {
-                    words: &w.packed[o * wpr..(o + 1) * wpr],
-                    scales: &w.scale[o * n_groups..(o + 1) * n_groups],
-                    zoff: &zoff,
-                    group: w.group_size,
-                };
-                row_dots(w.bits, &row, x, k, yrow, simd);
             }
-        });
-    if m == 1 {
-        return yt;
-    }
-    let mut y = vec![0.0f32; m * n];
-    for o in 0..n {
-        for r in 0..m {
-            y[r * n + o] = yt[o * m + r];
+            let row = Row {
+                words: &w.packed[o * wpr..(o + 1) * wpr],
+                scales: &w.scale[o * n_groups..(o + 1) * n_groups],
+                zoff: &zoff,
+                group: w.group_size,
+            };
+            row_dots(w.bits, &row, x, k, yrow, simd);
         }
-    }
-    y
+    });
+    super::dense_f32::from_row_major_out(yt, n, m)
 }
 
 /// One output row's packed words and per-group parameters; `zoff[g]` is the stored value
@@ -324,8 +304,9 @@ unsafe fn avx2_row<const BITS: u32, const M: usize>(row: &Row, x: &[f32], k: usi
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::kernels::dense_f32::matmul_f32_nt;
 
     /// f32 accumulation (per-group partial sums, then scaled) against the f64 reference,
     /// relative to `Σ_c |x[c] · w[c]|` of the same output: the error bound of a float dot
@@ -334,7 +315,13 @@ mod tests {
 
     /// A deterministic packed weight with codes over the whole range and varied scales and
     /// zero points.
-    fn weight(bits: u8, rows: usize, cols: usize, group: usize, symmetric: bool) -> PackedLinear {
+    pub(crate) fn weight(
+        bits: u8,
+        rows: usize,
+        cols: usize,
+        group: usize,
+        symmetric: bool,
+    ) -> PackedLinear {
         let off = storage_offset(bits);
         let codes: Vec<i8> = (0..rows * cols)
             .map(|i| ((((i * 7919) >> 2) % (2 * off as usize)) as i32 - off) as i8)

@@ -31,6 +31,25 @@ pub fn dot2_f32(w: &[f32], x0: &[f32], x1: &[f32]) -> [f32; 2] {
     [dot_f32_portable(x0, w), dot_f32_portable(x1, w)]
 }
 
+/// Asks for every cache line of `data` to be loaded into L1 (a hint: no effect on results).
+#[inline]
+pub fn prefetch<T>(data: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let p = data.as_ptr() as *const i8;
+        let bytes = std::mem::size_of_val(data);
+        let mut off = 0;
+        while off < bytes {
+            // SAFETY: a prefetch never faults, and the address lies inside `data`.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.add(off)) };
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
+}
+
 #[cfg(target_arch = "x86_64")]
 #[inline]
 fn has_avx2_fma() -> bool {

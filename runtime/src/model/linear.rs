@@ -15,6 +15,8 @@ use crate::kernels::onebit::matmul_onebit_nt;
 use crate::kernels::packed_q::matmul_packed_nt;
 use crate::packed::{Int8Linear, OneBitLinear, PackedLinear};
 
+use super::kv_cache::KvCache;
+use super::llama::Llama;
 use super::rope::Rope;
 
 /// A weight matrix as loaded: rows of `in_features` f32 values, one per output feature.
@@ -118,6 +120,17 @@ pub trait LinearBackend: Backend {
         rope.apply_split(x, heads, start)
     }
 
+    /// Last-position logits of `tokens` continuing a host `cache` (a decode step or a
+    /// prompt), when the backend has a fused form of the forward pass (the CPU: no per-op
+    /// dispatch, no tensor copies); `None` leaves it to the generic layer-by-layer path.
+    fn forward_last_fused(
+        _model: &Llama<Self>,
+        _tokens: &[u32],
+        _cache: &mut KvCache,
+    ) -> Option<Vec<f32>> {
+        None
+    }
+
     /// One query per head (`q`: `[1, heads, 1, hd]`) over positions `0..len` of a layer's
     /// device cache (`k`, `v`: `[1, kv_heads, capacity, hd]`), as `[1, 1, heads·hd]`; `None`
     /// leaves it to burn's attention.
@@ -147,13 +160,16 @@ impl LinearBackend for Flex {
         );
         let device = x.device();
         let xs = x.into_data().into_vec::<f32>().expect("f32 activations");
-        let y = match w {
-            HostWeight::Dense(d) => matmul_f32_nt(&xs, &d.data, m, k, n),
-            HostWeight::Packed(p) => matmul_packed_nt(&xs, p, m),
-            HostWeight::Int8(w) => matmul_i8_nt(&xs, w, m),
-            HostWeight::OneBit(w) => matmul_onebit_nt(&xs, w, m),
-        };
+        let y = host_matmul(&xs, w, m);
         Tensor::from_data(TensorData::new(y, [m, n]), &device)
+    }
+
+    fn forward_last_fused(
+        model: &Llama<Self>,
+        tokens: &[u32],
+        cache: &mut KvCache,
+    ) -> Option<Vec<f32>> {
+        Some(super::host_step::forward_last(model, tokens, cache))
     }
 
     fn gather_rows(ids: &[u32], w: &HostWeight, device: &Self::Device) -> Tensor<Self, 2> {
@@ -163,6 +179,16 @@ impl LinearBackend for Flex {
 
     fn weight_dims(w: &HostWeight) -> (usize, usize) {
         w.dims()
+    }
+}
+
+/// `x · Wᵀ` on the host for `x` `[m, in]` (row-major), through the weight format's kernel.
+pub fn host_matmul(x: &[f32], w: &HostWeight, m: usize) -> Vec<f32> {
+    match w {
+        HostWeight::Dense(d) => matmul_f32_nt(x, &d.data, m, d.in_features, d.out_features),
+        HostWeight::Packed(p) => matmul_packed_nt(x, p, m),
+        HostWeight::Int8(w) => matmul_i8_nt(x, w, m),
+        HostWeight::OneBit(w) => matmul_onebit_nt(x, w, m),
     }
 }
 

@@ -383,6 +383,26 @@ impl<B: LinearBackend> Llama<B> {
     /// prompt. The vocabulary projection of the other positions is never computed (for
     /// SmolLM2 that is a fifth of a prefill's FLOPs).
     pub fn forward_last(&self, tokens: Tensor<B, 2, Int>, cache: Option<&mut KvCache>) -> Vec<f32> {
+        let cache = match cache {
+            Some(c) if tokens.dims()[0] == 1 && !c.is_on_device() => {
+                let ids: Vec<u32> = tokens.to_data().iter::<i64>().map(|t| t as u32).collect();
+                match B::forward_last_fused(self, &ids, c) {
+                    Some(logits) => return logits,
+                    None => Some(c),
+                }
+            }
+            other => other,
+        };
+        self.forward_last_generic(tokens, cache)
+    }
+
+    /// [`Self::forward_last`] through the layer-by-layer tensor path only (the reference the
+    /// fused decode step is checked against).
+    pub fn forward_last_generic(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        cache: Option<&mut KvCache>,
+    ) -> Vec<f32> {
         let hidden = self.forward_hidden(tokens, cache);
         let [b, t, d] = hidden.dims();
         assert_eq!(b, 1, "forward_last takes one sequence");

@@ -510,14 +510,17 @@ impl PackedLinear {
             row0 + out.len() / cols <= self.rows,
             "band past the last row"
         );
-        let (pf, b) = (self.pack_factor(), usize::from(self.bits));
+        let pf = self.pack_factor();
         let (wpr, n_groups) = (self.words_per_row(), self.n_groups());
-        let mask = (1u32 << self.bits) - 1;
-        let off = storage_offset(self.bits);
         let groups: Option<Vec<usize>> = self
             .g_idx
             .as_ref()
             .map(|g| g.iter().map(|&v| v as usize).collect());
+        // Whole words per group (no `g_idx`): each group's scale and zero point are read once
+        // and its words unpacked with the width known at compile time, which the compiler
+        // vectorizes; the prefill path spent a tenth of its time here with the per-element
+        // group lookup below.
+        let whole_words = groups.is_none() && self.group_size.is_multiple_of(pf);
         out.par_chunks_mut(cols)
             .enumerate()
             .with_min_len(ROWS_PER_TASK)
@@ -529,20 +532,78 @@ impl PackedLinear {
                     .zero
                     .as_ref()
                     .map(|z| &z[r * n_groups..(r + 1) * n_groups]);
-                for (j, (vals, &word)) in dst.chunks_mut(pf).zip(words).enumerate() {
-                    let word = word as u32;
-                    for (s, v) in vals.iter_mut().enumerate() {
-                        let c = j * pf + s;
-                        let g = match &groups {
-                            Some(g) => g[c],
-                            None => c / self.group_size,
-                        };
-                        let q = ((word >> (s * b)) & mask) as i32 - off;
-                        let zp = zeros.map_or(0, |z| i32::from(z[g]));
-                        *v = (q - zp) as f32 * scales[g];
+                if whole_words {
+                    match self.bits {
+                        2 => {
+                            dequantize_row_grouped::<2>(words, scales, zeros, self.group_size, dst)
+                        }
+                        4 => {
+                            dequantize_row_grouped::<4>(words, scales, zeros, self.group_size, dst)
+                        }
+                        8 => {
+                            dequantize_row_grouped::<8>(words, scales, zeros, self.group_size, dst)
+                        }
+                        _ => dequantize_row_any(self, words, scales, zeros, None, dst),
                     }
+                } else {
+                    dequantize_row_any(self, words, scales, zeros, groups.as_deref(), dst);
                 }
             });
+    }
+}
+
+/// One row of [`PackedLinear::dequantize_rows_into`] for any layout: the group of each column
+/// from `g_idx` or `column / group_size`.
+fn dequantize_row_any(
+    w: &PackedLinear,
+    words: &[i32],
+    scales: &[f32],
+    zeros: Option<&[i8]>,
+    groups: Option<&[usize]>,
+    dst: &mut [f32],
+) {
+    let (pf, b) = (w.pack_factor(), usize::from(w.bits));
+    let mask = (1u32 << w.bits) - 1;
+    let off = storage_offset(w.bits);
+    for (j, (vals, &word)) in dst.chunks_mut(pf).zip(words).enumerate() {
+        let word = word as u32;
+        for (s, v) in vals.iter_mut().enumerate() {
+            let c = j * pf + s;
+            let g = match groups {
+                Some(g) => g[c],
+                None => c / w.group_size,
+            };
+            let q = ((word >> (s * b)) & mask) as i32 - off;
+            let zp = zeros.map_or(0, |z| i32::from(z[g]));
+            *v = (q - zp) as f32 * scales[g];
+        }
+    }
+}
+
+/// One row of [`PackedLinear::dequantize_rows_into`] when every group is whole `BITS`-bit
+/// words: `(q − zp) · scale` as the reference computes it, group by group.
+fn dequantize_row_grouped<const BITS: usize>(
+    words: &[i32],
+    scales: &[f32],
+    zeros: Option<&[i8]>,
+    group_size: usize,
+    dst: &mut [f32],
+) {
+    let pf = 32 / BITS;
+    let mask = (1u32 << BITS) - 1;
+    let off = storage_offset(BITS as u8);
+    for (g, (gdst, gwords)) in dst
+        .chunks_mut(group_size)
+        .zip(words.chunks(group_size / pf))
+        .enumerate()
+    {
+        let (s, base) = (scales[g], off + zeros.map_or(0, |z| i32::from(z[g])));
+        for (vals, &word) in gdst.chunks_mut(pf).zip(gwords) {
+            let word = word as u32;
+            for (i, v) in vals.iter_mut().enumerate() {
+                *v = (((word >> (i * BITS)) & mask) as i32 - base) as f32 * s;
+            }
+        }
     }
 }
 
@@ -742,6 +803,33 @@ mod tests {
         w.dequantize_rows_into(0, &mut band);
         assert_eq!(band, w.dequantize_ref());
         assert_eq!(w.packed_zero_point(), Ok(None));
+    }
+
+    /// The grouped fast path and the per-element path of `dequantize_rows_into` against the
+    /// reference, bit for bit: every width, groups of whole words or not (3-bit), a ragged
+    /// last word and group (100 columns), zero points or none, and a band starting mid-matrix.
+    #[test]
+    fn banded_dequantization_equals_the_reference_for_every_layout() {
+        use crate::kernels::packed_q::tests::weight;
+        for bits in [2u8, 3, 4, 8] {
+            for (cols, group) in [(128, 32), (192, 64), (256, 128), (100, 20), (100, 32)] {
+                for symmetric in [true, false] {
+                    let rows = 13;
+                    let w = weight(bits, rows, cols, group, symmetric);
+                    let want = w.dequantize_ref();
+                    let mut band = vec![0.0f32; 7 * cols];
+                    w.dequantize_rows_into(5, &mut band);
+                    let same = band
+                        .iter()
+                        .zip(&want[5 * cols..12 * cols])
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(
+                        same,
+                        "{bits}-bit, {cols} cols, group {group}, sym {symmetric}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

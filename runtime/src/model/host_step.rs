@@ -1,0 +1,102 @@
+//! Generation's forward pass on the host for the CPU backend (a decode step, or a prompt
+//! continuing a host KV cache): the same arithmetic as the generic layer-by-layer path
+//! (RMSNorm, projections, RoPE, cached attention, SwiGLU, the head) on plain slices. The
+//! generic path spent about as long in burn's per-op dispatch, tensor copies and strided
+//! iteration as in the matrix kernels of a 4-bit decode step, and a prompt's time in
+//! head-splitting copies and burn's naive attention; here only the kernels remain.
+
+use burn::backend::Flex;
+
+use super::host_ops::{add_in_place, rms_norm_rows, silu_mul_in_place};
+use super::kv_cache::KvCache;
+use super::linear::{host_matmul, Linear};
+use super::llama::Llama;
+use crate::generate::host_f32;
+use crate::kernels::attention::{attention_cached, CachedAttnShape};
+
+/// `x · Wᵀ + b` for `m` rows.
+fn linear(x: &[f32], m: usize, l: &Linear<Flex>) -> Vec<f32> {
+    let mut y = host_matmul(x, &l.weight, m);
+    if let Some(b) = &l.bias {
+        let b = host_f32(b.clone());
+        for row in y.chunks_exact_mut(b.len()) {
+            for (v, b) in row.iter_mut().zip(&b) {
+                *v += b;
+            }
+        }
+    }
+    y
+}
+
+/// `[t, heads, hd]` (token-major, as projections come out) to `[heads, t, hd]` (the cache's
+/// and the attention kernel's head-major layout).
+fn heads_major(x: &[f32], t: usize, heads: usize, hd: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; x.len()];
+    for i in 0..t {
+        for h in 0..heads {
+            out[(h * t + i) * hd..][..hd].copy_from_slice(&x[(i * heads + h) * hd..][..hd]);
+        }
+    }
+    out
+}
+
+/// Last-position logits for `tokens` at positions `cache.len()..`; the cache grows by
+/// `tokens.len()` positions. One token is a decode step; more are a prompt (chunk).
+pub(crate) fn forward_last(model: &Llama<Flex>, tokens: &[u32], cache: &mut KvCache) -> Vec<f32> {
+    let c = &model.config;
+    let (t, d) = (tokens.len(), c.hidden_size);
+    assert!(t > 0, "no tokens");
+    let pos = cache.len();
+    assert!(
+        pos + t <= model.rope.max_positions(),
+        "sequence of {} positions exceeds the model context {}",
+        pos + t,
+        model.rope.max_positions()
+    );
+    cache.reserve(pos + t);
+    let eps = c.rms_norm_eps as f32;
+    let mut x = model.embed_tokens.rows(tokens);
+    for (i, layer) in model.layers.iter().enumerate() {
+        let a = &layer.self_attn;
+        let (hd, nh, nkv) = (a.head_dim, a.num_heads, a.num_kv_heads);
+        let h = rms_norm_rows(&x, &host_f32(layer.input_layernorm.clone()), eps);
+        let mut q = linear(&h, t, &a.q_proj);
+        let mut k = linear(&h, t, &a.k_proj);
+        let mut v = linear(&h, t, &a.v_proj);
+        for j in 0..t {
+            model
+                .rope
+                .apply_host(&mut q[j * nh * hd..(j + 1) * nh * hd], pos + j);
+            model
+                .rope
+                .apply_host(&mut k[j * nkv * hd..(j + 1) * nkv * hd], pos + j);
+        }
+        if t > 1 {
+            q = heads_major(&q, t, nh, hd);
+            k = heads_major(&k, t, nkv, hd);
+            v = heads_major(&v, t, nkv, hd);
+        }
+        let capacity = cache.capacity();
+        let (kc, vc) = cache.append(i, &k, &v, t);
+        let shape = CachedAttnShape {
+            heads: nh,
+            kv_heads: nkv,
+            head_dim: hd,
+            queries: t,
+            len: pos + t,
+            capacity,
+        };
+        let o = attention_cached(&q, kc, vc, shape);
+        add_in_place(&mut x, &linear(&o, t, &a.o_proj));
+        let h = rms_norm_rows(&x, &host_f32(layer.post_attention_layernorm.clone()), eps);
+        let mut g = linear(&h, t, &layer.mlp.gate_proj);
+        silu_mul_in_place(&mut g, &linear(&h, t, &layer.mlp.up_proj));
+        add_in_place(&mut x, &linear(&g, t, &layer.mlp.down_proj));
+    }
+    cache.advance(t);
+    let h = rms_norm_rows(&x[(t - 1) * d..], &host_f32(model.norm.clone()), eps);
+    match &model.lm_head {
+        Some(head) => linear(&h, 1, head),
+        None => host_matmul(&h, &model.embed_tokens, 1),
+    }
+}
