@@ -10,6 +10,7 @@ pub mod int8;
 pub mod onebit;
 pub mod packed_i16;
 pub mod packed_q;
+pub mod packed_vnni;
 pub mod simd;
 pub mod team;
 

@@ -91,7 +91,7 @@ pub fn quantize_acts_i16(x: &[f32], m: usize, k: usize, block: usize) -> I16Acts
 /// Round half to even for |v| < 2^22 without a libm call (baseline x86-64 has no `roundss`):
 /// adding and subtracting 1.5·2^23 leaves the nearest integer under the default rounding.
 #[inline]
-fn round_ties_even_small(v: f32) -> f32 {
+pub(crate) fn round_ties_even_small(v: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0;
     (v + MAGIC) - MAGIC
 }

@@ -15,6 +15,7 @@
 //! per thread, never the whole f32 weight.
 
 use super::dense_f32::GEMV_MAX_ROWS;
+use super::packed_vnni::ActCodes;
 use crate::packed::pack_quantized::storage_offset;
 use crate::packed::PackedLinear;
 
@@ -46,11 +47,15 @@ pub fn matmul_packed_nt_ref(x: &[f32], w: &PackedLinear, m: usize) -> Vec<f32> {
     y
 }
 
-/// `x` is `[m, w.cols]`; returns `[m, w.rows]`. Chooses the fused GEMV for decode-sized `m`
-/// on weights it supports ([`gemv_supported`]), the banded dequantize + dense GEMM otherwise.
+/// `x` is `[m, w.cols]`; returns `[m, w.rows]`. For decode-sized `m`: the int8-product GEMV
+/// with int16 activations where the CPU has AVX-512 VNNI (`packed_vnni`), else the AVX2
+/// int16 one (`packed_i16`), else the fused float GEMV on weights it supports
+/// ([`gemv_supported`]); the banded dequantize + dense GEMM otherwise.
 pub fn matmul_packed_nt(x: &[f32], w: &PackedLinear, m: usize) -> Vec<f32> {
     assert_eq!(x.len(), m * w.cols, "activation shape");
-    if let Some(y) = super::packed_i16::gemv_packed_i16(x, w, m) {
+    if let Some(y) = super::packed_vnni::gemv_packed_vnni(x, w, m, ActCodes::Int16) {
+        y
+    } else if let Some(y) = super::packed_i16::gemv_packed_i16(x, w, m) {
         y
     } else if (1..=GEMV_MAX_ROWS).contains(&m) && gemv_supported(w) {
         gemv_packed(x, w, m, has_avx2_fma())

@@ -9,7 +9,7 @@ use burn::backend::Flex;
 
 use super::host_ops::{add_in_place, rms_norm_rows, silu_mul_in_place};
 use super::kv_cache::KvCache;
-use super::linear::{host_matmul, Linear};
+use super::linear::{host_matmul, host_matmul_many, Linear};
 use super::llama::Llama;
 use crate::generate::host_f32;
 use crate::kernels::attention::{attention_cached, CachedAttnShape};
@@ -17,6 +17,22 @@ use crate::kernels::attention::{attention_cached, CachedAttnShape};
 /// `x · Wᵀ + b` for `m` rows.
 fn linear(x: &[f32], m: usize, l: &Linear<Flex>) -> Vec<f32> {
     let mut y = host_matmul(x, &l.weight, m);
+    add_bias(&mut y, l);
+    y
+}
+
+/// [`linear`] for the `N` layers that read the same input, in one call where the weights
+/// allow it (see [`host_matmul_many`]).
+fn linears<const N: usize>(x: &[f32], m: usize, ls: [&Linear<Flex>; N]) -> [Vec<f32>; N] {
+    let mut ys = host_matmul_many(x, &ls.map(|l| &l.weight), m).into_iter();
+    std::array::from_fn(|i| {
+        let mut y = ys.next().expect("one output per weight");
+        add_bias(&mut y, ls[i]);
+        y
+    })
+}
+
+fn add_bias(y: &mut [f32], l: &Linear<Flex>) {
     if let Some(b) = &l.bias {
         let b = host_f32(b.clone());
         for row in y.chunks_exact_mut(b.len()) {
@@ -25,7 +41,6 @@ fn linear(x: &[f32], m: usize, l: &Linear<Flex>) -> Vec<f32> {
             }
         }
     }
-    y
 }
 
 /// `[t, heads, hd]` (token-major, as projections come out) to `[heads, t, hd]` (the cache's
@@ -60,9 +75,7 @@ pub(crate) fn forward_last(model: &Llama<Flex>, tokens: &[u32], cache: &mut KvCa
         let a = &layer.self_attn;
         let (hd, nh, nkv) = (a.head_dim, a.num_heads, a.num_kv_heads);
         let h = rms_norm_rows(&x, &host_f32(layer.input_layernorm.clone()), eps);
-        let mut q = linear(&h, t, &a.q_proj);
-        let mut k = linear(&h, t, &a.k_proj);
-        let mut v = linear(&h, t, &a.v_proj);
+        let [mut q, mut k, mut v] = linears(&h, t, [&a.q_proj, &a.k_proj, &a.v_proj]);
         for j in 0..t {
             model
                 .rope
@@ -89,8 +102,8 @@ pub(crate) fn forward_last(model: &Llama<Flex>, tokens: &[u32], cache: &mut KvCa
         let o = attention_cached(&q, kc, vc, shape);
         add_in_place(&mut x, &linear(&o, t, &a.o_proj));
         let h = rms_norm_rows(&x, &host_f32(layer.post_attention_layernorm.clone()), eps);
-        let mut g = linear(&h, t, &layer.mlp.gate_proj);
-        silu_mul_in_place(&mut g, &linear(&h, t, &layer.mlp.up_proj));
+        let [mut g, u] = linears(&h, t, [&layer.mlp.gate_proj, &layer.mlp.up_proj]);
+        silu_mul_in_place(&mut g, &u);
         add_in_place(&mut x, &linear(&g, t, &layer.mlp.down_proj));
     }
     cache.advance(t);

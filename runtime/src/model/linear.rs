@@ -13,6 +13,7 @@ use crate::kernels::int8::matmul_i8_nt;
 use crate::kernels::matmul_f32_nt;
 use crate::kernels::onebit::matmul_onebit_nt;
 use crate::kernels::packed_q::matmul_packed_nt;
+use crate::kernels::packed_vnni::{gemv_packed_vnni_many, ActCodes};
 use crate::packed::{Int8Linear, OneBitLinear, PackedLinear};
 
 use super::kv_cache::KvCache;
@@ -190,6 +191,22 @@ pub fn host_matmul(x: &[f32], w: &HostWeight, m: usize) -> Vec<f32> {
         HostWeight::Int8(w) => matmul_i8_nt(x, w, m),
         HostWeight::OneBit(w) => matmul_onebit_nt(x, w, m),
     }
+}
+
+/// `x · Wᵢᵀ` for weights that read the same input `x` (q/k/v, gate/up): packed weights the
+/// VNNI GEMV takes go through one call (activations coded once, one thread-team loop), with
+/// the same results as [`host_matmul`] on each; anything else is multiplied one by one.
+pub fn host_matmul_many(x: &[f32], ws: &[&HostWeight], m: usize) -> Vec<Vec<f32>> {
+    let packed: Option<Vec<&PackedLinear>> = ws
+        .iter()
+        .map(|w| match w {
+            HostWeight::Packed(p) => Some(&**p),
+            _ => None,
+        })
+        .collect();
+    packed
+        .and_then(|ps| gemv_packed_vnni_many(x, &ps, m, ActCodes::Int16))
+        .unwrap_or_else(|| ws.iter().map(|w| host_matmul(x, w, m)).collect())
 }
 
 /// `y = x · Wᵀ + b`.
