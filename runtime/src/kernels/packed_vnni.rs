@@ -161,7 +161,8 @@ pub fn matmul_packed_vnni_ref(x: &QuantActs, w: &PackedLinear) -> Vec<f32> {
 }
 
 /// Whether this CPU runs the VNNI kernel (AVX-512 F/BW/VL/VNNI and FMA).
-/// `LMQ_NO_AVX512=1` turns it off, as it does the int16 kernel's AVX-512 path.
+/// `LMQ_NO_AVX512=1` turns it off (the AVX2 int16 kernel runs instead), for side-by-side
+/// measurement.
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -452,6 +453,8 @@ mod vnni {
     ///
     /// # Safety
     /// As `band`; `o + R <= end <= rows of the weight`, `y.len() >= R·M`.
+    // The loops index [row][activation row] arrays by both indices at once.
+    #[allow(clippy::needless_range_loop)]
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
     unsafe fn tile<const BITS: u32, const P: usize, const R: usize, const M: usize>(
