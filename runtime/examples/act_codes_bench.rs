@@ -12,7 +12,7 @@ use lmq_runtime::kernels::{packed_i16, packed_vnni};
 use lmq_runtime::packed::PackedLinear;
 
 /// `(n, k)`: q/o, k/v, gate/up, down.
-const SHAPES: [(usize, usize); 4] = [(576, 576), (192, 576), (1536, 576), (576, 1536)];
+const SHAPES: [(usize, usize); 5] = [(8, 576), (576, 576), (192, 576), (1536, 576), (576, 1536)];
 
 fn data(len: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

@@ -220,19 +220,29 @@ struct KernelActs {
 fn kernel_acts(x: &QuantActs, w: &PackedLinear) -> KernelActs {
     let lc = load_cols(w.bits);
     let (k, nb, loads, planes) = (x.k, x.k / BLOCK, x.k / lc, x.kind.planes());
+    let order: Vec<usize> = (0..lc).map(|p| kernel_column(w.bits, p)).collect();
     let mut codes = vec![0i8; x.m * planes * k];
-    for r in 0..x.m {
-        for l in 0..loads {
-            for p in 0..lc {
-                let q = x.codes[r * k + l * lc + kernel_column(w.bits, p)];
-                if planes == 1 {
-                    codes[r * k + l * lc + p] = q as i8;
-                } else {
+    for (src, dst) in x
+        .codes
+        .chunks_exact(k)
+        .zip(codes.chunks_exact_mut(planes * k))
+    {
+        let (first, second) = dst.split_at_mut(k);
+        for ((s, a), b) in src.chunks_exact(lc).zip(first.chunks_exact_mut(lc)).zip(
+            second
+                .chunks_exact_mut(lc)
+                .chain(std::iter::repeat_with(|| &mut [][..])),
+        ) {
+            if planes == 1 {
+                for (d, &c) in a.iter_mut().zip(&order) {
+                    *d = s[c] as i8;
+                }
+            } else {
+                for ((hi, lo), &c) in a.iter_mut().zip(b.iter_mut()).zip(&order) {
                     // q = 256·hi + lo with lo the low byte read as signed.
-                    let lo = q as i8;
-                    let hi = ((i32::from(q) - i32::from(lo)) >> 8) as i8;
-                    codes[(r * 2) * k + l * lc + p] = hi;
-                    codes[(r * 2 + 1) * k + l * lc + p] = lo;
+                    let q = s[c];
+                    *lo = q as i8;
+                    *hi = ((i32::from(q) - i32::from(*lo)) >> 8) as i8;
                 }
             }
         }
