@@ -4,6 +4,7 @@
 //! stream the `[out, in]` weight rows once, split across threads.
 
 pub mod attention;
+pub mod block_codes;
 pub mod dense_f32;
 pub mod fast_exp;
 pub mod int8;

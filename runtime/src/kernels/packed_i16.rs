@@ -11,139 +11,29 @@
 //! 64 (4-bit) or 32 (8-bit) columns has 258× less rounding error, bounded per output by
 //! `Σ_c |w_c| · sx_block / 2` (tested below), and still keeps every product in `i16 × i16`.
 //!
-//! The definition ([`quantize_acts_i16`], [`matmul_packed_i16_ref`]):
+//! The definition ([`quantize_acts_i16`], `block_codes::matmul_block_codes_ref`):
 //! `y[r][o] = Σ_g s[o][g] · Σ_{b ∈ g} sx[r][b] · Σ_{c ∈ b} (u[o][c] − z[o][g]) · q[r][c]`
 //! with `u` the stored code, `z` the stored zero (zero point + storage offset), `q` the int16
 //! activation code and `sx` its block scale. The kernel computes `Σ u·q` exactly in i32 lanes
 //! and subtracts `z · Σ_{b∈g} sx·Σq` once per group, from sums taken once per call.
 
+use super::block_codes::{int_gemv_supported, load_cols, quantize_blocks, BlockCodes};
 use super::dense_f32::GEMV_MAX_ROWS;
-use crate::packed::pack_quantized::{storage_offset, unpack_int32};
+use crate::packed::pack_quantized::storage_offset;
 use crate::packed::PackedLinear;
 
 /// Largest int16 activation code (symmetric: −32767..=32767).
 const CODE_MAX: f32 = 32767.0;
 
-/// Columns one 32-byte weight load covers, which is also the activation block that shares
-/// one int16 scale: 64 for 4-bit, 32 for 8-bit codes.
+/// The activation block that shares one int16 scale: the columns of one 32-byte weight load
+/// (64 for 4-bit, 32 for 8-bit codes).
 pub const fn block_cols(bits: u8) -> usize {
-    if bits == 4 {
-        64
-    } else {
-        32
-    }
+    load_cols(bits)
 }
 
-/// Activations of one GEMV as int16 codes: `codes` `[m, k]` in column order, `scale`
-/// `[m, k / block]` (value = code · scale), and each block's code sum (for zero points).
-#[derive(Debug, Clone)]
-pub struct I16Acts {
-    pub m: usize,
-    pub k: usize,
-    pub block: usize,
-    pub codes: Vec<i16>,
-    pub scale: Vec<f32>,
-    pub code_sums: Vec<i32>,
-}
-
-/// Quantizes `x` (`[m, k]`, `k` a multiple of `block`) per row and per `block` columns:
-/// scale = absmax / 32767, codes rounded to nearest (ties to even). An all-zero block has
-/// scale 0 and codes 0.
-pub fn quantize_acts_i16(x: &[f32], m: usize, k: usize, block: usize) -> I16Acts {
-    assert_eq!(x.len(), m * k, "activation shape");
-    assert!(
-        block > 0 && k.is_multiple_of(block),
-        "{k} columns in blocks of {block}"
-    );
-    let nb = k / block;
-    let mut codes = vec![0i16; m * k];
-    let mut scale = vec![0.0f32; m * nb];
-    let mut code_sums = vec![0i32; m * nb];
-    for ((xs, qs), (s, sum)) in x
-        .chunks_exact(block)
-        .zip(codes.chunks_exact_mut(block))
-        .zip(scale.iter_mut().zip(code_sums.iter_mut()))
-    {
-        let amax = xs.iter().fold(0.0f32, |a, v| a.max(v.abs()));
-        if amax == 0.0 || !amax.is_finite() {
-            // Zero block: codes stay 0. A non-finite block keeps its infinity/NaN visible.
-            *s = if amax == 0.0 { 0.0 } else { amax };
-            continue;
-        }
-        *s = amax / CODE_MAX;
-        let inv = CODE_MAX / amax;
-        let mut acc = 0i32;
-        for (q, &v) in qs.iter_mut().zip(xs) {
-            let c = round_ties_even_small((v * inv).clamp(-CODE_MAX, CODE_MAX)) as i16;
-            *q = c;
-            acc += i32::from(c);
-        }
-        *sum = acc;
-    }
-    I16Acts {
-        m,
-        k,
-        block,
-        codes,
-        scale,
-        code_sums,
-    }
-}
-
-/// Round half to even for |v| < 2^22 without a libm call (baseline x86-64 has no `roundss`):
-/// adding and subtracting 1.5·2^23 leaves the nearest integer under the default rounding.
-#[inline]
-pub(crate) fn round_ties_even_small(v: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0;
-    (v + MAGIC) - MAGIC
-}
-
-/// Whether the int16 GEMV handles `w`: 4 or 8 bits, no `g_idx`, and groups (and the width)
-/// made of whole 32-byte blocks.
-pub fn i16_supported(w: &PackedLinear) -> bool {
-    let b = block_cols(w.bits);
-    matches!(w.bits, 4 | 8)
-        && w.g_idx.is_none()
-        && w.group_size.is_multiple_of(b)
-        && w.cols.is_multiple_of(b)
-        && w.cols > 0
-}
-
-/// The stored zero of row `o`, group `g`: zero point plus storage offset.
-fn stored_zero(w: &PackedLinear, o: usize, g: usize) -> f64 {
-    let zp = w
-        .zero
-        .as_ref()
-        .map_or(0, |z| i32::from(z[o * w.n_groups() + g]));
-    f64::from(storage_offset(w.bits) + zp)
-}
-
-/// Plain definition of the int16 scheme (module docs), accumulated in f64. Returns `[m, rows]`.
-pub fn matmul_packed_i16_ref(x: &I16Acts, w: &PackedLinear) -> Vec<f32> {
-    assert_eq!(x.k, w.cols, "activation width");
-    let (n, k, m) = (w.rows, w.cols, x.m);
-    let nb = k / x.block;
-    let wpr = w.words_per_row();
-    let mut y = vec![0.0f32; m * n];
-    for o in 0..n {
-        let u = unpack_int32(&w.packed[o * wpr..(o + 1) * wpr], 1, k, w.bits)
-            .expect("a validated weight");
-        for r in 0..m {
-            let mut total = 0.0f64;
-            for b in 0..nb {
-                let c0 = b * x.block;
-                let g = c0 / w.group_size;
-                let z = stored_zero(w, o, g);
-                let dot: f64 = (c0..c0 + x.block)
-                    .map(|c| (f64::from(u[c]) - z) * f64::from(x.codes[r * k + c]))
-                    .sum();
-                total +=
-                    f64::from(w.scale[o * w.n_groups() + g]) * f64::from(x.scale[r * nb + b]) * dot;
-            }
-            y[r * n + o] = total as f32;
-        }
-    }
-    y
+/// Quantizes `x` (`[m, k]`) to int16 codes per `block` columns (scale = absmax / 32767).
+pub fn quantize_acts_i16(x: &[f32], m: usize, k: usize, block: usize) -> BlockCodes {
+    quantize_blocks(x, m, k, block, CODE_MAX)
 }
 
 /// Whether this CPU runs the int16 kernel (AVX2 and FMA; otherwise the float GEMV runs).
@@ -177,14 +67,14 @@ fn kernel_column(bits: u8, p: usize) -> usize {
 /// short stream (tens of KB per thread), over before the hardware prefetcher has ramped up.
 const PREFETCH_ROWS: usize = 8;
 
-/// `I16Acts` codes of each row reordered block by block into kernel order, plus the
+/// `BlockCodes` codes of each row reordered block by block into kernel order, plus the
 /// per-row, per-group correction `Σ_{b∈g} sx[b] · Σq[b]` (f32).
 struct KernelActs {
     codes: Vec<i16>,
     zsum: Vec<f32>,
 }
 
-fn kernel_acts(x: &I16Acts, w: &PackedLinear) -> KernelActs {
+fn kernel_acts(x: &BlockCodes, w: &PackedLinear) -> KernelActs {
     let (k, b) = (x.k, x.block);
     let nb = k / b;
     let order: Vec<usize> = (0..b).map(|p| kernel_column(w.bits, p)).collect();
@@ -208,7 +98,7 @@ fn kernel_acts(x: &I16Acts, w: &PackedLinear) -> KernelActs {
 /// `x · Wᵀ` for `x` `[m, k]` (`m ≤ GEMV_MAX_ROWS`) through the int16 scheme; `None` when the
 /// CPU or the weight does not take this path.
 pub fn gemv_packed_i16(x: &[f32], w: &PackedLinear, m: usize) -> Option<Vec<f32>> {
-    if !(available() && i16_supported(w) && (1..=GEMV_MAX_ROWS).contains(&m)) {
+    if !(available() && int_gemv_supported(w) && (1..=GEMV_MAX_ROWS).contains(&m)) {
         return None;
     }
     let acts = quantize_acts_i16(x, m, w.cols, block_cols(w.bits));
@@ -216,9 +106,9 @@ pub fn gemv_packed_i16(x: &[f32], w: &PackedLinear, m: usize) -> Option<Vec<f32>
 }
 
 /// The AVX2 kernel over bands of output rows, in parallel. Panics if the CPU lacks AVX2.
-pub fn gemv_i16(x: &I16Acts, w: &PackedLinear) -> Vec<f32> {
+pub fn gemv_i16(x: &BlockCodes, w: &PackedLinear) -> Vec<f32> {
     assert!(available(), "int16 GEMV needs AVX2");
-    assert!(i16_supported(w) && x.block == block_cols(w.bits) && x.k == w.cols);
+    assert!(int_gemv_supported(w) && x.block == block_cols(w.bits) && x.k == w.cols);
     let (n, k, m) = (w.rows, w.cols, x.m);
     assert!((1..=GEMV_MAX_ROWS).contains(&m), "GEMV with {m} rows");
     let (wpr, ng) = (w.words_per_row(), w.n_groups());
@@ -444,45 +334,13 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::packed_q::matmul_packed_nt_ref;
+    use crate::kernels::block_codes::tests::{activations, assert_matches_definition};
     // The same deterministic weights as the float kernels' tests.
     use crate::kernels::packed_q::tests::weight;
 
     /// The kernel's f32 sums against the f64 definition of the same int16 scheme, relative to
     /// `Σ_c |x̂_c · w_c|` (the float error of a dot product scales with that sum).
     const I16_KERNEL_REL_TOL: f64 = 2e-6;
-
-    fn activations(m: usize, k: usize, seed: usize) -> Vec<f32> {
-        (0..m * k)
-            .map(|i| {
-                let v = (((i + seed) * 2654435761) % 10007) as f32 / 10007.0 - 0.5;
-                // A few outlier channels, as real hidden states have.
-                if i % 97 == 5 {
-                    v * 60.0
-                } else {
-                    v
-                }
-            })
-            .collect()
-    }
-
-    fn dequantized_acts(a: &I16Acts) -> Vec<f32> {
-        let nb = a.k / a.block;
-        (0..a.m * a.k)
-            .map(|i| {
-                let (r, c) = (i / a.k, i % a.k);
-                f32::from(a.codes[i]) * a.scale[r * nb + c / a.block]
-            })
-            .collect()
-    }
-
-    #[test]
-    fn magic_rounding_is_round_half_to_even() {
-        for i in -70000..70000 {
-            let v = i as f32 * 0.5 + if i % 3 == 0 { 0.0 } else { 0.13 };
-            assert_eq!(round_ties_even_small(v), v.round_ties_even(), "{v}");
-        }
-    }
 
     #[test]
     fn kernel_order_is_a_permutation_of_each_block() {
@@ -492,20 +350,6 @@ mod tests {
             seen.sort_unstable();
             assert_eq!(seen, (0..b).collect::<Vec<_>>(), "{bits}-bit");
         }
-    }
-
-    #[test]
-    fn codes_use_absmax_over_32767_per_block() {
-        let x = [0.5f32, -1.0, 0.25, 0.0, 2.0, 2.0, -2.0, 1.0];
-        let a = quantize_acts_i16(&x, 1, 8, 4);
-        assert_eq!(a.scale, vec![1.0 / 32767.0, 2.0 / 32767.0]);
-        assert_eq!(
-            a.codes,
-            vec![16384, -32767, 8192, 0, 32767, 32767, -32767, 16384]
-        );
-        assert_eq!(a.code_sums, vec![16384 - 32767 + 8192, 32767 + 16384]);
-        let z = quantize_acts_i16(&[0.0; 4], 1, 4, 4);
-        assert_eq!((z.scale[0], z.codes.clone()), (0.0, vec![0; 4]));
     }
 
     #[test]
@@ -522,26 +366,19 @@ mod tests {
                         continue;
                     }
                     let w = weight(bits, 45, cols, group, symmetric);
-                    assert!(i16_supported(&w));
+                    assert!(int_gemv_supported(&w));
                     for m in [1, 2, 3, 8] {
                         let x = activations(m, cols, m + cols);
                         let a = quantize_acts_i16(&x, m, cols, b);
-                        let got = gemv_i16(&a, &w);
-                        let want = matmul_packed_i16_ref(&a, &w);
-                        let xh = dequantized_acts(&a);
-                        let wd = w.dequantize_ref();
-                        for r in 0..m {
-                            for o in 0..w.rows {
-                                let mag: f64 = (0..cols)
-                                    .map(|c| f64::from(xh[r * cols + c] * wd[o * cols + c]).abs())
-                                    .sum();
-                                let (g, e) = (got[r * w.rows + o], want[r * w.rows + o]);
-                                assert!(
-                                f64::from((g - e).abs()) <= I16_KERNEL_REL_TOL * mag.max(1e-30),
-                                "bits {bits} sym {symmetric} cols {cols} group {group} m {m} row {r} out {o}: {g} vs {e}"
-                            );
-                            }
-                        }
+                        let what =
+                            format!("bits {bits} sym {symmetric} cols {cols} group {group} m {m}");
+                        assert_matches_definition(
+                            &gemv_i16(&a, &w),
+                            &a,
+                            &w,
+                            I16_KERNEL_REL_TOL,
+                            &what,
+                        );
                     }
                 }
             }
@@ -549,41 +386,7 @@ mod tests {
     }
 
     #[test]
-    fn int16_rounding_stays_within_its_bound_of_the_float_product() {
-        // |y_i16 − y_f32| ≤ Σ_c |w_c| · sx_block(c) / 2, plus float slop.
-        for bits in [4u8, 8] {
-            let b = block_cols(bits);
-            let (cols, m) = (4 * b, 2);
-            let w = weight(bits, 30, cols, b, false);
-            let x = activations(m, cols, 7);
-            let a = quantize_acts_i16(&x, m, cols, b);
-            let got = matmul_packed_i16_ref(&a, &w);
-            let want = matmul_packed_nt_ref(&x, &w, m);
-            let wd = w.dequantize_ref();
-            let nb = cols / b;
-            for r in 0..m {
-                for o in 0..w.rows {
-                    let bound: f64 = (0..cols)
-                        .map(|c| {
-                            f64::from(wd[o * cols + c].abs()) * f64::from(a.scale[r * nb + c / b])
-                                / 2.0
-                        })
-                        .sum();
-                    let err = f64::from((got[r * w.rows + o] - want[r * w.rows + o]).abs());
-                    assert!(
-                        err <= bound * 1.01 + 1e-6,
-                        "bits {bits} r {r} o {o}: {err} > {bound}"
-                    );
-                }
-            }
-        }
-    }
-
-    #[test]
     fn weights_it_cannot_take_are_declined() {
-        assert!(!i16_supported(&weight(4, 3, 64, 32, true)));
-        assert!(!i16_supported(&weight(3, 3, 64, 64, true)));
-        assert!(i16_supported(&weight(8, 3, 64, 32, true)));
         assert!(gemv_packed_i16(&[0.0; 64 * 9], &weight(4, 3, 64, 64, true), 9).is_none());
     }
 }

@@ -8,15 +8,16 @@
 //! - `Int8`: one plane (llama.cpp's Q8 activations), half the multiplies, 256× the rounding
 //!   error.
 //!
-//! The definition ([`quantize_acts`], [`matmul_packed_vnni_ref`]), blocks of [`BLOCK`]
+//! The definition ([`quantize_acts`], `block_codes::matmul_block_codes_ref`), blocks of [`BLOCK`]
 //! columns sharing one activation scale `sx`:
 //! `y[r][o] = Σ_g s[o][g] · Σ_{b ∈ g} sx[r][b] · Σ_{c ∈ b} (u[o][c] − z[o][g]) · q[r][c]`
 //! with `u` the stored code, `z` the stored zero (zero point + storage offset) and `q` the
 //! activation code. The kernel takes `Σ u·q` exactly in i32 lanes and subtracts
 //! `z · Σ_{b∈g} sx·Σq` per group once, after the loop.
 
+use super::block_codes::{int_gemv_supported, load_cols, quantize_blocks, BlockCodes};
 use super::dense_f32::GEMV_MAX_ROWS;
-use crate::packed::pack_quantized::{storage_offset, unpack_int32};
+use crate::packed::pack_quantized::storage_offset;
 use crate::packed::PackedLinear;
 
 /// Columns that share one activation scale.
@@ -41,7 +42,7 @@ impl ActCodes {
     }
 
     /// int8 planes per value in the kernel.
-    const fn planes(self) -> usize {
+    pub const fn planes(self) -> usize {
         match self {
             ActCodes::Int8 => 1,
             ActCodes::Int16 => 2,
@@ -49,115 +50,9 @@ impl ActCodes {
     }
 }
 
-/// Columns one 32-byte weight load covers: 64 four-bit or 32 eight-bit codes.
-pub const fn load_cols(bits: u8) -> usize {
-    if bits == 4 {
-        64
-    } else {
-        32
-    }
-}
-
-/// Activations of one GEMV as codes: `codes` `[m, k]` in column order, `scale`
-/// `[m, k / BLOCK]` (value = code · scale), and each block's code sum (for zero points).
-#[derive(Debug, Clone)]
-pub struct QuantActs {
-    pub kind: ActCodes,
-    pub m: usize,
-    pub k: usize,
-    pub codes: Vec<i16>,
-    pub scale: Vec<f32>,
-    pub code_sums: Vec<i32>,
-}
-
-/// Quantizes `x` (`[m, k]`, `k` a multiple of [`BLOCK`]) per row and per block: scale =
-/// absmax / code_max, codes rounded to nearest (ties to even). An all-zero block has scale 0.
-pub fn quantize_acts(x: &[f32], m: usize, k: usize, kind: ActCodes) -> QuantActs {
-    assert_eq!(x.len(), m * k, "activation shape");
-    assert!(k.is_multiple_of(BLOCK), "{k} columns in blocks of {BLOCK}");
-    let code_max = kind.code_max();
-    let nb = k / BLOCK;
-    let mut codes = vec![0i16; m * k];
-    let mut scale = vec![0.0f32; m * nb];
-    let mut code_sums = vec![0i32; m * nb];
-    for ((xs, qs), (s, sum)) in x
-        .chunks_exact(BLOCK)
-        .zip(codes.chunks_exact_mut(BLOCK))
-        .zip(scale.iter_mut().zip(code_sums.iter_mut()))
-    {
-        let amax = xs.iter().fold(0.0f32, |a, v| a.max(v.abs()));
-        if amax == 0.0 || !amax.is_finite() {
-            // Zero block: codes stay 0. A non-finite block keeps its infinity/NaN visible.
-            *s = if amax == 0.0 { 0.0 } else { amax };
-            continue;
-        }
-        *s = amax / code_max;
-        let inv = code_max / amax;
-        let mut acc = 0i32;
-        for (q, &v) in qs.iter_mut().zip(xs) {
-            let c = super::packed_i16::round_ties_even_small((v * inv).clamp(-code_max, code_max))
-                as i16;
-            *q = c;
-            acc += i32::from(c);
-        }
-        *sum = acc;
-    }
-    QuantActs {
-        kind,
-        m,
-        k,
-        codes,
-        scale,
-        code_sums,
-    }
-}
-
-/// Whether the VNNI GEMV handles `w`: 4 or 8 bits, no `g_idx`, and groups (and the width)
-/// made of whole 32-byte loads.
-pub fn vnni_supported(w: &PackedLinear) -> bool {
-    let b = load_cols(w.bits);
-    matches!(w.bits, 4 | 8)
-        && w.g_idx.is_none()
-        && w.group_size.is_multiple_of(b)
-        && w.cols.is_multiple_of(b)
-        && w.cols > 0
-}
-
-/// The stored zero of row `o`, group `g`: zero point plus storage offset.
-fn stored_zero(w: &PackedLinear, o: usize, g: usize) -> f64 {
-    let zp = w
-        .zero
-        .as_ref()
-        .map_or(0, |z| i32::from(z[o * w.n_groups() + g]));
-    f64::from(storage_offset(w.bits) + zp)
-}
-
-/// Plain definition of the scheme (module docs), accumulated in f64. Returns `[m, rows]`.
-pub fn matmul_packed_vnni_ref(x: &QuantActs, w: &PackedLinear) -> Vec<f32> {
-    assert_eq!(x.k, w.cols, "activation width");
-    let (n, k, m) = (w.rows, w.cols, x.m);
-    let nb = k / BLOCK;
-    let wpr = w.words_per_row();
-    let mut y = vec![0.0f32; m * n];
-    for o in 0..n {
-        let u = unpack_int32(&w.packed[o * wpr..(o + 1) * wpr], 1, k, w.bits)
-            .expect("a validated weight");
-        for r in 0..m {
-            let mut total = 0.0f64;
-            for b in 0..nb {
-                let c0 = b * BLOCK;
-                let g = c0 / w.group_size;
-                let z = stored_zero(w, o, g);
-                let dot: f64 = (c0..c0 + BLOCK)
-                    .map(|c| (f64::from(u[c]) - z) * f64::from(x.codes[r * k + c]))
-                    .sum();
-                total +=
-                    f64::from(w.scale[o * w.n_groups() + g]) * f64::from(x.scale[r * nb + b]) * dot;
-            }
-            y[r * n + o] = total as f32;
-        }
-    }
-    y
+/// Quantizes `x` (`[m, k]`, `k` a multiple of [`BLOCK`]) to `kind` codes per block.
+pub fn quantize_acts(x: &[f32], m: usize, k: usize, kind: ActCodes) -> BlockCodes {
+    quantize_blocks(x, m, k, BLOCK, kind.code_max())
 }
 
 /// Whether this CPU runs the VNNI kernel (AVX-512 F/BW/VL/VNNI and FMA).
@@ -205,7 +100,7 @@ const ROW_TILE: usize = 4;
 /// of KB per thread), over before the hardware prefetcher has ramped up.
 const PREFETCH_ROWS: usize = 8;
 
-/// [`QuantActs`] as the kernel reads them: per activation row its int8 planes in kernel
+/// [`BlockCodes`] as the kernel reads them: per activation row its int8 planes in kernel
 /// order (`[m, planes, k]`; two planes: high bytes, then low), the eight lane scales of
 /// each load (`[m, loads, 8]`), and the per-group zero-point sum `Σ_{b∈g} sx[b] · Σq[b]`
 /// spread over the eight lanes of an accumulator (`[m, groups]`, divided by 8: exact).
@@ -217,9 +112,10 @@ struct KernelActs {
     zlane: Vec<f32>,
 }
 
-fn kernel_acts(x: &QuantActs, w: &PackedLinear) -> KernelActs {
+fn kernel_acts(x: &BlockCodes, kind: ActCodes, w: &PackedLinear) -> KernelActs {
+    assert_eq!(x.block, BLOCK, "activation block");
     let lc = load_cols(w.bits);
-    let (k, nb, loads, planes) = (x.k, x.k / BLOCK, x.k / lc, x.kind.planes());
+    let (k, nb, loads, planes) = (x.k, x.k / BLOCK, x.k / lc, kind.planes());
     let order: Vec<usize> = (0..lc).map(|p| kernel_column(w.bits, p)).collect();
     let mut codes = vec![0i8; x.m * planes * k];
     for (src, dst) in x
@@ -293,21 +189,25 @@ pub fn gemv_packed_vnni_many(
 ) -> Option<Vec<Vec<f32>>> {
     let w0 = ws.first()?;
     let alike = ws.iter().all(|w| {
-        vnni_supported(w) && (w.bits, w.cols, w.group_size) == (w0.bits, w0.cols, w0.group_size)
+        int_gemv_supported(w) && (w.bits, w.cols, w.group_size) == (w0.bits, w0.cols, w0.group_size)
     });
     if !(available() && alike && (1..=GEMV_MAX_ROWS).contains(&m)) {
         return None;
     }
-    Some(gemv_vnni_many(&quantize_acts(x, m, w0.cols, kind), ws))
+    Some(gemv_vnni_many(
+        &quantize_acts(x, m, w0.cols, kind),
+        kind,
+        ws,
+    ))
 }
 
 /// The kernel over bands of output rows on the thread team. Panics without AVX-512 VNNI.
-pub fn gemv_vnni(x: &QuantActs, w: &PackedLinear) -> Vec<f32> {
-    gemv_vnni_many(x, &[w]).remove(0)
+pub fn gemv_vnni(x: &BlockCodes, kind: ActCodes, w: &PackedLinear) -> Vec<f32> {
+    gemv_vnni_many(x, kind, &[w]).remove(0)
 }
 
 /// [`gemv_vnni`] for several weights of the same width, bits and group size, in one loop.
-pub fn gemv_vnni_many(x: &QuantActs, ws: &[&PackedLinear]) -> Vec<Vec<f32>> {
+pub fn gemv_vnni_many(x: &BlockCodes, kind: ActCodes, ws: &[&PackedLinear]) -> Vec<Vec<f32>> {
     assert!(available(), "the VNNI GEMV needs AVX-512 VNNI");
     let w0 = ws[0];
     let m = x.m;
@@ -316,7 +216,7 @@ pub fn gemv_vnni_many(x: &QuantActs, ws: &[&PackedLinear]) -> Vec<Vec<f32>> {
         .iter()
         .map(|w| {
             assert!(
-                vnni_supported(w) && x.k == w.cols,
+                int_gemv_supported(w) && x.k == w.cols,
                 "weight shape for the VNNI GEMV"
             );
             assert_eq!(
@@ -341,7 +241,7 @@ pub fn gemv_vnni_many(x: &QuantActs, ws: &[&PackedLinear]) -> Vec<Vec<f32>> {
             }
         })
         .collect();
-    let acts = kernel_acts(x, w0);
+    let acts = kernel_acts(x, kind, w0);
     // Output rows of all weights one after another; a band may cross from one to the next.
     let starts: Vec<usize> = ws
         .iter()
@@ -591,7 +491,7 @@ mod vnni {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::packed_q::matmul_packed_nt_ref;
+    use crate::kernels::block_codes::tests::{activations, assert_matches_definition};
     use crate::kernels::packed_q::tests::weight;
 
     /// The kernel's f32 sums against the f64 definition of the same scheme, relative to
@@ -599,27 +499,6 @@ mod tests {
     const VNNI_KERNEL_REL_TOL: f64 = 2e-6;
 
     const KINDS: [ActCodes; 2] = [ActCodes::Int8, ActCodes::Int16];
-
-    fn activations(m: usize, k: usize, seed: usize) -> Vec<f32> {
-        (0..m * k)
-            .map(|i| {
-                let v = (((i + seed) * 2654435761) % 10007) as f32 / 10007.0 - 0.5;
-                // A few outlier channels, as real hidden states have.
-                if i % 97 == 5 {
-                    v * 60.0
-                } else {
-                    v
-                }
-            })
-            .collect()
-    }
-
-    fn dequantized_acts(a: &QuantActs) -> Vec<f32> {
-        let nb = a.k / BLOCK;
-        (0..a.m * a.k)
-            .map(|i| f32::from(a.codes[i]) * a.scale[(i / a.k) * nb + (i % a.k) / BLOCK])
-            .collect()
-    }
 
     #[test]
     fn codes_use_absmax_over_the_code_range_per_block() {
@@ -684,28 +563,15 @@ mod tests {
                         }
                         // 45 rows: four-row tiles, a remainder, bands on every thread.
                         let w = weight(bits, 45, cols, group, symmetric);
-                        assert!(vnni_supported(&w));
+                        assert!(int_gemv_supported(&w));
                         for m in [1, 2, 3, 8] {
                             let x = activations(m, cols, m + cols);
                             let a = quantize_acts(&x, m, cols, kind);
-                            let got = gemv_vnni(&a, &w);
-                            let want = matmul_packed_vnni_ref(&a, &w);
-                            let (xh, wd) = (dequantized_acts(&a), w.dequantize_ref());
-                            for r in 0..m {
-                                for o in 0..w.rows {
-                                    let mag: f64 = (0..cols)
-                                        .map(|c| {
-                                            f64::from(xh[r * cols + c] * wd[o * cols + c]).abs()
-                                        })
-                                        .sum();
-                                    let (g, e) = (got[r * w.rows + o], want[r * w.rows + o]);
-                                    assert!(
-                                        f64::from((g - e).abs())
-                                            <= VNNI_KERNEL_REL_TOL * mag.max(1e-30),
-                                        "{kind:?} bits {bits} sym {symmetric} cols {cols} group {group} m {m} row {r} out {o}: {g} vs {e}"
-                                    );
-                                }
-                            }
+                            let what = format!(
+                                "{kind:?} bits {bits} sym {symmetric} cols {cols} group {group} m {m}"
+                            );
+                            let got = gemv_vnni(&a, kind, &w);
+                            assert_matches_definition(&got, &a, &w, VNNI_KERNEL_REL_TOL, &what);
                         }
                     }
                 }
@@ -767,43 +633,7 @@ mod tests {
     }
 
     #[test]
-    fn rounding_stays_within_its_bound_of_the_float_product() {
-        // |y − y_f32| ≤ Σ_c |w_c| · sx_block(c) / 2, plus float slop.
-        for kind in KINDS {
-            for bits in [4u8, 8] {
-                let (cols, m) = (4 * load_cols(bits), 2);
-                let w = weight(bits, 30, cols, load_cols(bits), false);
-                let x = activations(m, cols, 7);
-                let a = quantize_acts(&x, m, cols, kind);
-                let got = matmul_packed_vnni_ref(&a, &w);
-                let want = matmul_packed_nt_ref(&x, &w, m);
-                let wd = w.dequantize_ref();
-                let nb = cols / BLOCK;
-                for r in 0..m {
-                    for o in 0..w.rows {
-                        let bound: f64 = (0..cols)
-                            .map(|c| {
-                                f64::from(wd[o * cols + c].abs())
-                                    * f64::from(a.scale[r * nb + c / BLOCK])
-                                    / 2.0
-                            })
-                            .sum();
-                        let err = f64::from((got[r * w.rows + o] - want[r * w.rows + o]).abs());
-                        assert!(
-                            err <= bound * 1.01 + 1e-6,
-                            "{kind:?} bits {bits} r {r} o {o}: {err} > {bound}"
-                        );
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
     fn weights_it_cannot_take_are_declined() {
-        assert!(!vnni_supported(&weight(4, 3, 64, 32, true)));
-        assert!(!vnni_supported(&weight(3, 3, 64, 64, true)));
-        assert!(vnni_supported(&weight(8, 3, 64, 32, true)));
         let nine = gemv_packed_vnni(
             &[0.0; 64 * 9],
             &weight(4, 3, 64, 64, true),
