@@ -15,7 +15,7 @@
 //! per thread, never the whole f32 weight.
 
 use super::dense_f32::GEMV_MAX_ROWS;
-use super::packed_vnni::ActCodes;
+use super::packed_vnni::runtime_act_codes;
 use crate::packed::pack_quantized::storage_offset;
 use crate::packed::PackedLinear;
 
@@ -53,7 +53,7 @@ pub fn matmul_packed_nt_ref(x: &[f32], w: &PackedLinear, m: usize) -> Vec<f32> {
 /// ([`gemv_supported`]); the banded dequantize + dense GEMM otherwise.
 pub fn matmul_packed_nt(x: &[f32], w: &PackedLinear, m: usize) -> Vec<f32> {
     assert_eq!(x.len(), m * w.cols, "activation shape");
-    if let Some(y) = super::packed_vnni::gemv_packed_vnni(x, w, m, ActCodes::Int16) {
+    if let Some(y) = super::packed_vnni::gemv_packed_vnni(x, w, m, runtime_act_codes()) {
         y
     } else if let Some(y) = super::packed_i16::gemv_packed_i16(x, w, m) {
         y

@@ -20,6 +20,18 @@ use super::dense_f32::GEMV_MAX_ROWS;
 use crate::packed::pack_quantized::storage_offset;
 use crate::packed::PackedLinear;
 
+/// The activation precision the runtime's packed GEMVs use: `Int16`, unless
+/// `LMQ_ACT_CODES=int8` asks for int8 (llama.cpp's precision), which is how the README's
+/// perplexity cost of int8 activations is measured. Read once per process.
+pub fn runtime_act_codes() -> ActCodes {
+    use std::sync::OnceLock;
+    static KIND: OnceLock<ActCodes> = OnceLock::new();
+    *KIND.get_or_init(|| match std::env::var("LMQ_ACT_CODES").as_deref() {
+        Ok("int8") => ActCodes::Int8,
+        _ => ActCodes::Int16,
+    })
+}
+
 /// Columns that share one activation scale.
 pub const BLOCK: usize = 32;
 

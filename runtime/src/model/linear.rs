@@ -13,7 +13,7 @@ use crate::kernels::int8::matmul_i8_nt;
 use crate::kernels::matmul_f32_nt;
 use crate::kernels::onebit::matmul_onebit_nt;
 use crate::kernels::packed_q::matmul_packed_nt;
-use crate::kernels::packed_vnni::{gemv_packed_vnni_many, ActCodes};
+use crate::kernels::packed_vnni::{gemv_packed_vnni_many, runtime_act_codes};
 use crate::packed::{Int8Linear, OneBitLinear, PackedLinear};
 
 use super::kv_cache::KvCache;
@@ -205,7 +205,7 @@ pub fn host_matmul_many(x: &[f32], ws: &[&HostWeight], m: usize) -> Vec<Vec<f32>
         })
         .collect();
     packed
-        .and_then(|ps| gemv_packed_vnni_many(x, &ps, m, ActCodes::Int16))
+        .and_then(|ps| gemv_packed_vnni_many(x, &ps, m, runtime_act_codes()))
         .unwrap_or_else(|| ws.iter().map(|w| host_matmul(x, w, m)).collect())
 }
 
