@@ -25,13 +25,9 @@ use crate::packed::PackedLinear;
 /// Largest int16 activation code (symmetric: −32767..=32767).
 const CODE_MAX: f32 = 32767.0;
 
-/// The activation block that shares one int16 scale: the columns of one 32-byte weight load
-/// (64 for 4-bit, 32 for 8-bit codes).
-pub const fn block_cols(bits: u8) -> usize {
-    load_cols(bits)
-}
-
 /// Quantizes `x` (`[m, k]`) to int16 codes per `block` columns (scale = absmax / 32767).
+/// The kernel takes blocks of one 32-byte weight load (`load_cols`: 64 four-bit or 32
+/// eight-bit columns).
 pub fn quantize_acts_i16(x: &[f32], m: usize, k: usize, block: usize) -> BlockCodes {
     quantize_blocks(x, m, k, block, CODE_MAX)
 }
@@ -101,14 +97,14 @@ pub fn gemv_packed_i16(x: &[f32], w: &PackedLinear, m: usize) -> Option<Vec<f32>
     if !(available() && int_gemv_supported(w) && (1..=GEMV_MAX_ROWS).contains(&m)) {
         return None;
     }
-    let acts = quantize_acts_i16(x, m, w.cols, block_cols(w.bits));
+    let acts = quantize_acts_i16(x, m, w.cols, load_cols(w.bits));
     Some(gemv_i16(&acts, w))
 }
 
 /// The AVX2 kernel over bands of output rows, in parallel. Panics if the CPU lacks AVX2.
 pub fn gemv_i16(x: &BlockCodes, w: &PackedLinear) -> Vec<f32> {
     assert!(available(), "int16 GEMV needs AVX2");
-    assert!(int_gemv_supported(w) && x.block == block_cols(w.bits) && x.k == w.cols);
+    assert!(int_gemv_supported(w) && x.block == load_cols(w.bits) && x.k == w.cols);
     let (n, k, m) = (w.rows, w.cols, x.m);
     assert!((1..=GEMV_MAX_ROWS).contains(&m), "GEMV with {m} rows");
     let (wpr, ng) = (w.words_per_row(), w.n_groups());
@@ -345,7 +341,7 @@ mod tests {
     #[test]
     fn kernel_order_is_a_permutation_of_each_block() {
         for bits in [4u8, 8] {
-            let b = block_cols(bits);
+            let b = load_cols(bits);
             let mut seen: Vec<usize> = (0..b).map(|p| kernel_column(bits, p)).collect();
             seen.sort_unstable();
             assert_eq!(seen, (0..b).collect::<Vec<_>>(), "{bits}-bit");
@@ -359,7 +355,7 @@ mod tests {
             return;
         }
         for bits in [4u8, 8] {
-            let b = block_cols(bits);
+            let b = load_cols(bits);
             for symmetric in [true, false] {
                 for (cols, group) in [(2 * b, b), (6 * b, 2 * b), (5 * b, 5 * b), (576, 64)] {
                     if !group.is_multiple_of(b) || !cols.is_multiple_of(b) {
