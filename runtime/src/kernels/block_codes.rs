@@ -41,6 +41,28 @@ pub struct BlockCodes {
     pub code_sums: Vec<i32>,
 }
 
+impl BlockCodes {
+    /// Rows `first..first + m` as codes of their own: coding is per row, so a group of rows
+    /// is coded exactly as when it came alone.
+    pub fn rows(&self, first: usize, m: usize) -> BlockCodes {
+        assert!(
+            first + m <= self.m,
+            "rows {first}..{} of {}",
+            first + m,
+            self.m
+        );
+        let nb = self.k / self.block;
+        BlockCodes {
+            m,
+            k: self.k,
+            block: self.block,
+            codes: self.codes[first * self.k..(first + m) * self.k].to_vec(),
+            scale: self.scale[first * nb..(first + m) * nb].to_vec(),
+            code_sums: self.code_sums[first * nb..(first + m) * nb].to_vec(),
+        }
+    }
+}
+
 /// Quantizes `x` (`[m, k]`, `k` a multiple of `block`) per row and per `block` columns:
 /// scale = absmax / `code_max`, codes rounded to nearest (ties to even). An all-zero block
 /// has scale 0 and codes 0.

@@ -47,10 +47,11 @@ pub fn matmul_packed_nt_ref(x: &[f32], w: &PackedLinear, m: usize) -> Vec<f32> {
     y
 }
 
-/// `x` is `[m, w.cols]`; returns `[m, w.rows]`. For decode-sized `m`: the int8-product GEMV
-/// with int16 activations where the CPU has AVX-512 VNNI (`packed_vnni`), else the AVX2
-/// int16 one (`packed_i16`), else the fused float GEMV on weights it supports
-/// ([`gemv_supported`]); the banded dequantize + dense GEMM otherwise.
+/// `x` is `[m, w.cols]`; returns `[m, w.rows]`. Where the CPU has AVX-512 VNNI, the
+/// int8-product GEMV with int16 activations (`packed_vnni`) up to `VNNI_MAX_ROWS` rows, in
+/// groups of `GEMV_MAX_ROWS` (each row gets a decode step's arithmetic). Otherwise, for
+/// decode-sized `m`, the AVX2 int16 GEMV (`packed_i16`), else the fused float GEMV on weights
+/// it supports ([`gemv_supported`]); the banded dequantize + dense GEMM for the rest.
 pub fn matmul_packed_nt(x: &[f32], w: &PackedLinear, m: usize) -> Vec<f32> {
     assert_eq!(x.len(), m * w.cols, "activation shape");
     if let Some(y) = super::packed_vnni::gemv_packed_vnni(x, w, m, runtime_act_codes()) {
