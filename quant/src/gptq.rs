@@ -677,6 +677,8 @@ mod tests {
             QuantScheme::W3A16_ASYM.with_group_size(Some(32)),
             QuantScheme::W3A16.with_group_size(None),
             QuantScheme::W3A16_ASYM.with_group_size(None),
+            QuantScheme::W8A16,
+            QuantScheme::W8A16_ASYM,
         ];
         for scheme in schemes {
             let rtn_deq = rtn::dequantize(&rtn::quantize(&wm, &scheme).unwrap()).unwrap();

@@ -184,9 +184,9 @@ fn kernel_acts(x: &BlockCodes, kind: ActCodes, w: &PackedLinear) -> KernelActs {
 }
 
 /// Rows up to which the grouped GEMV beats dequantizing for the dense GEMM (4-bit SmolLM2,
-/// prefill side by side on a busy 2-core machine: 16 rows 2.0×, 32 rows 1.7–2.1×, 64 rows
-/// 0.9×); a short prompt, a speculative chain or a Medusa tree.
-pub const VNNI_MAX_ROWS: usize = 6 * GEMV_MAX_ROWS;
+/// `bench --prompt m` side by side on an idle 2-core machine: 16 rows 2.2×, 32 rows 1.24×,
+/// 48 rows 0.82×); a short prompt, a speculative chain or a Medusa tree.
+pub const VNNI_MAX_ROWS: usize = 4 * GEMV_MAX_ROWS;
 
 /// `x · Wᵀ` for `x` `[m, k]` (`m ≤ VNNI_MAX_ROWS`; past `GEMV_MAX_ROWS` rows in groups) with
 /// activations coded as `kind`; `None` when the CPU, the weight or `m` does not take this
