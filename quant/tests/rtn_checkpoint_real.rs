@@ -12,6 +12,7 @@ use lmq_quant::scheme::{QuantScheme, WeightMatrix};
 use lmq_runtime::assets::{ensure, Asset};
 use lmq_runtime::checkpoint::Checkpoint;
 use lmq_runtime::kernels::dense_f32::GEMV_MAX_ROWS;
+use lmq_runtime::kernels::packed_vnni::VNNI_MAX_ROWS;
 use lmq_runtime::model::Llama;
 use lmq_runtime::weights::MemorySource;
 use lmq_runtime::Cpu;
@@ -77,13 +78,16 @@ fn rtn_w4g64_packed_checkpoint_equals_its_dequantized_weights() {
     let packed_ckpt = Checkpoint::open_dir(&out).unwrap();
     let packed = packed_ckpt.load_model::<Cpu>(&device).unwrap();
 
+    // Past VNNI_MAX_ROWS tokens, so the packed linears take the dequantize + f32 GEMM path on
+    // every CPU (shorter prompts take the int16-activation GEMV, checked in the test below).
     let ids = gguf
         .tokenizer
         .encode(
-            "The capital of France is Paris. The capital of Italy is",
+            &"The capital of France is Paris. The capital of Italy is Rome. ".repeat(3),
             false,
         )
         .unwrap();
+    assert!(ids.len() > VNNI_MAX_ROWS, "{} tokens", ids.len());
     let want = logits(&reference, &ids);
     let got = logits(&packed, &ids);
     let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
@@ -163,14 +167,15 @@ fn tied_head_recipe_packs_the_embedding_and_runs_it() {
         .encode("The capital of France is Paris.", false)
         .unwrap();
     assert!(short.len() <= GEMV_MAX_ROWS, "{} tokens", short.len());
-    // Over GEMV_MAX_ROWS tokens the packed linears dequantize and run the f32 GEMM: the
-    // same model to float rounding. Up to it they run the int16-activation GEMV, whose
-    // rounding (bounded in kernels/packed_i16.rs) reaches ~6e-4 of the largest logit here:
-    // the final hidden state's outlier channels set coarse block scales for the head.
+    // Over VNNI_MAX_ROWS tokens the packed linears dequantize and run the f32 GEMM: the
+    // same model to float rounding. Up to GEMV_MAX_ROWS (up to VNNI_MAX_ROWS with AVX-512
+    // VNNI) they run the int16-activation GEMV, whose rounding (bounded in
+    // kernels/packed_i16.rs) reaches ~6e-4 of the largest logit here: the final hidden
+    // state's outlier channels set coarse block scales for the head.
     let long: Vec<u32> = short
         .iter()
         .cycle()
-        .take(3 * short.len())
+        .take(VNNI_MAX_ROWS + short.len())
         .copied()
         .collect();
     for (ids, tol) in [
