@@ -100,7 +100,14 @@ fn lm_eval_style_window_longer_than_the_context() {
     let model = ensure(Asset::SmolLm2).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_evaluate"))
         .args(["--model", model.to_str().unwrap(), "--ppl", "wiki2"])
-        .args(["--ppl-style", "lm-eval", "--seqlen", "100000", "--limit", "1"])
+        .args([
+            "--ppl-style",
+            "lm-eval",
+            "--seqlen",
+            "100000",
+            "--limit",
+            "1",
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

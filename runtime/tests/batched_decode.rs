@@ -113,7 +113,7 @@ fn tree_forward_equals_each_path_run_alone() {
                 &m.device(),
             );
             let want = m
-                .forward_hidden(input, None)
+                .forward_hidden_generic(input, None)
                 .into_data()
                 .into_vec::<f32>()
                 .unwrap();

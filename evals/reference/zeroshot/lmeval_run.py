@@ -16,7 +16,15 @@ model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32
 lm = HFLM(pretrained=model, tokenizer=tok, batch_size=int(os.environ.get("BS", "8")))
 print("load", time.time() - t0, file=sys.stderr)
 t1 = time.time()
-res = lm_eval.simple_evaluate(model=lm, tasks=["olmo_" + t for t in tasks], limit=limit,
+# SAMPLES=A:B scores only docs A..B of each task (chunks of a long task, run in turns and
+# combined afterwards; lm-eval's `samples`); otherwise the first `limit` docs, 0 for all.
+span = os.environ.get("SAMPLES")
+samples = None
+if span:
+    a, b = (int(x) for x in span.split(":"))
+    samples = {"olmo_" + t: list(range(a, b)) for t in tasks}
+    limit = None
+res = lm_eval.simple_evaluate(model=lm, tasks=["olmo_" + t for t in tasks], limit=limit, samples=samples,
     task_manager=TaskManager(include_path="/tmp/zs/lmeval_tasks"), log_samples=True,
     num_fewshot=0)
 secs = time.time() - t1

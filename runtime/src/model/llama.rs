@@ -239,8 +239,9 @@ impl<B: LinearBackend> Llama<B> {
 
     /// Final hidden states `[b, t, hidden]` for `tokens` (`[b, t]`). With a cache, the tokens
     /// continue the cached sequence and the cache is extended; without one they start at 0.
-    /// One sequence continuing a host cache (speculative verification, a chat prompt) takes
-    /// the backend's fused pass where it has one.
+    /// One sequence continuing a host cache (speculative verification, a chat prompt), or
+    /// one sequence without a cache on a backend whose caches live on the host (perplexity
+    /// windows, scoring), takes the backend's fused pass where it has one.
     pub fn forward_hidden(
         &self,
         tokens: Tensor<B, 2, Int>,
@@ -254,6 +255,17 @@ impl<B: LinearBackend> Llama<B> {
                 },
                 None => Some(c),
             },
+            None if tokens.dims()[0] == 1 && !B::KV_ON_DEVICE => {
+                // A throwaway cache: the fused pass's causal, blocked attention needs one,
+                // and it costs less than burn's per-op path over the same rows.
+                let mut c = self.new_cache(tokens.dims()[1]);
+                if let Some(ids) = Self::host_sequence_ids(&tokens, &c) {
+                    if let Some(h) = B::forward_rows_fused(self, &ids, RowLayout::Chain, &mut c) {
+                        return self.host_rows(h, ids.len());
+                    }
+                }
+                None
+            }
             None => None,
         };
         self.forward_hidden_generic(tokens, cache)
