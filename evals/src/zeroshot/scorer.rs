@@ -5,8 +5,9 @@
 //! Two ways, same figures up to float rounding (a test holds them together):
 //! - [`Sharing::Prefix`]: a question's requests share their longest common token prefix (the
 //!   context for multiple choice; the sentence up to the blank for Winogrande). It is run once
-//!   into a KV cache, then each continuation runs on top of it and the cache is truncated back.
-//!   Only the rows that predict continuation tokens go through the vocabulary projection.
+//!   into a KV cache, then all continuations run on top of it in one more pass, as chains of
+//!   a tree whose mask keeps each from seeing the others. Only the rows that predict
+//!   continuation tokens go through the vocabulary projection.
 //! - [`Sharing::Separate`]: every request is its own forward pass over context + continuation,
 //!   as lm-eval does, right-padded into batches of `batch_size` rows (padding after the last
 //!   real token changes nothing under the causal mask).
@@ -20,7 +21,7 @@ use crate::nll::row_nll;
 /// How requests are run through the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sharing {
-    /// Shared prefix in a KV cache, one forward per continuation.
+    /// Shared prefix in a KV cache, then one forward over all continuations.
     Prefix,
     /// One full forward per request (lm-eval's way), batched.
     Separate,
@@ -78,8 +79,10 @@ impl<'a, B: LinearBackend> Scorer<'a, B> {
         }
     }
 
-    /// One question with its common prefix run once (falls back to separate scoring when the
-    /// requests share no first token).
+    /// One question with its common prefix run once, then every request's remaining tokens
+    /// in one more pass, as chains of a forest over the cached prefix (each chain sees the
+    /// prefix and its own earlier tokens only). Falls back to separate scoring when the
+    /// requests share no first token.
     fn score_shared(&mut self, reqs: &[Encoded]) -> Vec<Scored> {
         let inputs: Vec<Vec<u32>> = reqs.iter().map(Encoded::input).collect();
         let min_ctx = reqs.iter().map(|r| r.context.len()).min().unwrap_or(0);
@@ -88,32 +91,50 @@ impl<'a, B: LinearBackend> Scorer<'a, B> {
             let refs: Vec<&Encoded> = reqs.iter().collect();
             return self.score_separate(&refs);
         }
-        let max_len = inputs.iter().map(Vec::len).max().unwrap_or(0);
         let model = self.model;
-        let mut cache = model.new_cache(max_len);
+        let rests: Vec<&[u32]> = inputs.iter().map(|i| &i[p..]).collect();
+        let forest = Forest::of(&rests);
+        if p + forest.tokens.len() > model.rope.max_positions() {
+            let refs: Vec<&Encoded> = reqs.iter().collect();
+            return self.score_separate(&refs);
+        }
+        let mut cache = model.new_cache(p + forest.tokens.len());
         let hidden = model.forward_hidden(self.ids(&inputs[0][..p]), Some(&mut cache));
         let d = hidden.dims()[2];
         let last = to_vec(model.logits(hidden.slice([0..1, p - 1..p, 0..d])));
+        // Rows of the forest pass that predict continuation tokens, per request.
+        let spans: Vec<std::ops::Range<usize>> = reqs
+            .iter()
+            .zip(&forest.starts)
+            .zip(&rests)
+            .map(|((req, &at), rest)| at + (req.context.len() - 1).max(p) - p..at + rest.len())
+            .collect();
+        let mut rows = Vec::new();
+        if !forest.tokens.is_empty() {
+            self.forward_tokens += forest.tokens.len();
+            let h = model.forward_tree(&forest.tokens, &forest.depths, &forest.mask, &mut cache);
+            let parts: Vec<Tensor<B, 3>> = spans
+                .iter()
+                .filter(|r| !r.is_empty())
+                .map(|r| h.clone().slice([0..1, r.clone(), 0..d]))
+                .collect();
+            if !parts.is_empty() {
+                rows = to_vec(model.logits(Tensor::cat(parts, 1)));
+            }
+        }
+        let vocab = model.config.vocab_size;
+        let mut offset = 0;
         reqs.iter()
-            .zip(&inputs)
-            .map(|(req, input)| {
-                cache.truncate(p);
-                let first = req.context.len() - 1;
-                let mut rows = Vec::new();
-                if first == p - 1 {
-                    rows.extend_from_slice(&last);
+            .zip(&spans)
+            .map(|(req, span)| {
+                let mut own = Vec::with_capacity(req.continuation.len() * vocab);
+                if req.context.len() - 1 == p - 1 {
+                    own.extend_from_slice(&last);
                 }
-                let rest = &input[p..];
-                if !rest.is_empty() {
-                    let h = model.forward_hidden(self.ids(rest), Some(&mut cache));
-                    let from = first.max(p) - p;
-                    rows.extend(to_vec(model.logits(h.slice([
-                        0..1,
-                        from..rest.len(),
-                        0..d,
-                    ]))));
-                }
-                score_rows(&rows, &req.continuation)
+                let n = span.len() * vocab;
+                own.extend_from_slice(&rows[offset..offset + n]);
+                offset += n;
+                score_rows(&own, &req.continuation)
             })
             .collect()
     }
@@ -197,6 +218,42 @@ pub fn score_rows(rows: &[f32], targets: &[u32]) -> Scored {
     Scored { ll, greedy }
 }
 
+/// Several token chains laid out as one tree pass after a shared prefix: chain `c` holds
+/// rows `starts[c]..starts[c] + len`, at depths `0..len`, each row seeing the rows before it
+/// in its own chain and nothing of the others.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Forest {
+    pub tokens: Vec<u32>,
+    pub depths: Vec<usize>,
+    /// `[n, n]` row-major: `mask[j * n + i]`, row j may attend to row i.
+    pub mask: Vec<bool>,
+    pub starts: Vec<usize>,
+}
+
+impl Forest {
+    /// The forest of `chains` (empty chains take no rows).
+    pub fn of(chains: &[&[u32]]) -> Self {
+        let n: usize = chains.iter().map(|c| c.len()).sum();
+        let mut f = Forest {
+            tokens: Vec::with_capacity(n),
+            depths: Vec::with_capacity(n),
+            mask: vec![false; n * n],
+            starts: Vec::with_capacity(chains.len()),
+        };
+        for chain in chains {
+            let at = f.tokens.len();
+            f.starts.push(at);
+            for (j, &t) in chain.iter().enumerate() {
+                f.tokens.push(t);
+                f.depths.push(j);
+                let row = (at + j) * n;
+                f.mask[row + at..=row + at + j].fill(true);
+            }
+        }
+        f
+    }
+}
+
 /// Length of the longest prefix shared by every sequence.
 pub fn common_prefix(seqs: &[Vec<u32>]) -> usize {
     let Some(first) = seqs.first() else { return 0 };
@@ -207,4 +264,23 @@ pub fn common_prefix(seqs: &[Vec<u32>]) -> usize {
 
 fn to_vec<B: Backend>(t: Tensor<B, 3>) -> Vec<f32> {
     t.into_data().into_vec::<f32>().expect("f32 logits")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forest_chains_see_only_their_own_earlier_rows() {
+        let f = Forest::of(&[&[5, 6], &[], &[7, 8, 9]]);
+        assert_eq!(f.tokens, vec![5, 6, 7, 8, 9]);
+        assert_eq!(f.depths, vec![0, 1, 0, 1, 2]);
+        assert_eq!(f.starts, vec![0, 2, 2]);
+        let n = 5;
+        let seen = |j: usize| -> Vec<usize> { (0..n).filter(|&i| f.mask[j * n + i]).collect() };
+        assert_eq!(seen(0), vec![0]);
+        assert_eq!(seen(1), vec![0, 1]);
+        assert_eq!(seen(2), vec![2]);
+        assert_eq!(seen(4), vec![2, 3, 4]);
+    }
 }
