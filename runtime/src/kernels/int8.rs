@@ -6,15 +6,15 @@
 //! `scale = absmax / 127`, `q = round_half_even(x / scale)`, codes in `[−127, 127]`. The
 //! weights use compressed-tensors' full `[−128, 127]`.
 //!
-//! The fast path (AVX2) works on int16 copies (the activations widened once per call, each
+//! The AVX2 path works on int16 copies (the activations widened once per call, each
 //! band of weight rows once per band, into L1-resident scratch) and multiplies pairs with
 //! `vpmaddwd` (16 products summed into 8 int32 lanes per instruction), over tiles of
 //! 2 tokens × 4 output rows so each loaded vector feeds several products; bands of output
-//! rows are split across threads. Without AVX-VNNI (this machine's Zen 3 has none) that is
-//! the exact integer product with the most multiplies per instruction. Every product and partial sum is an exact integer (|q_x·q_w| ≤
-//! 127·128, and `cols` < 2³¹ / 16256 is asserted), so the fast path equals the scalar
-//! reference bit for bit: the i32 sums are identical, and the float epilogue
-//! `acc · (s_x · s_w)` is computed the same way in both.
+//! rows are split across threads. Where AVX-512 VNNI is present, `vpdpbusd` on the codes as
+//! bytes does four times the products per instruction (`vnni_kernel`). Every product and
+//! partial sum is an exact integer (|q_x·q_w| ≤ 127·128, and `cols` < 2³¹ / 16256 is
+//! asserted), so both fast paths equal the scalar reference bit for bit: the i32 sums are
+//! identical, and the float epilogue `acc · (s_x · s_w)` is computed the same way in all.
 
 use rayon::prelude::*;
 
@@ -28,6 +28,9 @@ const MAX_COLS: usize = (i32::MAX / (127 * 128)) as usize;
 
 /// Output rows per task of the thread team.
 const ROWS_PER_TASK: usize = 16;
+
+/// Output rows per task on the VNNI path: two blocks of 16 rows share each activation load.
+const VNNI_ROWS_PER_TASK: usize = 32;
 
 /// Activations quantized per token: codes `[m, k]` and one scale per row.
 #[derive(Debug, Clone, PartialEq)]
@@ -129,32 +132,51 @@ pub fn matmul_i8(x: &QuantizedActs, w: &Int8Linear) -> Vec<f32> {
         w.cols
     );
     let (m, n) = (x.rows, w.rows);
-    let avx2 = has_avx2();
-    // The activations widened to i16 once, so the inner loop loads them as they are.
+    let vnni = super::packed_vnni::available();
+    let avx2 = !vnni && has_avx2();
+    // The activations widened to i16 (AVX2) or offset to u8 (VNNI) once per call, so the
+    // inner loops load them as they are.
     let xw: Vec<i16> = if avx2 {
         x.codes.iter().map(|&c| i16::from(c)).collect()
     } else {
         Vec::new()
     };
+    let k4 = w.cols.div_ceil(4) * 4;
+    let xu: Vec<u8> = if vnni {
+        offset_codes(x, k4)
+    } else {
+        Vec::new()
+    };
+    let per_task = if vnni {
+        VNNI_ROWS_PER_TASK
+    } else {
+        ROWS_PER_TASK
+    };
     // Bands of output rows on the decode team (no wake-up per call); band b's sums are
-    // the [m, rows] block at offset o0·m, o0 = b · ROWS_PER_TASK.
+    // the [m, rows] block at offset o0·m, o0 = b · per_task.
     let mut sums = vec![0i32; m * n];
     if m > 0 {
-        super::team::for_each_chunk_mut(&mut sums, ROWS_PER_TASK * m, |b, block| {
-            let (o0, rows) = (b * ROWS_PER_TASK, block.len() / m);
+        super::team::for_each_chunk_mut(&mut sums, per_task * m, |b, block| {
+            let (o0, rows) = (b * per_task, block.len() / m);
+            #[cfg(target_arch = "x86_64")]
+            if vnni {
+                // SAFETY: AVX-512 F/BW/VL/VNNI presence checked at run time.
+                unsafe { vnni_kernel::int_sums(&xu, k4, m, w, o0, rows, block) };
+                return;
+            }
             #[cfg(target_arch = "x86_64")]
             if avx2 {
                 // SAFETY: AVX2 presence checked at run time.
                 unsafe { avx2_kernel::int_sums(&xw, m, w, o0, rows, block) };
                 return;
             }
-            let _ = avx2;
+            let _ = (avx2, vnni);
             int_sums_portable(x, w, o0, rows, block);
         });
     }
     let mut y = vec![0.0f32; m * n];
-    for (b, block) in sums.chunks(ROWS_PER_TASK * m.max(1)).enumerate() {
-        let (o0, rows) = (b * ROWS_PER_TASK, block.len() / m.max(1));
+    for (b, block) in sums.chunks(per_task * m.max(1)).enumerate() {
+        let (o0, rows) = (b * per_task, block.len() / m.max(1));
         for t in 0..m {
             for r in 0..rows {
                 y[t * n + o0 + r] = epilogue(block[t * rows + r], x.scale[t], w.scale[o0 + r]);
@@ -162,6 +184,21 @@ pub fn matmul_i8(x: &QuantizedActs, w: &Int8Linear) -> Vec<f32> {
         }
     }
     y
+}
+
+/// Activation codes as `vpdpbusd`'s unsigned operand: `code + 128` (codes are in ±127, so
+/// 1..=255), each row padded with 128 (code 0) to `k4` columns, a multiple of 4.
+fn offset_codes(x: &QuantizedActs, k4: usize) -> Vec<u8> {
+    let mut xu = vec![128u8; x.rows * k4];
+    for (dst, src) in xu
+        .chunks_exact_mut(k4)
+        .zip(x.codes.chunks_exact(x.cols.max(1)))
+    {
+        for (d, &c) in dst.iter_mut().zip(src) {
+            *d = (i16::from(c) + 128) as u8;
+        }
+    }
+    xu
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -173,6 +210,126 @@ fn has_avx2() -> bool {
 #[cfg(not(target_arch = "x86_64"))]
 fn has_avx2() -> bool {
     false
+}
+
+/// AVX-512 VNNI: `vpdpbusd` multiplies 64 unsigned activation bytes by 64 signed weight
+/// bytes and adds each group of 4 products into an i32 lane, four times the products per
+/// instruction of `vpmaddwd`. The activations are offset to `code + 128` (unsigned), so a
+/// lane sums `Σ (x + 128)·w = Σ x·w + 128·Σ w`; the weight rows' sums are taken off after.
+/// The band's weights are repacked so that one 64-byte load holds 4 consecutive columns of
+/// 16 rows: a broadcast of 4 activation bytes against it gives 16 rows' partial sums at once,
+/// with no horizontal reduction. All of it is integer arithmetic modulo 2³²; the true sums
+/// fit in i32 (`MAX_COLS`), so the results equal the reference exactly.
+#[cfg(target_arch = "x86_64")]
+mod vnni_kernel {
+    use std::arch::x86_64::*;
+
+    use crate::packed::Int8Linear;
+
+    /// Integer sums for output rows `o0..o0+rows` and every token, into `out` `[m, rows]`;
+    /// `xu` is `[m, k4]` offset activation codes.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub unsafe fn int_sums(
+        xu: &[u8],
+        k4: usize,
+        m: usize,
+        w: &Int8Linear,
+        o0: usize,
+        rows: usize,
+        out: &mut [i32],
+    ) {
+        let k = w.cols;
+        let groups = k4 / 4;
+        let blocks = rows.div_ceil(16);
+        // packed[((b · groups) + g) · 64 + 4j + i] = w[o0 + 16b + j][4g + i]; zero past the
+        // band's rows and past k, so padding adds nothing.
+        let mut packed = vec![0i8; (blocks + 1) * groups * 64];
+        let mut offset = vec![0i32; blocks * 16];
+        for (r, off) in offset[..rows].iter_mut().enumerate() {
+            let src = &w.codes[(o0 + r) * k..(o0 + r + 1) * k];
+            let (b, j) = (r / 16, r % 16);
+            *off = 128 * src.iter().map(|&c| i32::from(c)).sum::<i32>();
+            for (c, &v) in src.iter().enumerate() {
+                packed[(b * groups + c / 4) * 64 + j * 4 + c % 4] = v;
+            }
+        }
+        let ctx = Ctx {
+            xu,
+            k4,
+            groups,
+            packed: &packed,
+            offset: &offset,
+            rows,
+        };
+        let mut t = 0;
+        while t < m {
+            let mut b = 0;
+            while b < blocks {
+                // SAFETY: tiles stay inside xu's m rows and packed's blocks (+1 zero block
+                // for a lone last block's partner).
+                unsafe {
+                    match m - t {
+                        1 => ctx.tile::<1>(t, b, out),
+                        2 => ctx.tile::<2>(t, b, out),
+                        3 => ctx.tile::<3>(t, b, out),
+                        _ => ctx.tile::<4>(t, b, out),
+                    }
+                }
+                b += 2;
+            }
+            t += 4;
+        }
+    }
+
+    struct Ctx<'a> {
+        xu: &'a [u8],
+        k4: usize,
+        groups: usize,
+        packed: &'a [i8],
+        offset: &'a [i32],
+        rows: usize,
+    }
+
+    impl Ctx<'_> {
+        /// Tokens `t..t + T` against row blocks `b` and `b + 1` (the second may be the zero
+        /// block past the band): 2T accumulators, each 16 rows of one token.
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+        unsafe fn tile<const T: usize>(&self, t: usize, b: usize, out: &mut [i32]) {
+            let mut acc = [[_mm512_setzero_si512(); 2]; T];
+            let w0 = self.packed[b * self.groups * 64..].as_ptr();
+            let w1 = self.packed[(b + 1) * self.groups * 64..].as_ptr();
+            for g in 0..self.groups {
+                // SAFETY: g < groups, inside both blocks; 4 bytes at column 4g of row t + i.
+                unsafe {
+                    let v0 = _mm512_loadu_si512(w0.add(g * 64) as *const _);
+                    let v1 = _mm512_loadu_si512(w1.add(g * 64) as *const _);
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        let p = self.xu.as_ptr().add((t + i) * self.k4 + 4 * g);
+                        let x = _mm512_set1_epi32((p as *const i32).read_unaligned());
+                        a[0] = _mm512_dpbusd_epi32(a[0], x, v0);
+                        a[1] = _mm512_dpbusd_epi32(a[1], x, v1);
+                    }
+                }
+            }
+            for (i, a) in acc.iter().enumerate() {
+                for (h, v) in a.iter().enumerate() {
+                    let r0 = (b + h) * 16;
+                    if r0 >= self.rows {
+                        continue;
+                    }
+                    let mut lanes = [0i32; 16];
+                    // SAFETY: 16 i32 into a 16-element array.
+                    unsafe { _mm512_storeu_si512(lanes.as_mut_ptr() as *mut _, *v) };
+                    let n = (self.rows - r0).min(16);
+                    let dst = &mut out[(t + i) * self.rows + r0..][..n];
+                    for (j, d) in dst.iter_mut().enumerate() {
+                        *d = lanes[j].wrapping_sub(self.offset[r0 + j]);
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -367,6 +524,47 @@ mod tests {
         let y = matmul_i8(&xq, &w);
         assert_eq!(y, vec![(127 * 128 * k) as f32; 6]);
         assert_eq!(y, matmul_i8_ref(&xq, &w));
+    }
+
+    #[test]
+    fn each_simd_kernel_equals_the_reference_on_whole_and_partial_bands() {
+        // Rows past one 16-row block and past a block pair, tokens past a 4-token tile,
+        // widths that are not a multiple of 4 or 16.
+        for (m, n, k) in [(1, 16, 64), (5, 33, 70), (9, 50, 576), (4, 17, 3)] {
+            let w = weight(n, k, (m + n * k) as u64);
+            let xq = quantize_per_token(&acts(m, k, n as u64), m, k);
+            let want = matmul_i8_ref(&xq, &w);
+            let check = |name: &str, sums: Vec<i32>, o0: usize, rows: usize| {
+                for t in 0..m {
+                    for r in 0..rows {
+                        let got = epilogue(sums[t * rows + r], xq.scale[t], w.scale[o0 + r]);
+                        assert_eq!(got, want[t * n + o0 + r], "{name} {m}x{n}x{k} t{t} r{r}");
+                    }
+                }
+            };
+            for (o0, rows) in [(0, n), (1, n - 1)] {
+                #[cfg(target_arch = "x86_64")]
+                if super::super::packed_vnni::available() {
+                    let k4 = k.div_ceil(4) * 4;
+                    let xu = offset_codes(&xq, k4);
+                    let mut sums = vec![0; m * rows];
+                    // SAFETY: availability checked above.
+                    unsafe { vnni_kernel::int_sums(&xu, k4, m, &w, o0, rows, &mut sums) };
+                    check("vnni", sums, o0, rows);
+                }
+                #[cfg(target_arch = "x86_64")]
+                if has_avx2() {
+                    let xw: Vec<i16> = xq.codes.iter().map(|&c| i16::from(c)).collect();
+                    let mut sums = vec![0; m * rows];
+                    // SAFETY: availability checked above.
+                    unsafe { avx2_kernel::int_sums(&xw, m, &w, o0, rows, &mut sums) };
+                    check("avx2", sums, o0, rows);
+                }
+                let mut sums = vec![0; m * rows];
+                int_sums_portable(&xq, &w, o0, rows, &mut sums);
+                check("portable", sums, o0, rows);
+            }
+        }
     }
 
     #[test]
