@@ -116,7 +116,7 @@ async fn greedy_completion_equals_generate() {
 async fn speculative_serving_gives_the_same_greedy_text() {
     let f = fixture();
     for spec in ["lookup", "early-exit:10"] {
-        let proposer = proposer_for(spec, &f.model, &Default::default()).unwrap();
+        let proposer = proposer_for(spec, &f.model, &f.ckpt.path, &Default::default()).unwrap();
         let opts = ServeOptions {
             model_id: "smollm2".into(),
             max_context: Some(2048),

@@ -6,7 +6,7 @@ mod common;
 
 use lmq_runtime::generate::generate;
 use lmq_runtime::medusa::tree::SMALL_CHOICES;
-use lmq_runtime::medusa::{generate_medusa, MedusaConfig, MedusaHeads, Tree};
+use lmq_runtime::medusa::{generate_medusa, MedusaChain, MedusaConfig, MedusaHeads, Tree};
 use lmq_runtime::sampling::SamplingParams;
 use lmq_runtime::speculative::draft::DraftModel;
 use lmq_runtime::speculative::lookup::PromptLookup;
@@ -100,6 +100,22 @@ fn medusa_tree_decoding_is_exactly_greedy() {
         total.steps > 0 && total.generated >= total.steps,
         "{total:?}"
     );
+}
+
+#[test]
+fn medusa_chain_proposals_are_exactly_greedy() {
+    // The chain proposer `generate` and `serve-local` use: untrained heads guess that the
+    // next token repeats; the output must be plain greedy whatever they guess.
+    let f = fixture();
+    let heads = MedusaHeads::zeros(MedusaConfig {
+        num_heads: 4,
+        num_layers: 1,
+        hidden_size: f.model.config.hidden_size,
+    });
+    let s = same_as_greedy(&mut MedusaChain::new(f.model.clone(), heads));
+    // Every step after a prompt's first gets the target's hidden state and proposes.
+    assert!(s.proposed >= 2 * (s.steps - 2 * PROMPTS.len()), "{s:?}");
+    eprintln!("medusa chain (zero heads): {s:?}");
 }
 
 #[test]

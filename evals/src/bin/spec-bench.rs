@@ -30,7 +30,8 @@ struct Args {
     /// Target model.
     #[arg(long, default_value = "smollm2")]
     model: String,
-    /// Proposers, comma-separated: lookup, draft:M, early-exit:N.
+    /// Proposers, comma-separated: lookup, draft:M, early-exit:N, medusa:DIR (tree
+    /// verification), medusa-chain:DIR (the heads' top guesses as a chain, as served).
     #[arg(long, value_delimiter = ',', default_value = "lookup")]
     proposers: Vec<String>,
     /// Questions per category (the first ones).
@@ -73,7 +74,7 @@ enum Method {
 }
 
 impl Method {
-    fn of(spec: &str, target: &Llama<Cpu>, tree: &str) -> Result<Self> {
+    fn of(spec: &str, target: &Llama<Cpu>, dir: &Path, tree: &str) -> Result<Self> {
         if let Some(dir) = spec.strip_prefix("medusa:") {
             let heads = MedusaHeads::load(Path::new(dir))?;
             let choices = if tree == "default" {
@@ -85,7 +86,12 @@ impl Method {
                 Tree::from_choices(choices, heads.config.num_heads).map_err(anyhow::Error::msg)?;
             return Ok(Self::Medusa(heads, tree));
         }
-        let p = proposer_for(spec, target, &Default::default())?
+        // `medusa-chain:DIR`: the heads as the chain proposer `generate` and `serve-local` use.
+        let spec = match spec.strip_prefix("medusa-chain:") {
+            Some(d) => format!("medusa:{d}"),
+            None => spec.to_owned(),
+        };
+        let p = proposer_for(&spec, target, dir, &Default::default())?
             .with_context(|| format!("`{spec}` proposes nothing"))?;
         Ok(Self::Proposer(p))
     }
@@ -118,7 +124,7 @@ fn main() -> Result<()> {
         a.model, a.threads, a.k, a.max_new, a.per_category
     );
     for spec in &a.proposers {
-        let mut method = Method::of(spec, &target, &a.tree)?;
+        let mut method = Method::of(spec, &target, &ckpt.path, &a.tree)?;
         let mut cells: BTreeMap<String, Cell> = BTreeMap::new();
         for (cat, qs) in &by_cat {
             for q in qs {

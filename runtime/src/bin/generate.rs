@@ -35,8 +35,9 @@ struct Args {
     /// Print the generated token ids as JSON instead of text.
     #[arg(long)]
     ids: bool,
-    /// off, lookup, draft:MODEL or early-exit:LAYERS (speculative decoding; same output
-    /// when greedy, the same distribution when sampling).
+    /// off, lookup, draft:MODEL, early-exit:LAYERS or medusa[:DIR] (heads in DIR, default
+    /// MODEL/medusa) for speculative decoding: same output when greedy, the same
+    /// distribution when sampling.
     #[arg(long, default_value = "off")]
     speculative: String,
     /// Tokens proposed per speculative step.
@@ -95,7 +96,7 @@ fn complete<B: LinearBackend>(args: &Args, ckpt: &Checkpoint, device: B::Device)
     if !args.ids {
         print!("{}", args.prompt);
     }
-    let mut proposer = proposer_for(&args.speculative, &model, &device)?;
+    let mut proposer = proposer_for(&args.speculative, &model, &ckpt.path, &device)?;
     let on_token = |t: u32| {
         if args.ids {
             return;

@@ -29,7 +29,8 @@ struct Args {
     #[arg(long, default_value_t = 8080)]
     port: u16,
     /// off, lookup (prompt n-gram lookup), draft:MODEL (a smaller model with the same
-    /// vocabulary), early-exit:LAYERS. Used while a single request is running.
+    /// vocabulary), early-exit:LAYERS, medusa[:DIR] (Medusa heads' guesses as a chain; DIR
+    /// defaults to MODEL/medusa). Used while a single request is running.
     #[arg(long, default_value = "off")]
     speculative: String,
     /// Tokens proposed per speculative step.
@@ -67,7 +68,7 @@ impl OnBackend for StartEngine<'_> {
 
     fn run<B: LinearBackend>(self, device: B::Device) -> Self::Output {
         let model = self.ckpt.load_model::<B>(&device)?;
-        let proposer = proposer_for(&self.args.speculative, &model, &device)?;
+        let proposer = proposer_for(&self.args.speculative, &model, &self.ckpt.path, &device)?;
         build_state(self.ckpt, model, self.opts, proposer)
     }
 }

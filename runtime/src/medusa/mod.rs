@@ -4,10 +4,12 @@
 //! Heads live beside the model (`medusa/`: `medusa_config.json` + `medusa_heads.safetensors`);
 //! each reuses the model's own lm_head (tied, not stored twice).
 
+pub mod chain;
 pub mod decode;
 pub mod heads;
 pub mod tree;
 
+pub use chain::MedusaChain;
 pub use decode::generate_medusa;
 pub use heads::{MedusaConfig, MedusaHeads};
 pub use tree::Tree;

@@ -372,6 +372,7 @@ fn speculative_step<B: LinearBackend>(
             break;
         }
     }
+    proposer.observe_hidden(s.tokens.len(), &v.hidden);
     (v.proposed, v.tokens.len() - 1)
 }
 

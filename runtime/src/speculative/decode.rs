@@ -56,6 +56,9 @@ pub struct Verified {
     /// Guesses the proposer made.
     pub proposed: usize,
     pub logits: Vec<f32>,
+    /// The final hidden state of the last position kept in the cache (the one whose logits
+    /// gave the target's own token), for [`Proposer::observe_hidden`].
+    pub hidden: Vec<f32>,
 }
 
 /// Runs `last` (not yet in `cache`) and the `proposal` through the target in one pass,
@@ -75,7 +78,9 @@ pub fn verify_step<B: LinearBackend>(
     let before = cache.len();
     let ids: Vec<i32> = input.iter().map(|&t| t as i32).collect();
     let x = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, input.len()]), &model.device());
-    let mut logits = host_f32(model.forward(x, Some(&mut *cache)));
+    let hidden = model.forward_hidden(x, Some(&mut *cache));
+    let mut logits = host_f32(model.logits(hidden.clone()));
+    let hidden = host_f32(hidden);
     let vocab = model.config.vocab_size;
     let rows: Vec<&[f32]> = logits.chunks_exact(vocab).collect();
     let (n, next) = if params.temperature <= 0.0 {
@@ -92,10 +97,12 @@ pub fn verify_step<B: LinearBackend>(
     logits.truncate((n + 1) * vocab);
     let mut tokens = guesses[..n].to_vec();
     tokens.push(next);
+    let d = model.config.hidden_size;
     Verified {
         tokens,
         proposed: guesses.len(),
         logits,
+        hidden: hidden[n * d..(n + 1) * d].to_vec(),
     }
 }
 
@@ -154,6 +161,7 @@ pub fn generate_speculative<B: LinearBackend>(
                 break;
             }
         }
+        proposer.observe_hidden(seq.len(), &v.hidden);
     }
     Ok((out, stats))
 }

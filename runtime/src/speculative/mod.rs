@@ -3,8 +3,9 @@
 //! acceptable prefix plus one token of the target's own. Greedy output is exactly plain
 //! greedy decoding; sampled output has exactly the target's distribution.
 //!
-//! Proposers: [`lookup::PromptLookup`] (n-gram match in the prompt and output, no model) and
-//! [`draft::DraftModel`] (a smaller model with its own cache).
+//! Proposers: [`lookup::PromptLookup`] (n-gram match in the prompt and output, no model),
+//! [`draft::DraftModel`] (a smaller model with its own cache) and
+//! [`crate::medusa::MedusaChain`] (Medusa heads' top guesses as a chain).
 
 pub mod choose;
 pub mod decode;
@@ -27,4 +28,9 @@ pub trait Proposer {
     /// Up to `k` tokens continuing `context` (prompt and output so far). An empty answer
     /// means "no guess": the target then decodes one token as usual.
     fn propose(&mut self, context: &[u32], k: usize, params: &SamplingParams) -> Vec<Proposed>;
+
+    /// The target's final hidden state at the last position it ran, whose own next token
+    /// ends the context (now `context_len` tokens long). Medusa's heads guess from it;
+    /// proposers that read tokens only ignore it.
+    fn observe_hidden(&mut self, _context_len: usize, _hidden: &[f32]) {}
 }
