@@ -12,6 +12,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use futures_util::StreamExt;
 use lmq_runtime::generate::generate;
+use lmq_runtime::medusa::{MedusaConfig, MedusaHeads};
 use lmq_runtime::sampling::SamplingParams;
 use lmq_runtime::serve::engine::EngineOptions;
 use lmq_runtime::serve::logprobs::log_sum_exp;
@@ -115,7 +116,26 @@ async fn greedy_completion_equals_generate() {
 #[tokio::test]
 async fn speculative_serving_gives_the_same_greedy_text() {
     let f = fixture();
-    for spec in ["lookup", "early-exit:10"] {
+    // Untrained (zero) Medusa heads on disk: served as `medusa:DIR`.
+    let heads = tempfile::tempdir().unwrap();
+    MedusaHeads::zeros(MedusaConfig {
+        num_heads: 3,
+        num_layers: 1,
+        hidden_size: f.model.config.hidden_size,
+    })
+    .save(heads.path())
+    .unwrap();
+    let medusa = format!("medusa:{}", heads.path().display());
+    match proposer_for(
+        "medusa:/no/such/heads",
+        &f.model,
+        &f.ckpt.path,
+        &Default::default(),
+    ) {
+        Err(e) => assert!(e.to_string().contains("/no/such/heads"), "{e}"),
+        Ok(_) => panic!("missing Medusa heads were accepted"),
+    }
+    for spec in ["lookup", "early-exit:10", medusa.as_str()] {
         let proposer = proposer_for(spec, &f.model, &f.ckpt.path, &Default::default()).unwrap();
         let opts = ServeOptions {
             model_id: "smollm2".into(),
