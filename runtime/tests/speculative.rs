@@ -6,7 +6,10 @@ mod common;
 
 use lmq_runtime::generate::generate;
 use lmq_runtime::medusa::tree::SMALL_CHOICES;
-use lmq_runtime::medusa::{generate_medusa, MedusaChain, MedusaConfig, MedusaHeads, Tree};
+use lmq_runtime::medusa::{
+    generate_medusa, generate_medusa_with, Acceptance, MedusaChain, MedusaConfig, MedusaHeads,
+    Tree, Typical,
+};
 use lmq_runtime::sampling::SamplingParams;
 use lmq_runtime::speculative::draft::DraftModel;
 use lmq_runtime::speculative::lookup::PromptLookup;
@@ -99,6 +102,48 @@ fn medusa_tree_decoding_is_exactly_greedy() {
     assert!(
         total.steps > 0 && total.generated >= total.steps,
         "{total:?}"
+    );
+}
+
+#[test]
+fn typical_acceptance_near_zero_temperature_is_greedy() {
+    // At temperature 1e-4 the target's distributions are point masses on their argmax: the
+    // bar accepts exactly the argmax and the draw returns it, so the output is greedy. At
+    // temperature 1 it samples: same length budget, a different text for some prompt.
+    let f = fixture();
+    let c = &f.model.config;
+    let heads = MedusaHeads::zeros(MedusaConfig {
+        num_heads: 4,
+        num_layers: 1,
+        hidden_size: c.hidden_size,
+    });
+    let tree = Tree::from_choices(SMALL_CHOICES, 4).unwrap();
+    let typical = |temperature: f32| Acceptance::Typical {
+        params: SamplingParams {
+            temperature,
+            seed: 7,
+            ..SamplingParams::default()
+        },
+        typical: Typical::default(),
+    };
+    let mut differs = false;
+    for p in &PROMPTS[..6] {
+        let ids = f.ckpt.tokenizer.encode(p, true).unwrap();
+        let stop = &c.eos_token_ids;
+        let plain = generate(&f.model, &ids, NEW, SamplingParams::default(), stop, |_| {}).unwrap();
+        let run = |a: &Acceptance| {
+            generate_medusa_with(&f.model, &heads, &tree, a, &ids, NEW, stop, |_| {})
+                .unwrap()
+                .0
+        };
+        assert_eq!(run(&typical(1e-4)), plain, "prompt {p:?}");
+        let sampled = run(&typical(1.0));
+        assert!(!sampled.is_empty() && sampled.len() <= NEW);
+        differs |= sampled != plain;
+    }
+    assert!(
+        differs,
+        "temperature 1 reproduced greedy text on every prompt"
     );
 }
 

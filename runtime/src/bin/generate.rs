@@ -2,11 +2,13 @@
 
 use std::io::Write;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Parser;
 use lmq_runtime::checkpoint::Checkpoint;
 use lmq_runtime::device::{run_on, DeviceSpec, OnBackend};
 use lmq_runtime::generate::generate;
+use lmq_runtime::medusa::tree::{DEFAULT_CHOICES, SMALL_CHOICES};
+use lmq_runtime::medusa::{generate_medusa_with, Acceptance, MedusaHeads, Tree, Typical};
 use lmq_runtime::model::LinearBackend;
 use lmq_runtime::sampling::SamplingParams;
 use lmq_runtime::speculative::choose::proposer_for;
@@ -43,6 +45,14 @@ struct Args {
     /// Tokens proposed per speculative step.
     #[arg(long, default_value_t = 4)]
     speculative_k: usize,
+    /// `--speculative medusa-tree[:DIR]` (a candidate tree instead of a chain) with sampling:
+    /// Medusa's typical acceptance, posterior threshold ε (it accepts more than exact
+    /// rejection sampling, and does not keep the model's exact distribution).
+    #[arg(long, default_value_t = 0.09)]
+    typical_threshold: f64,
+    /// Typical acceptance's α (the bar is min(ε, α·exp(−entropy))).
+    #[arg(long, default_value_t = 0.3)]
+    typical_alpha: f64,
     /// `cpu`, or `cuda[:N]` (a build with `--features cuda` and an NVIDIA GPU).
     #[arg(long, default_value = "cpu")]
     device: DeviceSpec,
@@ -96,7 +106,14 @@ fn complete<B: LinearBackend>(args: &Args, ckpt: &Checkpoint, device: B::Device)
     if !args.ids {
         print!("{}", args.prompt);
     }
-    let mut proposer = proposer_for(&args.speculative, &model, &ckpt.path, &device)?;
+    let tree_heads = match args.speculative.strip_prefix("medusa-tree") {
+        Some(rest) => Some(medusa_tree(rest, &ckpt.path)?),
+        None => None,
+    };
+    let mut proposer = match tree_heads {
+        Some(_) => None,
+        None => proposer_for(&args.speculative, &model, &ckpt.path, &device)?,
+    };
     let on_token = |t: u32| {
         if args.ids {
             return;
@@ -112,6 +129,37 @@ fn complete<B: LinearBackend>(args: &Args, ckpt: &Checkpoint, device: B::Device)
         }
     };
     let out = match proposer.as_deref_mut() {
+        None if tree_heads.is_some() => {
+            let (heads, tree) = tree_heads.as_ref().expect("checked");
+            let acceptance = if params.temperature <= 0.0 {
+                Acceptance::Greedy
+            } else {
+                Acceptance::Typical {
+                    params,
+                    typical: Typical {
+                        threshold: args.typical_threshold,
+                        alpha: args.typical_alpha,
+                    },
+                }
+            };
+            let (out, stats) = generate_medusa_with(
+                &model,
+                heads,
+                tree,
+                &acceptance,
+                &prompt,
+                args.max_tokens,
+                &stop,
+                on_token,
+            )?;
+            eprintln!(
+                "\n[medusa tree of {} nodes: {} steps, τ {:.2}]",
+                tree.len(),
+                stats.steps,
+                stats.tau()
+            );
+            out
+        }
         None => generate(&model, &prompt, args.max_tokens, params, &stop, on_token)?,
         Some(p) => {
             let (out, stats) = generate_speculative(
@@ -143,4 +191,23 @@ fn complete<B: LinearBackend>(args: &Args, ckpt: &Checkpoint, device: B::Device)
         println!();
     }
     Ok(())
+}
+
+/// Heads and the default candidate tree for `--speculative medusa-tree[:DIR]` (`rest` is what
+/// follows `medusa-tree`; DIR defaults to MODEL/medusa).
+fn medusa_tree(rest: &str, model_dir: &std::path::Path) -> Result<(MedusaHeads, Tree)> {
+    let dir = match rest.strip_prefix(':') {
+        Some(d) => std::path::PathBuf::from(d),
+        None if rest.is_empty() => model_dir.join("medusa"),
+        None => bail!("unknown --speculative `medusa-tree{rest}`: use medusa-tree[:DIR]"),
+    };
+    let heads = MedusaHeads::load(&dir)?;
+    let choices = if heads.config.num_heads >= 4 {
+        DEFAULT_CHOICES
+    } else {
+        SMALL_CHOICES
+    };
+    let tree = Tree::from_choices(choices, heads.config.num_heads)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    Ok((heads, tree))
 }

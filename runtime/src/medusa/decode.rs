@@ -1,13 +1,17 @@
-//! Greedy decoding with Medusa heads and tree verification: output is token-for-token plain
+//! Decoding with Medusa heads and tree verification. Greedy: output is token-for-token plain
 //! greedy decoding whatever the heads guess (they only change how many tokens a step yields).
+//! Sampling: Medusa's typical acceptance, which accepts more but does not keep the target's
+//! exact distribution (the chain proposer, `MedusaChain`, does, by rejection sampling).
 
 use burn::prelude::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use super::heads::MedusaHeads;
-use super::tree::Tree;
+use super::tree::{Tree, Typical};
 use crate::generate::{check_request, host_f32, GenerateError};
 use crate::model::{LinearBackend, Llama};
-use crate::sampling::argmax;
+use crate::sampling::{argmax, draw, filtered_distribution, SamplingParams};
 use crate::speculative::SpecStats;
 
 /// The `k` largest entries' indices, best first.
@@ -22,11 +26,43 @@ fn top_k(row: &[f32], k: usize) -> Vec<u32> {
     idx
 }
 
+/// How a Medusa step accepts tree candidates and picks the token after them.
+#[derive(Debug, Clone)]
+pub enum Acceptance {
+    /// The longest path the target's argmax agrees with, then its argmax: exactly plain
+    /// greedy decoding.
+    Greedy,
+    /// [`Typical`] acceptance on the target's distributions under `params`, then the next
+    /// token drawn from the distribution at the last accepted node (seeded by `params`).
+    Typical {
+        params: SamplingParams,
+        typical: Typical,
+    },
+}
+
 /// Generates up to `max_new` tokens greedily, verifying a `tree` of head guesses per step.
 pub fn generate_medusa<B: LinearBackend>(
     model: &Llama<B>,
     heads: &MedusaHeads,
     tree: &Tree,
+    prompt: &[u32],
+    max_new: usize,
+    stop_ids: &[u32],
+    on_token: impl FnMut(u32),
+) -> Result<(Vec<u32>, SpecStats), GenerateError> {
+    let greedy = Acceptance::Greedy;
+    generate_medusa_with(
+        model, heads, tree, &greedy, prompt, max_new, stop_ids, on_token,
+    )
+}
+
+/// [`generate_medusa`] with the acceptance rule given (typical acceptance for sampling).
+#[allow(clippy::too_many_arguments)]
+pub fn generate_medusa_with<B: LinearBackend>(
+    model: &Llama<B>,
+    heads: &MedusaHeads,
+    tree: &Tree,
+    acceptance: &Acceptance,
     prompt: &[u32],
     max_new: usize,
     stop_ids: &[u32],
@@ -50,10 +86,24 @@ pub fn generate_medusa<B: LinearBackend>(
     let hidden = model.forward_hidden(input, Some(&mut cache));
     let t = prompt.len();
     let mut h_last = host_f32(hidden.slice([0..1, t - 1..t, 0..d]));
-    let first = argmax(&host_f32(model.logits(Tensor::from_data(
-        TensorData::new(h_last.clone(), [1, 1, d]),
-        &device,
-    ))));
+    let mut rng = StdRng::seed_from_u64(match acceptance {
+        Acceptance::Greedy => 0,
+        Acceptance::Typical { params, .. } => params.seed,
+    });
+    // The token after a row of logits: its argmax, or a draw from its distribution.
+    let pick = |row: &[f32], rng: &mut StdRng| match acceptance {
+        Acceptance::Greedy => argmax(row),
+        Acceptance::Typical { params, .. } => {
+            draw(&filtered_distribution(row, params), rng.gen::<f64>())
+        }
+    };
+    let first = pick(
+        &host_f32(model.logits(Tensor::from_data(
+            TensorData::new(h_last.clone(), [1, 1, d]),
+            &device,
+        ))),
+        &mut rng,
+    );
     let mut out = vec![first];
     on_token(first);
     let mut stats = SpecStats::default();
@@ -81,8 +131,22 @@ pub fn generate_medusa<B: LinearBackend>(
             TensorData::new(hidden.clone(), [1, tokens.len(), d]),
             &device,
         )));
-        let best: Vec<u32> = logits.chunks_exact(vocab).map(argmax).collect();
-        let (path, next) = tree.accept_greedy(&tokens, &best);
+        let (path, next) = match acceptance {
+            Acceptance::Greedy => {
+                let best: Vec<u32> = logits.chunks_exact(vocab).map(argmax).collect();
+                tree.accept_greedy(&tokens, &best)
+            }
+            Acceptance::Typical { params, typical } => {
+                let dists: Vec<Vec<(u32, f64)>> = logits
+                    .chunks_exact(vocab)
+                    .map(|row| filtered_distribution(row, params))
+                    .collect();
+                let path = tree.accept_typical(&tokens, &dists, *typical);
+                let last = *path.last().expect("the root");
+                let next = pick(&logits[last * vocab..(last + 1) * vocab], &mut rng);
+                (path, next)
+            }
+        };
         cache.keep_rows::<B>(before, &path);
         h_last = hidden[path.last().unwrap() * d..][..d].to_vec();
         stats.steps += 1;

@@ -10,6 +10,6 @@ pub mod heads;
 pub mod tree;
 
 pub use chain::MedusaChain;
-pub use decode::generate_medusa;
+pub use decode::{generate_medusa, generate_medusa_with, Acceptance};
 pub use heads::{MedusaConfig, MedusaHeads};
-pub use tree::Tree;
+pub use tree::{Tree, Typical};

@@ -154,9 +154,115 @@ impl Tree {
     }
 }
 
+/// Medusa's typical acceptance (Cai et al. 2024, §2.3.1) for sampling: a candidate token is
+/// accepted where the target's probability for it at its parent exceeds
+/// `min(threshold, alpha · exp(−H))`, `H` the entropy of that distribution, so confident
+/// positions demand the target's likely tokens and uncertain ones accept more. It trades the
+/// exact target distribution for longer accepted paths; the threshold and alpha are the
+/// paper's knobs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Typical {
+    /// ε: the largest probability ever demanded (Medusa's default 0.09).
+    pub threshold: f64,
+    /// δ: scales `exp(−H)` (Medusa's default 0.3).
+    pub alpha: f64,
+}
+
+impl Default for Typical {
+    fn default() -> Self {
+        Self {
+            threshold: 0.09,
+            alpha: 0.3,
+        }
+    }
+}
+
+impl Typical {
+    /// The probability a token needs under `dist` (probabilities summing to 1) to be accepted.
+    pub fn bar(&self, dist: &[(u32, f64)]) -> f64 {
+        let entropy: f64 = dist
+            .iter()
+            .filter(|d| d.1 > 0.0)
+            .map(|d| -d.1 * d.1.ln())
+            .sum();
+        self.threshold.min(self.alpha * (-entropy).exp())
+    }
+}
+
+impl Tree {
+    /// Typical acceptance: `dists[i]` is the target's (filtered) next-token distribution at
+    /// node `i`. Returns the longest path from the root whose every token passes its
+    /// parent's bar (the first such path on ties); the caller samples the next token from
+    /// the distribution at its last node.
+    pub fn accept_typical(
+        &self,
+        tokens: &[u32],
+        dists: &[Vec<(u32, f64)>],
+        typical: Typical,
+    ) -> Vec<usize> {
+        let bars: Vec<f64> = dists.iter().map(|d| typical.bar(d)).collect();
+        let passes = |c: usize| {
+            let p = self.nodes[c].parent.expect("non-root node");
+            let prob = dists[p]
+                .iter()
+                .find(|d| d.0 == tokens[c])
+                .map_or(0.0, |d| d.1);
+            prob > bars[p]
+        };
+        // Accepted depth of each node's path (0 where the path breaks), parents first.
+        let mut ok = vec![true; self.len()];
+        let mut best = 0;
+        for c in 1..self.len() {
+            let p = self.nodes[c].parent.expect("non-root node");
+            ok[c] = ok[p] && passes(c);
+            if ok[c] && self.nodes[c].depth > self.nodes[best].depth {
+                best = c;
+            }
+        }
+        let mut path = vec![best];
+        while let Some(p) = self.nodes[*path.last().unwrap()].parent {
+            path.push(p);
+        }
+        path.reverse();
+        path
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn typical_acceptance_keeps_the_longest_path_above_the_entropy_bar() {
+        let t = Tree::from_choices(&[&[0], &[1], &[0, 0], &[1, 0], &[0, 0, 0]], 4).unwrap();
+        // root, [0], [1], [0,0], [1,0], [0,0,0]; tokens by node:
+        let tokens = vec![7, 10, 11, 20, 21, 30];
+        let sure = |t: u32| vec![(t, 0.99), (999, 0.01)];
+        let flat = |a: u32, b: u32| vec![(a, 0.5), (b, 0.5)];
+        let typ = Typical::default();
+        // Entropy bar: a near-certain distribution demands min(0.09, 0.3·e^−0.056) = 0.09;
+        // a fair coin min(0.09, 0.3 · 0.5) = 0.09 as well; a flat 100-way one 0.3/100.
+        assert!((typ.bar(&sure(1)) - 0.09).abs() < 1e-12);
+        let wide: Vec<(u32, f64)> = (0..100).map(|i| (i, 0.01)).collect();
+        assert!((typ.bar(&wide) - 0.003).abs() < 1e-9);
+        // Root is a coin between 10 and 11; node 1 ([0] = 10) is sure of 20; node 3 ([0,0])
+        // sure of 30: the whole left path passes.
+        let dists = vec![flat(10, 11), sure(20), sure(21), sure(30), sure(0), sure(0)];
+        assert_eq!(t.accept_typical(&tokens, &dists, typ), vec![0, 1, 3, 5]);
+        // Node 3 now puts 0.05 on 30: below the 0.09 bar, the left path stops at depth 2,
+        // and the right one ([1] → [1,0], 11 then 21) ties at depth 2: the first wins.
+        let mut d2 = dists.clone();
+        d2[3] = vec![(30, 0.05), (31, 0.95)];
+        assert_eq!(t.accept_typical(&tokens, &d2, typ), vec![0, 1, 3]);
+        // The root's distribution gives neither 10 nor 11 enough: nothing is accepted.
+        let mut d3 = dists.clone();
+        d3[0] = vec![(10, 0.05), (11, 0.05), (12, 0.9)];
+        assert_eq!(t.accept_typical(&tokens, &d3, typ), vec![0]);
+        // A wide root distribution lowers the bar: 1% for each is enough there.
+        let mut d4 = dists;
+        d4[0] = wide.iter().map(|&(i, p)| (i + 10, p)).collect();
+        assert_eq!(t.accept_typical(&tokens, &d4, typ), vec![0, 1, 3, 5]);
+    }
 
     #[test]
     fn builds_masks_and_accepts_the_longest_agreeing_path() {
