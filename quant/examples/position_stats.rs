@@ -36,6 +36,20 @@ fn bucket_hessians(x: &[f32], n: usize, h: &mut [Vec<f64>], first: &mut [f64]) {
     }
 }
 
+/// One linear group's inputs: H per position bucket and the first positions' squared norms.
+struct Group {
+    name: &'static str,
+    n: usize,
+    h: Vec<Vec<f64>>,
+    first: Vec<f64>,
+}
+
+impl Group {
+    fn add(&mut self, x: &[f32]) {
+        bucket_hessians(x, self.n, &mut self.h, &mut self.first);
+    }
+}
+
 fn trace(h: &[f64], n: usize) -> f64 {
     (0..n).map(|i| h[i * n + i]).sum()
 }
@@ -67,20 +81,18 @@ fn main() {
     for li in 0..c.num_layers {
         let layer = HostLayer::load(&*ckpt.weights, c, li).unwrap();
         let show = [0, 1, 2, 5, 10, 15, 20, 25, 29].contains(&li);
-        let mut groups: Vec<(&str, usize, Vec<Vec<f64>>, Vec<f64>)> = [
+        let mut groups: Vec<Group> = [
             ("qkv", d),
             ("o", d),
             ("gate/up", d),
             ("down", c.intermediate_size),
         ]
         .into_iter()
-        .map(|(name, n)| {
-            (
-                name,
-                n,
-                vec![vec![0.0f64; n * n]; buckets],
-                vec![0.0; FIRST],
-            )
+        .map(|(name, n)| Group {
+            name,
+            n,
+            h: vec![vec![0.0f64; n * n]; buckets],
+            first: vec![0.0; FIRST],
         })
         .collect();
         for x in xs.iter_mut() {
@@ -90,29 +102,23 @@ fn main() {
             let hn = layer.mlp_norm(&g, &h);
             let act = layer.mlp_act(&hn);
             if show {
-                {
-                    let gr = &mut groups[0];
-                    bucket_hessians(&xn, d, &mut gr.2, &mut gr.3);
-                }
-                {
-                    let gr = &mut groups[1];
-                    bucket_hessians(&attn, d, &mut gr.2, &mut gr.3);
-                }
-                {
-                    let gr = &mut groups[2];
-                    bucket_hessians(&hn, d, &mut gr.2, &mut gr.3);
-                }
-                {
-                    let gr = &mut groups[3];
-                    bucket_hessians(&act, c.intermediate_size, &mut gr.2, &mut gr.3);
-                }
+                groups[0].add(&xn);
+                groups[1].add(&attn);
+                groups[2].add(&hn);
+                groups[3].add(&act);
             }
             *x = layer.mlp_residual(&h, &act);
         }
         if !show {
             continue;
         }
-        for (name, n, hs, first) in &groups {
+        for Group {
+            name,
+            n,
+            h: hs,
+            first,
+        } in &groups
+        {
             let traces: Vec<f64> = hs.iter().map(|h| trace(h, *n)).collect();
             let total: f64 = traces.iter().sum();
             let firsts: Vec<f64> = first.iter().map(|f| f / total * 100.0).collect();
