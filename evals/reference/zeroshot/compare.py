@@ -7,15 +7,22 @@ pooled by doc_id and the accuracies recomputed over the pool, weighted by each c
 with lm-eval's standard error (sample standard deviation / √n). Where lm-eval's docs are only
 part of ours (chunks still to run), the log-likelihoods are compared on the docs both have.
 """
+import gzip
 import json
 import math
 import sys
 
 
+def read(path):
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt") as f:
+        return json.load(f)
+
+
 def load_ours(paths):
     tasks = {}
     for p in paths:
-        d = json.load(open(p))
+        d = read(p)
         for t in d["tasks"]:
             tasks[t["task"]] = t
     return tasks
@@ -25,7 +32,7 @@ def load_ref(paths):
     """task -> {"docs": {doc_id: lls}, "acc": {metric: (sum, n)}}"""
     ref = {}
     for p in paths:
-        d = json.load(open(p))
+        d = read(p)
         for name, r in d["results"].items():
             task = name.removeprefix("olmo_")
             entry = ref.setdefault(task, {"docs": {}, "acc": {}})
