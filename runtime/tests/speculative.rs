@@ -70,16 +70,21 @@ fn same_as_greedy(proposer: &mut dyn Proposer) -> SpecStats {
     total
 }
 
+/// Untrained Medusa heads (zero residual blocks: each repeats the model's next-token guess).
+fn zero_heads(hidden_size: usize) -> MedusaHeads {
+    MedusaHeads::zeros(MedusaConfig {
+        num_heads: 4,
+        num_layers: 1,
+        hidden_size,
+    })
+}
+
 #[test]
 fn medusa_tree_decoding_is_exactly_greedy() {
     // Exactness holds whatever the heads guess: untrained (zero) heads, small tree.
     let f = fixture();
     let c = &f.model.config;
-    let heads = MedusaHeads::zeros(MedusaConfig {
-        num_heads: 4,
-        num_layers: 1,
-        hidden_size: c.hidden_size,
-    });
+    let heads = zero_heads(c.hidden_size);
     let tree = Tree::from_choices(SMALL_CHOICES, 4).unwrap();
     let mut total = SpecStats::default();
     for p in PROMPTS {
@@ -112,11 +117,7 @@ fn typical_acceptance_near_zero_temperature_is_greedy() {
     // temperature 1 it samples: same length budget, a different text for some prompt.
     let f = fixture();
     let c = &f.model.config;
-    let heads = MedusaHeads::zeros(MedusaConfig {
-        num_heads: 4,
-        num_layers: 1,
-        hidden_size: c.hidden_size,
-    });
+    let heads = zero_heads(c.hidden_size);
     let tree = Tree::from_choices(SMALL_CHOICES, 4).unwrap();
     let typical = |temperature: f32| Acceptance::Typical {
         params: SamplingParams {
@@ -152,11 +153,7 @@ fn medusa_chain_proposals_are_exactly_greedy() {
     // The chain proposer `generate` and `serve-local` use: untrained heads guess that the
     // next token repeats; the output must be plain greedy whatever they guess.
     let f = fixture();
-    let heads = MedusaHeads::zeros(MedusaConfig {
-        num_heads: 4,
-        num_layers: 1,
-        hidden_size: f.model.config.hidden_size,
-    });
+    let heads = zero_heads(f.model.config.hidden_size);
     let s = same_as_greedy(&mut MedusaChain::new(f.model.clone(), heads));
     // Every step after a prompt's first gets the target's hidden state and proposes.
     assert!(s.proposed >= 2 * (s.steps - 2 * PROMPTS.len()), "{s:?}");
