@@ -59,17 +59,27 @@ pub fn ids_sha256(ids: &[u32]) -> String {
 
 /// Σ NLL of `window[1..]` given its prefixes, from one forward pass.
 pub fn window_nll<B: LinearBackend>(model: &Llama<B>, window: &[u32]) -> f64 {
-    let device = model.device();
-    let t = window.len();
-    let ids: Vec<i32> = window.iter().map(|&x| x as i32).collect();
-    let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, t]), &device);
-    let hidden = model.forward_hidden(input, None);
     // The last position predicts nothing inside the window: skip its vocabulary projection.
+    rows_nll(model, window, 0..window.len() - 1, &window[1..])
+}
+
+/// One forward pass over `input` (from position 0); Σ NLL of `targets` at the positions
+/// `rows` (one target per row). Only those rows go through the vocabulary projection.
+pub fn rows_nll<B: LinearBackend>(
+    model: &Llama<B>,
+    input: &[u32],
+    rows: std::ops::Range<usize>,
+    targets: &[u32],
+) -> f64 {
+    let t = input.len();
+    let ids: Vec<i32> = input.iter().map(|&x| x as i32).collect();
+    let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, t]), &model.device());
+    let hidden = model.forward_hidden(tokens, None);
     let d = hidden.dims()[2];
-    let logits = model.logits(hidden.slice([0..1, 0..t - 1, 0..d]));
+    let logits = model.logits(hidden.slice([0..1, rows, 0..d]));
     let vocab = logits.dims()[2];
     let data = logits.into_data().into_vec::<f32>().expect("f32 logits");
-    nll_sum(&data, vocab, &window[1..])
+    nll_sum(&data, vocab, targets)
 }
 
 /// [`window_nll`] computed as generation does: each token appended to a KV cache by

@@ -5,12 +5,11 @@
 //! document's words or bytes, not its tokens, so figures compare across tokenizers, and not
 //! with the token-level perplexity of [`crate::perplexity`].
 
-use burn::prelude::*;
 use lmq_runtime::model::{LinearBackend, Llama};
 use lmq_runtime::tokenizer::{Tokenizer, TokenizerError};
 use serde::Serialize;
 
-use crate::nll::nll_sum;
+use crate::perplexity::rows_nll;
 
 /// One forward pass: `seq[start..end]` goes in, the last `scored` positions are scored
 /// against the tokens that follow them, where `seq` is the prefix token then the document.
@@ -159,18 +158,11 @@ pub fn aggregate(
     }
 }
 
-/// Σ NLL of one window's scored positions; only those rows go through the vocabulary
-/// projection.
+/// Σ NLL of one window's scored positions.
 fn window_nll<B: LinearBackend>(model: &Llama<B>, seq: &[u32], w: &Window) -> f64 {
-    let input: Vec<i32> = seq[w.start..w.end].iter().map(|&x| x as i32).collect();
-    let t = input.len();
-    let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(input, [1, t]), &model.device());
-    let hidden = model.forward_hidden(tokens, None);
-    let d = hidden.dims()[2];
-    let logits = model.logits(hidden.slice([0..1, t - w.scored..t, 0..d]));
-    let vocab = logits.dims()[2];
-    let data = logits.into_data().into_vec::<f32>().expect("f32 logits");
-    nll_sum(&data, vocab, &seq[w.end - w.scored + 1..w.end + 1])
+    let t = w.end - w.start;
+    let targets = &seq[w.end - w.scored + 1..w.end + 1];
+    rows_nll(model, &seq[w.start..w.end], t - w.scored..t, targets)
 }
 
 #[cfg(test)]

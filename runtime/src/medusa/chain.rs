@@ -4,10 +4,8 @@
 //! server speculates with (and sampling, whose verification takes a point-mass guess
 //! exactly); `spec-bench` and [`super::generate_medusa`] verify whole candidate trees.
 
-use burn::prelude::*;
-
+use super::decode::head_logits;
 use super::heads::MedusaHeads;
-use crate::generate::host_f32;
 use crate::model::{LinearBackend, Llama};
 use crate::sampling::{argmax, SamplingParams};
 use crate::speculative::verify::point_mass;
@@ -48,13 +46,7 @@ impl<B: LinearBackend> Proposer for MedusaChain<B> {
         if *len != context.len() || k == 0 {
             return vec![];
         }
-        let d = self.model.config.hidden_size;
-        let states: Vec<f32> = (0..k).flat_map(|j| self.heads.hidden(j, h)).collect();
-        let logits = host_f32(self.model.logits(Tensor::from_data(
-            TensorData::new(states, [1, k, d]),
-            &self.model.device(),
-        )));
-        logits
+        head_logits(&self.model, &self.heads, h, k)
             .chunks_exact(self.model.config.vocab_size)
             .map(|row| {
                 let t = argmax(row);

@@ -26,6 +26,21 @@ fn top_k(row: &[f32], k: usize) -> Vec<u32> {
     idx
 }
 
+/// Vocabulary logits `[heads, vocab]` of the first `heads` heads from the target's hidden
+/// state `h`: all heads through the model's lm_head at once.
+pub(crate) fn head_logits<B: LinearBackend>(
+    model: &Llama<B>,
+    heads: &MedusaHeads,
+    h: &[f32],
+    n: usize,
+) -> Vec<f32> {
+    let states: Vec<f32> = (0..n).flat_map(|k| heads.hidden(k, h)).collect();
+    host_f32(model.logits(Tensor::from_data(
+        TensorData::new(states, [1, n, model.config.hidden_size]),
+        &model.device(),
+    )))
+}
+
 /// How a Medusa step accepts tree candidates and picks the token after them.
 #[derive(Debug, Clone)]
 pub enum Acceptance {
@@ -115,12 +130,7 @@ pub fn generate_medusa_with<B: LinearBackend>(
     let depths: Vec<usize> = tree.nodes.iter().map(|n| n.depth).collect();
     let mask = tree.attention_mask();
     while out.len() < max_new && !stop_ids.contains(out.last().unwrap()) {
-        // Head guesses from the last accepted position, all heads through the lm_head at once.
-        let hv: Vec<f32> = (0..depth).flat_map(|k| heads.hidden(k, &h_last)).collect();
-        let head_logits = host_f32(model.logits(Tensor::from_data(
-            TensorData::new(hv, [1, depth, d]),
-            &device,
-        )));
+        let head_logits = head_logits(model, heads, &h_last, depth);
         let topk: Vec<Vec<u32>> = (0..depth)
             .map(|k| top_k(&head_logits[k * vocab..][..vocab], need[k]))
             .collect();
