@@ -3,6 +3,7 @@
 mod bench;
 mod bench_decode;
 mod bench_models;
+mod bench_zeroshot;
 mod fetch;
 mod gpu_check;
 mod quant_table;
@@ -105,6 +106,25 @@ enum BenchCmd {
         #[arg(long, default_value_t = 2)]
         rounds: usize,
     },
+    /// What prefix sharing and batching buy in the zero-shot suite: the release `evaluate`
+    /// on the same questions with each question's context shared, with every request on its
+    /// own (lm-eval's way), and with those requests batched; alternating rounds, best kept;
+    /// prints seconds per task, the speedups and the largest metric gap between modes.
+    Zeroshot {
+        #[arg(long, default_value = "smollm2")]
+        model: String,
+        #[arg(long, default_value = "all")]
+        tasks: String,
+        /// Questions per task (default: whole validation sets, hours for the separate modes).
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+    },
     /// burn flex vs burn ndarray vs the runtime's `matmul_f32_nt`: f32 matmul 1024³ and decode
     /// GEMV [1,2048]×[2048,2048], on 2 rayon threads; prints a markdown table.
     Backends {
@@ -180,6 +200,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bench {
             what: BenchCmd::Backends { threaded },
         } => bench::backends(threaded),
+        Cmd::Bench {
+            what:
+                BenchCmd::Zeroshot {
+                    model,
+                    tasks,
+                    limit,
+                    threads,
+                    batch_size,
+                    rounds,
+                },
+        } => bench_zeroshot::run(bench_zeroshot::ZeroshotBenchArgs {
+            model,
+            tasks,
+            limit,
+            threads,
+            batch_size,
+            rounds,
+        }),
         Cmd::Bench {
             what:
                 BenchCmd::Models {

@@ -20,7 +20,9 @@ use crate::awq::{
 };
 use crate::gptq::{GptqOptions, DEFAULT_BLOCK_SIZE, DEFAULT_DAMPENING};
 use crate::onebit::distill::DistillOptions;
-use crate::pipeline::hessian::{HessianOptions, DEFAULT_TOKEN_CLIP};
+use crate::pipeline::hessian::{
+    HessianOptions, WindowStarts, DEFAULT_TOKEN_CLIP, DEFAULT_WINDOW_STARTS,
+};
 use crate::scheme::{QuantScheme, SUPPORTED_BITS};
 use crate::smoothquant::DEFAULT_ALPHA;
 
@@ -647,6 +649,12 @@ pub struct GptqArgs {
     /// them at the expense of every other token.
     #[serde(default = "default_token_clip")]
     pub token_clip: Option<TokenClip>,
+    /// The first positions of every calibration window (where the attention sinks' massive
+    /// activations enter) keep the share of H they have in `reference_seqlen`-token windows,
+    /// however long the windows are (`null`: each position counts once, plain GPTQ). Without
+    /// it, 2048-token windows make GPTQ worse than 512-token ones on the same text.
+    #[serde(default = "default_window_starts")]
+    pub window_starts: Option<WindowStartsSpec>,
     #[serde(default = "default_targets")]
     pub targets: Vec<Pattern>,
     #[serde(default)]
@@ -655,6 +663,30 @@ pub struct GptqArgs {
 
 fn default_token_clip() -> Option<TokenClip> {
     Some(TokenClip(DEFAULT_TOKEN_CLIP))
+}
+
+fn default_window_starts() -> Option<WindowStartsSpec> {
+    Some(WindowStartsSpec {
+        positions: Positive(DEFAULT_WINDOW_STARTS.positions),
+        reference_seqlen: Positive(DEFAULT_WINDOW_STARTS.reference_len),
+    })
+}
+
+/// `window_starts: {positions, reference_seqlen}` of a GPTQ pass.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowStartsSpec {
+    #[serde(default = "default_start_positions")]
+    pub positions: Positive,
+    #[serde(default = "default_reference_seqlen")]
+    pub reference_seqlen: Positive,
+}
+
+fn default_start_positions() -> Positive {
+    Positive(DEFAULT_WINDOW_STARTS.positions)
+}
+fn default_reference_seqlen() -> Positive {
+    Positive(DEFAULT_WINDOW_STARTS.reference_len)
 }
 
 fn default_dampening() -> Dampening {
@@ -687,6 +719,10 @@ impl GptqArgs {
     pub fn hessian_options(&self) -> HessianOptions {
         HessianOptions {
             token_clip: self.token_clip.map(|c| c.0),
+            window_starts: self.window_starts.map(|w| WindowStarts {
+                positions: w.positions.0,
+                reference_len: w.reference_seqlen.0,
+            }),
         }
     }
 }

@@ -238,6 +238,16 @@ fn other_bad_values_are_located() {
         &msg,
         &["line 7", "gptq.token_clip", "null to turn clipping off"],
     );
+    let msg = err(&GPTQ.replace("bits: 4", "window_starts: {positions: 4, seqlen: 512}"));
+    assert_msg(
+        &msg,
+        &["line 7", "gptq.window_starts", "unknown field `seqlen`"],
+    );
+    let msg = err(&GPTQ.replace("bits: 4", "window_starts: {positions: 0}"));
+    assert_msg(
+        &msg,
+        &["line 7", "gptq.window_starts.positions", "positive"],
+    );
     let awq = GPTQ
         .replace("gptq:", "awq:")
         .replace("bits: 4", "max_shrink: 1.5");
@@ -337,6 +347,30 @@ fn explicit_fields_override_the_scheme() {
         panic!()
     };
     assert_eq!(g.hessian_options().token_clip, None);
+    assert_eq!(
+        g.hessian_options().window_starts,
+        Some(crate::pipeline::hessian::DEFAULT_WINDOW_STARTS),
+        "window starts weighted by default"
+    );
+    let off = parse(
+        "calibration: {source: notes.txt}\nstages:\n  - passes:\n      \
+         - gptq: {bits: 4, window_starts: null}\n",
+    )
+    .unwrap();
+    let Pass::Gptq(g) = &off.stages[0].passes[0] else {
+        panic!()
+    };
+    assert_eq!(g.hessian_options().window_starts, None);
+    let set = parse(
+        "calibration: {source: notes.txt}\nstages:\n  - passes:\n      \
+         - gptq: {bits: 4, window_starts: {positions: 1, reference_seqlen: 256}}\n",
+    )
+    .unwrap();
+    let Pass::Gptq(g) = &set.stages[0].passes[0] else {
+        panic!()
+    };
+    let w = g.hessian_options().window_starts.unwrap();
+    assert_eq!((w.positions, w.reference_len), (1, 256));
     let rtn = r.stages[0].passes[1]
         .args()
         .weight_scheme()
