@@ -16,7 +16,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use lmq_runtime::assets::{self, Asset};
 
-use crate::{cargo, workspace_root};
+use crate::build_release_bins;
 
 /// What `bench decode` was asked for.
 pub struct DecodeBenchArgs {
@@ -279,19 +279,12 @@ pub(crate) fn size_bytes(p: &Path) -> u64 {
 /// back, and prints the table.
 pub fn run(args: DecodeBenchArgs) -> Result<()> {
     let (llama_bench, llama_quantize) = llama_cpp()?;
-    let root = workspace_root();
-    let status = Command::new(cargo())
-        .current_dir(&root)
-        .args(["build", "--release", "-p", "lmq-quant", "--bin", "quantize"])
-        .args(["-p", "lmq-evals", "--bin", "bench"])
-        .status()?;
-    if !status.success() {
-        bail!("cargo build --release (quantize, bench) failed");
-    }
-    let (quantize, bench) = (
-        root.join("target/release/quantize"),
-        root.join("target/release/bench"),
-    );
+    let [quantize, bench] =
+        &build_release_bins(&[("lmq-quant", "quantize"), ("lmq-evals", "bench")])?[..]
+    else {
+        unreachable!("two binaries asked for")
+    };
+    let (quantize, bench) = (quantize.clone(), bench.clone());
     fs::create_dir_all(&args.out)?;
     let bw: Vec<(usize, f64)> = args.threads.iter().map(|&t| (t, bandwidth(t))).collect();
     let mut rows = Vec::new();

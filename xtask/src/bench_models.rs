@@ -4,13 +4,11 @@
 //! best of the rounds is kept, so the shared machine's noise hits every row alike (issue #9
 //! compares the 1-bit model with the 4-bit and f32 ones this way).
 
+use anyhow::Result;
 use std::path::Path;
-use std::process::Command;
-
-use anyhow::{bail, Result};
 
 use crate::bench_decode::{ours, size_bytes, Speed};
-use crate::{cargo, workspace_root};
+use crate::build_release_bins;
 
 /// What `bench models` was asked for.
 pub struct ModelsBenchArgs {
@@ -22,19 +20,13 @@ pub struct ModelsBenchArgs {
 
 /// Builds `bench`, runs the rounds, prints the table.
 pub fn run(args: ModelsBenchArgs) -> Result<()> {
-    let root = workspace_root();
-    let status = Command::new(cargo())
-        .current_dir(&root)
-        .args(["build", "--release", "-p", "lmq-evals", "--bin", "bench"])
-        .status()?;
-    if !status.success() {
-        bail!("cargo build --release -p lmq-evals --bin bench failed");
-    }
-    let bench = root.join("target/release/bench");
+    let [bench] = &build_release_bins(&[("lmq-evals", "bench")])?[..] else {
+        unreachable!("one binary asked for")
+    };
     let mut best = vec![Speed::default(); args.models.len()];
     for round in 0..args.rounds {
         for (m, b) in args.models.iter().zip(best.iter_mut()) {
-            let s = ours(&bench, Path::new(m), args.threads, args.reps)?;
+            let s = ours(bench, Path::new(m), args.threads, args.reps)?;
             eprintln!("[bench] round {} {m}: {s:?}", round + 1);
             b.pp = b.pp.max(s.pp);
             b.tg = b.tg.max(s.tg);

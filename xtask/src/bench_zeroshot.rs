@@ -12,7 +12,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::{cargo, workspace_root};
+use crate::{build_release_bins, workspace_root};
 
 /// What `bench zeroshot` was asked for.
 pub struct ZeroshotBenchArgs {
@@ -120,20 +120,15 @@ pub fn metric_gap(a: &TaskRun, b: &TaskRun) -> f64 {
 /// Builds `evaluate`, runs the rounds, prints the table.
 pub fn run(args: ZeroshotBenchArgs) -> Result<()> {
     let root = workspace_root();
-    let status = Command::new(cargo())
-        .current_dir(&root)
-        .args(["build", "--release", "-p", "lmq-evals", "--bin", "evaluate"])
-        .status()?;
-    if !status.success() {
-        bail!("cargo build --release -p lmq-evals --bin evaluate failed");
-    }
-    let evaluate = root.join("target/release/evaluate");
+    let [evaluate] = &build_release_bins(&[("lmq-evals", "evaluate")])?[..] else {
+        unreachable!("one binary asked for")
+    };
     let modes = modes(args.batch_size);
     // best[mode][task]: the fastest run of each task in each mode.
     let mut best: Vec<BTreeMap<String, TaskRun>> = vec![BTreeMap::new(); modes.len()];
     for round in 0..args.rounds {
         for (mode, best) in modes.iter().zip(best.iter_mut()) {
-            let mut cmd = Command::new(&evaluate);
+            let mut cmd = Command::new(evaluate);
             cmd.current_dir(&root).args([
                 "--model",
                 &args.model,

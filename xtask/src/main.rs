@@ -26,6 +26,26 @@ pub(crate) fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
+/// Builds the workspace's release binaries `(package, bin)` that a benchmark runs, so it
+/// always times the current code; returns their paths, in order.
+pub(crate) fn build_release_bins(bins: &[(&str, &str)]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut cmd = std::process::Command::new(cargo());
+    cmd.current_dir(workspace_root())
+        .args(["build", "--release", "--quiet"]);
+    for (package, bin) in bins {
+        cmd.args(["-p", package, "--bin", bin]);
+    }
+    let names: Vec<&str> = bins.iter().map(|(_, b)| *b).collect();
+    let status = cmd
+        .status()
+        .map_err(|e| anyhow::anyhow!("running cargo build: {e}"))?;
+    if !status.success() {
+        anyhow::bail!("cargo build --release of {} failed", names.join(", "));
+    }
+    let dir = workspace_root().join("target/release");
+    Ok(names.iter().map(|b| dir.join(b)).collect())
+}
+
 #[derive(Parser)]
 #[command(
     name = "xtask",

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use crate::workspace_root;
+use crate::{build_release_bins, workspace_root};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
@@ -173,22 +173,7 @@ fn ppl_of(r: &Value) -> f64 {
 pub fn run(mut a: QuantTableArgs) -> Result<()> {
     a.out = std::env::current_dir()?.join(&a.out);
     std::fs::create_dir_all(&a.out)?;
-    let status = Command::new(env!("CARGO"))
-        .current_dir(workspace_root())
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "lmq-quant",
-            "-p",
-            "lmq-evals",
-        ])
-        .args(["--bin", "quantize", "--bin", "evaluate"])
-        .status()?;
-    if !status.success() {
-        bail!("release build failed");
-    }
+    build_release_bins(&[("lmq-quant", "quantize"), ("lmq-evals", "evaluate")])?;
     let windows = a.eval_windows.map_or("all".to_string(), |n| n.to_string());
     let mut rows = vec![];
     let fp = evaluate(&a, &a.model, "fp")?;
