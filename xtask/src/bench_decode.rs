@@ -280,11 +280,7 @@ pub(crate) fn size_bytes(p: &Path) -> u64 {
 pub fn run(args: DecodeBenchArgs) -> Result<()> {
     let (llama_bench, llama_quantize) = llama_cpp()?;
     let [quantize, bench] =
-        &build_release_bins(&[("lmq-quant", "quantize"), ("lmq-evals", "bench")])?[..]
-    else {
-        unreachable!("two binaries asked for")
-    };
-    let (quantize, bench) = (quantize.clone(), bench.clone());
+        build_release_bins([("lmq-quant", "quantize"), ("lmq-evals", "bench")])?;
     fs::create_dir_all(&args.out)?;
     let bw: Vec<(usize, f64)> = args.threads.iter().map(|&t| (t, bandwidth(t))).collect();
     let mut rows = Vec::new();

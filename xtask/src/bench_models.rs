@@ -4,8 +4,9 @@
 //! best of the rounds is kept, so the shared machine's noise hits every row alike (issue #9
 //! compares the 1-bit model with the 4-bit and f32 ones this way).
 
-use anyhow::Result;
 use std::path::Path;
+
+use anyhow::Result;
 
 use crate::bench_decode::{ours, size_bytes, Speed};
 use crate::build_release_bins;
@@ -20,13 +21,11 @@ pub struct ModelsBenchArgs {
 
 /// Builds `bench`, runs the rounds, prints the table.
 pub fn run(args: ModelsBenchArgs) -> Result<()> {
-    let [bench] = &build_release_bins(&[("lmq-evals", "bench")])?[..] else {
-        unreachable!("one binary asked for")
-    };
+    let [bench] = build_release_bins([("lmq-evals", "bench")])?;
     let mut best = vec![Speed::default(); args.models.len()];
     for round in 0..args.rounds {
         for (m, b) in args.models.iter().zip(best.iter_mut()) {
-            let s = ours(bench, Path::new(m), args.threads, args.reps)?;
+            let s = ours(&bench, Path::new(m), args.threads, args.reps)?;
             eprintln!("[bench] round {} {m}: {s:?}", round + 1);
             b.pp = b.pp.max(s.pp);
             b.tg = b.tg.max(s.tg);

@@ -120,15 +120,13 @@ pub fn metric_gap(a: &TaskRun, b: &TaskRun) -> f64 {
 /// Builds `evaluate`, runs the rounds, prints the table.
 pub fn run(args: ZeroshotBenchArgs) -> Result<()> {
     let root = workspace_root();
-    let [evaluate] = &build_release_bins(&[("lmq-evals", "evaluate")])?[..] else {
-        unreachable!("one binary asked for")
-    };
+    let [evaluate] = build_release_bins([("lmq-evals", "evaluate")])?;
     let modes = modes(args.batch_size);
     // best[mode][task]: the fastest run of each task in each mode.
     let mut best: Vec<BTreeMap<String, TaskRun>> = vec![BTreeMap::new(); modes.len()];
     for round in 0..args.rounds {
         for (mode, best) in modes.iter().zip(best.iter_mut()) {
-            let mut cmd = Command::new(evaluate);
+            let mut cmd = Command::new(&evaluate);
             cmd.current_dir(&root).args([
                 "--model",
                 &args.model,

@@ -28,22 +28,24 @@ pub(crate) fn cargo() -> String {
 
 /// Builds the workspace's release binaries `(package, bin)` that a benchmark runs, so it
 /// always times the current code; returns their paths, in order.
-pub(crate) fn build_release_bins(bins: &[(&str, &str)]) -> anyhow::Result<Vec<PathBuf>> {
+pub(crate) fn build_release_bins<const N: usize>(
+    bins: [(&str, &str); N],
+) -> anyhow::Result<[PathBuf; N]> {
     let mut cmd = std::process::Command::new(cargo());
     cmd.current_dir(workspace_root())
         .args(["build", "--release", "--quiet"]);
     for (package, bin) in bins {
         cmd.args(["-p", package, "--bin", bin]);
     }
-    let names: Vec<&str> = bins.iter().map(|(_, b)| *b).collect();
     let status = cmd
         .status()
         .map_err(|e| anyhow::anyhow!("running cargo build: {e}"))?;
     if !status.success() {
+        let names: Vec<&str> = bins.iter().map(|(_, b)| *b).collect();
         anyhow::bail!("cargo build --release of {} failed", names.join(", "));
     }
     let dir = workspace_root().join("target/release");
-    Ok(names.iter().map(|b| dir.join(b)).collect())
+    Ok(bins.map(|(_, bin)| dir.join(bin)))
 }
 
 #[derive(Parser)]

@@ -173,7 +173,7 @@ fn ppl_of(r: &Value) -> f64 {
 pub fn run(mut a: QuantTableArgs) -> Result<()> {
     a.out = std::env::current_dir()?.join(&a.out);
     std::fs::create_dir_all(&a.out)?;
-    build_release_bins(&[("lmq-quant", "quantize"), ("lmq-evals", "evaluate")])?;
+    build_release_bins([("lmq-quant", "quantize"), ("lmq-evals", "evaluate")])?;
     let windows = a.eval_windows.map_or("all".to_string(), |n| n.to_string());
     let mut rows = vec![];
     let fp = evaluate(&a, &a.model, "fp")?;

@@ -2,6 +2,8 @@
 //! linear's input. Each window's Gram matrix is computed in f32 by a blocked GEMM and added
 //! into an f64 sum, so the total over 10⁵–10⁶ tokens does not lose precision.
 
+use std::borrow::Cow;
+
 use lmq_runtime::kernels::dense_f32::gram_lower_acc_f32;
 
 /// Default [`HessianOptions::token_clip`]: on SmolLM2 W4 g64 (32 HellaSwag windows, wiki2
@@ -89,12 +91,15 @@ impl HessianAccumulator {
     /// Adds one window's rows `x` as `opts` says: norm clipping against the median of these
     /// rows, then the window's first rows weighted.
     pub fn add_with(&mut self, x: &[f32], opts: &HessianOptions) {
+        // Copied only when a step changes it (plain GPTQ adds the rows as they are).
         let mut x = match opts.token_clip {
-            Some(c) => clip_token_norms(x, self.n, c),
-            None => x.to_vec(),
+            Some(c) => Cow::Owned(clip_token_norms(x, self.n, c)),
+            None => Cow::Borrowed(x),
         };
         if let Some(starts) = opts.window_starts {
-            weight_window_starts(&mut x, self.n, &starts);
+            if starts.weight(x.len() / self.n) > 1.0 {
+                weight_window_starts(x.to_mut(), self.n, &starts);
+            }
         }
         self.add(&x)
     }

@@ -667,8 +667,8 @@ fn default_token_clip() -> Option<TokenClip> {
 
 fn default_window_starts() -> Option<WindowStartsSpec> {
     Some(WindowStartsSpec {
-        positions: Positive(DEFAULT_WINDOW_STARTS.positions),
-        reference_seqlen: Positive(DEFAULT_WINDOW_STARTS.reference_len),
+        positions: default_start_positions(),
+        reference_seqlen: default_reference_seqlen(),
     })
 }
 

@@ -12,6 +12,18 @@ fn err(text: &str) -> String {
     }
 }
 
+/// The Hessian options of a one-pass recipe `gptq: {ARGS}`.
+fn hessian_options_of(args: &str) -> crate::pipeline::hessian::HessianOptions {
+    let r = parse(&format!(
+        "calibration: {{source: notes.txt}}\nstages:\n  - passes:\n      - gptq: {{{args}}}\n"
+    ))
+    .unwrap();
+    let Pass::Gptq(g) = &r.stages[0].passes[0] else {
+        panic!("not a gptq pass")
+    };
+    g.hessian_options()
+}
+
 /// Asserts the message has the file first, then every fragment.
 fn assert_msg(msg: &str, fragments: &[&str]) {
     assert!(msg.starts_with("recipes/r.yaml: "), "{msg}");
@@ -338,38 +350,20 @@ fn explicit_fields_override_the_scheme() {
     assert!(o.act_order && !o.static_groups);
     assert_eq!((o.dampening, o.block_size), (0.1, 64));
     assert_eq!(g.hessian_options().token_clip, Some(3.0), "default clip");
-    let off = parse(
-        "calibration: {source: notes.txt}\nstages:\n  - passes:\n      \
-         - gptq: {bits: 4, token_clip: null}\n",
-    )
-    .unwrap();
-    let Pass::Gptq(g) = &off.stages[0].passes[0] else {
-        panic!()
-    };
-    assert_eq!(g.hessian_options().token_clip, None);
+    let off = hessian_options_of("bits: 4, token_clip: null");
+    assert_eq!(off.token_clip, None);
     assert_eq!(
-        g.hessian_options().window_starts,
+        off.window_starts,
         Some(crate::pipeline::hessian::DEFAULT_WINDOW_STARTS),
         "window starts weighted by default"
     );
-    let off = parse(
-        "calibration: {source: notes.txt}\nstages:\n  - passes:\n      \
-         - gptq: {bits: 4, window_starts: null}\n",
-    )
-    .unwrap();
-    let Pass::Gptq(g) = &off.stages[0].passes[0] else {
-        panic!()
-    };
-    assert_eq!(g.hessian_options().window_starts, None);
-    let set = parse(
-        "calibration: {source: notes.txt}\nstages:\n  - passes:\n      \
-         - gptq: {bits: 4, window_starts: {positions: 1, reference_seqlen: 256}}\n",
-    )
-    .unwrap();
-    let Pass::Gptq(g) = &set.stages[0].passes[0] else {
-        panic!()
-    };
-    let w = g.hessian_options().window_starts.unwrap();
+    assert_eq!(
+        hessian_options_of("bits: 4, window_starts: null").window_starts,
+        None
+    );
+    let w = hessian_options_of("bits: 4, window_starts: {positions: 1, reference_seqlen: 256}")
+        .window_starts
+        .unwrap();
     assert_eq!((w.positions, w.reference_len), (1, 256));
     let rtn = r.stages[0].passes[1]
         .args()
