@@ -77,6 +77,62 @@ pub fn quantize_blocks(x: &[f32], m: usize, k: usize, block: usize, code_max: f3
     let mut codes = vec![0i16; m * k];
     let mut scale = vec![0.0f32; m * nb];
     let mut code_sums = vec![0i32; m * nb];
+    if k > 0 {
+        let simd = block.is_multiple_of(16) && super::packed_vnni::available();
+        let row = |(((q, s), sum), xs): RowParts| {
+            #[cfg(target_arch = "x86_64")]
+            if simd {
+                // SAFETY: AVX-512 F/BW/VL checked (`packed_vnni::available`).
+                return unsafe { avx512::quantize_row(xs, q, s, sum, block, code_max) };
+            }
+            let _ = simd;
+            quantize_row(xs, q, s, sum, block, code_max)
+        };
+        // A prompt's worth of rows is worth spreading over the threads; a decode step's is
+        // not (waking them would cost more than the work).
+        if m >= PARALLEL_ROWS {
+            use rayon::prelude::*;
+            codes
+                .par_chunks_mut(k)
+                .zip(scale.par_chunks_mut(nb))
+                .zip(code_sums.par_chunks_mut(nb))
+                .zip(x.par_chunks(k))
+                .with_min_len(8)
+                .for_each(row);
+        } else {
+            codes
+                .chunks_mut(k)
+                .zip(scale.chunks_mut(nb))
+                .zip(code_sums.chunks_mut(nb))
+                .zip(x.chunks(k))
+                .for_each(row);
+        }
+    }
+    BlockCodes {
+        m,
+        k,
+        block,
+        codes,
+        scale,
+        code_sums,
+    }
+}
+
+/// One row's codes, scales and code sums, zipped with its activations.
+type RowParts<'a> = (((&'a mut [i16], &'a mut [f32]), &'a mut [i32]), &'a [f32]);
+
+/// Rows from which [`quantize_blocks`] runs in parallel.
+const PARALLEL_ROWS: usize = 64;
+
+/// One row's blocks (see [`quantize_blocks`]).
+fn quantize_row(
+    x: &[f32],
+    codes: &mut [i16],
+    scale: &mut [f32],
+    code_sums: &mut [i32],
+    block: usize,
+    code_max: f32,
+) {
     for ((xs, qs), (s, sum)) in x
         .chunks_exact(block)
         .zip(codes.chunks_exact_mut(block))
@@ -98,13 +154,64 @@ pub fn quantize_blocks(x: &[f32], m: usize, k: usize, block: usize, code_max: f3
         }
         *sum = acc;
     }
-    BlockCodes {
-        m,
-        k,
-        block,
-        codes,
-        scale,
-        code_sums,
+}
+
+/// [`quantize_row`] on 16 lanes at a time: the same operations in the same order (absmax,
+/// `amax / code_max`, `v · (code_max / amax)`, clamp, round half to even by `vcvtps2dq` in
+/// the default rounding mode), so the codes are identical (tested). Prefill codes every
+/// linear's input; the scalar loop took a tenth of the int16 GEMM's time.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn quantize_row(
+        x: &[f32],
+        codes: &mut [i16],
+        scale: &mut [f32],
+        code_sums: &mut [i32],
+        block: usize,
+        code_max: f32,
+    ) {
+        for ((xs, qs), (s, sum)) in x
+            .chunks_exact(block)
+            .zip(codes.chunks_exact_mut(block))
+            .zip(scale.iter_mut().zip(code_sums.iter_mut()))
+        {
+            let mut m = _mm512_setzero_ps();
+            for v in xs.chunks_exact(16) {
+                // SAFETY: 16 floats.
+                let v = unsafe { _mm512_loadu_ps(v.as_ptr()) };
+                m = _mm512_max_ps(m, _mm512_abs_ps(v));
+            }
+            let amax = _mm512_reduce_max_ps(m);
+            if amax == 0.0 || !amax.is_finite() {
+                // The scalar path's special blocks, decided by the scalar path.
+                super::quantize_row(
+                    xs,
+                    qs,
+                    std::slice::from_mut(s),
+                    std::slice::from_mut(sum),
+                    block,
+                    code_max,
+                );
+                continue;
+            }
+            *s = amax / code_max;
+            let inv = _mm512_set1_ps(code_max / amax);
+            let (lo, hi) = (_mm512_set1_ps(-code_max), _mm512_set1_ps(code_max));
+            let mut acc = _mm512_setzero_si512();
+            for (v, q) in xs.chunks_exact(16).zip(qs.chunks_exact_mut(16)) {
+                // SAFETY: 16 floats in, 16 i16 out.
+                unsafe {
+                    let v = _mm512_mul_ps(_mm512_loadu_ps(v.as_ptr()), inv);
+                    let c = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(v, lo), hi));
+                    acc = _mm512_add_epi32(acc, c);
+                    _mm256_storeu_si256(q.as_mut_ptr() as *mut _, _mm512_cvtepi32_epi16(c));
+                }
+            }
+            *sum = _mm512_reduce_add_epi32(acc);
+        }
     }
 }
 
@@ -206,6 +313,48 @@ pub(crate) mod tests {
                     "{what} row {r} out {o}: {g} vs {e}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn vector_codes_equal_the_scalar_definition() {
+        // Ties (s = 1 when the block's absmax equals code_max), zero and outlier blocks,
+        // prompt-sized (parallel) and decode-sized inputs.
+        let mut x = activations(70, 128, 3);
+        x[..32].copy_from_slice(&[0.0; 32]);
+        for (i, v) in x[32..64].iter_mut().enumerate() {
+            *v = i as f32 - 15.5;
+        }
+        x[63] = 127.0;
+        for (m, block, code_max) in [
+            (70, 32, 32639.0),
+            (3, 32, 127.0),
+            (70, 64, 127.0),
+            (1, 16, 32767.0),
+        ] {
+            let x = &x[..m * 128];
+            let got = quantize_blocks(x, m, 128, block, code_max);
+            let (mut codes, mut scale, mut sums) = (
+                vec![0i16; m * 128],
+                vec![0.0f32; m * 128 / block],
+                vec![0i32; m * 128 / block],
+            );
+            for r in 0..m {
+                let nb = 128 / block;
+                quantize_row(
+                    &x[r * 128..(r + 1) * 128],
+                    &mut codes[r * 128..(r + 1) * 128],
+                    &mut scale[r * nb..(r + 1) * nb],
+                    &mut sums[r * nb..(r + 1) * nb],
+                    block,
+                    code_max,
+                );
+            }
+            assert_eq!(
+                (got.codes, got.scale, got.code_sums),
+                (codes, scale, sums),
+                "m {m} block {block} max {code_max}"
+            );
         }
     }
 

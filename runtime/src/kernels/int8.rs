@@ -11,13 +11,14 @@
 //! `vpmaddwd` (16 products summed into 8 int32 lanes per instruction), over tiles of
 //! 2 tokens × 4 output rows so each loaded vector feeds several products; bands of output
 //! rows are split across threads. Where AVX-512 VNNI is present, `vpdpbusd` on the codes as
-//! bytes does four times the products per instruction (`vnni_kernel`). Every product and
+//! bytes does four times the products per instruction ([`super::int8_vnni`]). Every product and
 //! partial sum is an exact integer (|q_x·q_w| ≤ 127·128, and `cols` < 2³¹ / 16256 is
 //! asserted), so both fast paths equal the scalar reference bit for bit: the i32 sums are
 //! identical, and the float epilogue `acc · (s_x · s_w)` is computed the same way in all.
 
 use rayon::prelude::*;
 
+use super::int8_vnni::{self, OffsetActs};
 use crate::packed::Int8Linear;
 
 /// Largest activation code (vLLM's symmetric per-token range).
@@ -28,9 +29,6 @@ const MAX_COLS: usize = (i32::MAX / (127 * 128)) as usize;
 
 /// Output rows per task of the thread team.
 const ROWS_PER_TASK: usize = 16;
-
-/// Output rows per task on the VNNI path: two blocks of 16 rows share each activation load.
-const VNNI_ROWS_PER_TASK: usize = 32;
 
 /// Activations quantized per token: codes `[m, k]` and one scale per row.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,20 +49,65 @@ pub fn quantize_per_token(x: &[f32], m: usize, k: usize) -> QuantizedActs {
         .par_chunks_mut(k.max(1))
         .zip(scale.par_iter_mut())
         .zip(x.par_chunks(k.max(1)))
-        .for_each(|((q, s), row)| {
-            let amax = row.iter().fold(0.0f32, |a, v| a.max(v.abs()));
-            *s = if amax > 0.0 { amax / ACT_QMAX } else { 1.0 };
-            let inv = 1.0 / *s;
-            for (c, v) in q.iter_mut().zip(row) {
-                *c = round_half_even((v * inv).clamp(-ACT_QMAX, ACT_QMAX)) as i8;
-            }
-        });
+        .for_each(|((q, s), row)| *s = quantize_row(row, q, |c| c));
     QuantizedActs {
         codes,
         scale,
         rows: m,
         cols: k,
     }
+}
+
+/// The same quantization straight into the VNNI kernel's operand (`code + 128`, rows padded
+/// to a multiple of 4 columns with code 0), one row per team task: prefill quantizes every
+/// linear's input, and a separate pass to offset the codes would read them all again.
+pub fn quantize_per_token_offset(x: &[f32], m: usize, k: usize) -> OffsetActs {
+    assert_eq!(x.len(), m * k, "activation shape");
+    let stride = k.div_ceil(4) * 4;
+    let vnni = super::packed_vnni::available();
+    let mut codes = vec![128u8; m * stride];
+    let mut scale = vec![0.0f32; m];
+    if k > 0 {
+        let scales = super::team::SendPtr(scale.as_mut_ptr());
+        super::team::for_each_chunk_mut(&mut codes, stride, |t, q| {
+            let row = &x[t * k..(t + 1) * k];
+            let s = match vnni {
+                true => int8_vnni::quantize_row_offset(row, &mut q[..k]),
+                false => quantize_row(row, &mut q[..k], offset_code),
+            };
+            let p = scales; // the whole wrapper, not its raw field, into the closure
+                            // SAFETY: each token t is one task, so each scale is written once, and `scale`
+                            // outlives the loop.
+            unsafe { *p.0.add(t) = s };
+        });
+    } else {
+        scale.fill(1.0);
+    }
+    OffsetActs {
+        codes,
+        scale,
+        rows: m,
+        stride,
+    }
+}
+
+/// A code as the VNNI kernel's unsigned operand: `code + 128`.
+#[inline]
+fn offset_code(c: i8) -> u8 {
+    (c as u8) ^ 0x80
+}
+
+/// One token's codes (`scale = absmax / 127`, round half to even), each written through
+/// `store`; returns the scale. The single definition both layouts use.
+#[inline]
+fn quantize_row<T>(row: &[f32], q: &mut [T], store: impl Fn(i8) -> T) -> f32 {
+    let amax = row.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+    let s = if amax > 0.0 { amax / ACT_QMAX } else { 1.0 };
+    let inv = 1.0 / s;
+    for (c, v) in q.iter_mut().zip(row) {
+        *c = store(round_half_even((v * inv).clamp(-ACT_QMAX, ACT_QMAX)) as i8);
+    }
+    s
 }
 
 /// Round half to even for |v| < 2²²: adding and removing 1.5·2²³ leaves the integer the FPU
@@ -119,64 +162,58 @@ fn int_sums_portable(x: &QuantizedActs, w: &Int8Linear, o0: usize, rows: usize, 
 /// `x · Wᵀ` with `x` `[m, w.cols]` f32: quantizes `x` per token, multiplies in integers,
 /// rescales. Returns `[m, w.rows]`.
 pub fn matmul_i8_nt(x: &[f32], w: &Int8Linear, m: usize) -> Vec<f32> {
+    if super::packed_vnni::available() {
+        check_width(w);
+        return int8_vnni::matmul(&quantize_per_token_offset(x, m, w.cols), w);
+    }
     let xq = quantize_per_token(x, m, w.cols);
     matmul_i8(&xq, w)
 }
 
-/// The fast integer matmul on already quantized activations (equal to [`matmul_i8_ref`]).
-pub fn matmul_i8(x: &QuantizedActs, w: &Int8Linear) -> Vec<f32> {
-    assert_eq!(x.cols, w.cols, "activation width");
+/// Panics if `w` is wider than i32 sums allow.
+fn check_width(w: &Int8Linear) {
     assert!(
         w.cols <= MAX_COLS,
         "{} inputs could overflow i32 sums",
         w.cols
     );
+}
+
+/// The fast integer matmul on already quantized activations (equal to [`matmul_i8_ref`]).
+pub fn matmul_i8(x: &QuantizedActs, w: &Int8Linear) -> Vec<f32> {
+    assert_eq!(x.cols, w.cols, "activation width");
+    check_width(w);
+    if super::packed_vnni::available() {
+        return int8_vnni::matmul(&offset_codes(x), w);
+    }
     let (m, n) = (x.rows, w.rows);
-    let vnni = super::packed_vnni::available();
-    let avx2 = !vnni && has_avx2();
-    // The activations widened to i16 (AVX2) or offset to u8 (VNNI) once per call, so the
-    // inner loops load them as they are.
+    let avx2 = has_avx2();
+    // The activations widened to i16 once per call, so the inner loops load them as they
+    // are.
     let xw: Vec<i16> = if avx2 {
         x.codes.iter().map(|&c| i16::from(c)).collect()
     } else {
         Vec::new()
     };
-    let k4 = w.cols.div_ceil(4) * 4;
-    let xu: Vec<u8> = if vnni {
-        offset_codes(x, k4)
-    } else {
-        Vec::new()
-    };
-    let per_task = if vnni {
-        VNNI_ROWS_PER_TASK
-    } else {
-        ROWS_PER_TASK
-    };
     // Bands of output rows on the decode team (no wake-up per call); band b's sums are
-    // the [m, rows] block at offset o0·m, o0 = b · per_task.
+    // the [m, rows] block at offset o0·m, o0 = b · ROWS_PER_TASK.
     let mut sums = vec![0i32; m * n];
     if m > 0 {
-        super::team::for_each_chunk_mut(&mut sums, per_task * m, |b, block| {
-            let (o0, rows) = (b * per_task, block.len() / m);
-            #[cfg(target_arch = "x86_64")]
-            if vnni {
-                // SAFETY: AVX-512 F/BW/VL/VNNI presence checked at run time.
-                unsafe { vnni_kernel::int_sums(&xu, k4, m, w, o0, rows, block) };
-                return;
-            }
+        super::team::for_each_chunk_mut(&mut sums, ROWS_PER_TASK * m, |b, block| {
+            let (o0, rows) = (b * ROWS_PER_TASK, block.len() / m);
             #[cfg(target_arch = "x86_64")]
             if avx2 {
                 // SAFETY: AVX2 presence checked at run time.
                 unsafe { avx2_kernel::int_sums(&xw, m, w, o0, rows, block) };
                 return;
             }
-            let _ = (avx2, vnni);
+            let _ = avx2;
             int_sums_portable(x, w, o0, rows, block);
         });
     }
     let mut y = vec![0.0f32; m * n];
-    for (b, block) in sums.chunks(per_task * m.max(1)).enumerate() {
-        let (o0, rows) = (b * per_task, block.len() / m.max(1));
+    for (b, block) in sums.chunks(ROWS_PER_TASK * m.max(1)).enumerate() {
+        let (o0, rows) = (b * ROWS_PER_TASK, block.len() / m.max(1));
         for t in 0..m {
             for r in 0..rows {
                 y[t * n + o0 + r] = epilogue(block[t * rows + r], x.scale[t], w.scale[o0 + r]);
@@ -186,19 +223,25 @@ pub fn matmul_i8(x: &QuantizedActs, w: &Int8Linear) -> Vec<f32> {
     y
 }
 
-/// Activation codes as `vpdpbusd`'s unsigned operand: `code + 128` (codes are in ±127, so
-/// 1..=255), each row padded with 128 (code 0) to `k4` columns, a multiple of 4.
-fn offset_codes(x: &QuantizedActs, k4: usize) -> Vec<u8> {
-    let mut xu = vec![128u8; x.rows * k4];
-    for (dst, src) in xu
-        .chunks_exact_mut(k4)
+/// Already quantized activations as the VNNI kernel's operand (see
+/// [`quantize_per_token_offset`]).
+fn offset_codes(x: &QuantizedActs) -> OffsetActs {
+    let stride = x.cols.div_ceil(4) * 4;
+    let mut codes = vec![128u8; x.rows * stride];
+    for (dst, src) in codes
+        .chunks_exact_mut(stride.max(1))
         .zip(x.codes.chunks_exact(x.cols.max(1)))
     {
         for (d, &c) in dst.iter_mut().zip(src) {
-            *d = (i16::from(c) + 128) as u8;
+            *d = offset_code(c);
         }
     }
-    xu
+    OffsetActs {
+        codes,
+        scale: x.scale.clone(),
+        rows: x.rows,
+        stride,
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -210,126 +253,6 @@ fn has_avx2() -> bool {
 #[cfg(not(target_arch = "x86_64"))]
 fn has_avx2() -> bool {
     false
-}
-
-/// AVX-512 VNNI: `vpdpbusd` multiplies 64 unsigned activation bytes by 64 signed weight
-/// bytes and adds each group of 4 products into an i32 lane, four times the products per
-/// instruction of `vpmaddwd`. The activations are offset to `code + 128` (unsigned), so a
-/// lane sums `Σ (x + 128)·w = Σ x·w + 128·Σ w`; the weight rows' sums are taken off after.
-/// The band's weights are repacked so that one 64-byte load holds 4 consecutive columns of
-/// 16 rows: a broadcast of 4 activation bytes against it gives 16 rows' partial sums at once,
-/// with no horizontal reduction. All of it is integer arithmetic modulo 2³²; the true sums
-/// fit in i32 (`MAX_COLS`), so the results equal the reference exactly.
-#[cfg(target_arch = "x86_64")]
-mod vnni_kernel {
-    use std::arch::x86_64::*;
-
-    use crate::packed::Int8Linear;
-
-    /// Integer sums for output rows `o0..o0+rows` and every token, into `out` `[m, rows]`;
-    /// `xu` is `[m, k4]` offset activation codes.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub unsafe fn int_sums(
-        xu: &[u8],
-        k4: usize,
-        m: usize,
-        w: &Int8Linear,
-        o0: usize,
-        rows: usize,
-        out: &mut [i32],
-    ) {
-        let k = w.cols;
-        let groups = k4 / 4;
-        let blocks = rows.div_ceil(16);
-        // packed[((b · groups) + g) · 64 + 4j + i] = w[o0 + 16b + j][4g + i]; zero past the
-        // band's rows and past k, so padding adds nothing.
-        let mut packed = vec![0i8; (blocks + 1) * groups * 64];
-        let mut offset = vec![0i32; blocks * 16];
-        for (r, off) in offset[..rows].iter_mut().enumerate() {
-            let src = &w.codes[(o0 + r) * k..(o0 + r + 1) * k];
-            let (b, j) = (r / 16, r % 16);
-            *off = 128 * src.iter().map(|&c| i32::from(c)).sum::<i32>();
-            for (c, &v) in src.iter().enumerate() {
-                packed[(b * groups + c / 4) * 64 + j * 4 + c % 4] = v;
-            }
-        }
-        let ctx = Ctx {
-            xu,
-            k4,
-            groups,
-            packed: &packed,
-            offset: &offset,
-            rows,
-        };
-        let mut t = 0;
-        while t < m {
-            let mut b = 0;
-            while b < blocks {
-                // SAFETY: tiles stay inside xu's m rows and packed's blocks (+1 zero block
-                // for a lone last block's partner).
-                unsafe {
-                    match m - t {
-                        1 => ctx.tile::<1>(t, b, out),
-                        2 => ctx.tile::<2>(t, b, out),
-                        3 => ctx.tile::<3>(t, b, out),
-                        _ => ctx.tile::<4>(t, b, out),
-                    }
-                }
-                b += 2;
-            }
-            t += 4;
-        }
-    }
-
-    struct Ctx<'a> {
-        xu: &'a [u8],
-        k4: usize,
-        groups: usize,
-        packed: &'a [i8],
-        offset: &'a [i32],
-        rows: usize,
-    }
-
-    impl Ctx<'_> {
-        /// Tokens `t..t + T` against row blocks `b` and `b + 1` (the second may be the zero
-        /// block past the band): 2T accumulators, each 16 rows of one token.
-        #[inline]
-        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-        unsafe fn tile<const T: usize>(&self, t: usize, b: usize, out: &mut [i32]) {
-            let mut acc = [[_mm512_setzero_si512(); 2]; T];
-            let w0 = self.packed[b * self.groups * 64..].as_ptr();
-            let w1 = self.packed[(b + 1) * self.groups * 64..].as_ptr();
-            for g in 0..self.groups {
-                // SAFETY: g < groups, inside both blocks; 4 bytes at column 4g of row t + i.
-                unsafe {
-                    let v0 = _mm512_loadu_si512(w0.add(g * 64) as *const _);
-                    let v1 = _mm512_loadu_si512(w1.add(g * 64) as *const _);
-                    for (i, a) in acc.iter_mut().enumerate() {
-                        let p = self.xu.as_ptr().add((t + i) * self.k4 + 4 * g);
-                        let x = _mm512_set1_epi32((p as *const i32).read_unaligned());
-                        a[0] = _mm512_dpbusd_epi32(a[0], x, v0);
-                        a[1] = _mm512_dpbusd_epi32(a[1], x, v1);
-                    }
-                }
-            }
-            for (i, a) in acc.iter().enumerate() {
-                for (h, v) in a.iter().enumerate() {
-                    let r0 = (b + h) * 16;
-                    if r0 >= self.rows {
-                        continue;
-                    }
-                    let mut lanes = [0i32; 16];
-                    // SAFETY: 16 i32 into a 16-element array.
-                    unsafe { _mm512_storeu_si512(lanes.as_mut_ptr() as *mut _, *v) };
-                    let n = (self.rows - r0).min(16);
-                    let dst = &mut out[(t + i) * self.rows + r0..][..n];
-                    for (j, d) in dst.iter_mut().enumerate() {
-                        *d = lanes[j].wrapping_sub(self.offset[r0 + j]);
-                    }
-                }
-            }
-        }
-    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -544,15 +467,6 @@ mod tests {
             };
             for (o0, rows) in [(0, n), (1, n - 1)] {
                 #[cfg(target_arch = "x86_64")]
-                if super::super::packed_vnni::available() {
-                    let k4 = k.div_ceil(4) * 4;
-                    let xu = offset_codes(&xq, k4);
-                    let mut sums = vec![0; m * rows];
-                    // SAFETY: availability checked above.
-                    unsafe { vnni_kernel::int_sums(&xu, k4, m, &w, o0, rows, &mut sums) };
-                    check("vnni", sums, o0, rows);
-                }
-                #[cfg(target_arch = "x86_64")]
                 if has_avx2() {
                     let xw: Vec<i16> = xq.codes.iter().map(|&c| i16::from(c)).collect();
                     let mut sums = vec![0; m * rows];
@@ -564,6 +478,46 @@ mod tests {
                 int_sums_portable(&xq, &w, o0, rows, &mut sums);
                 check("portable", sums, o0, rows);
             }
+        }
+    }
+
+    #[test]
+    fn offset_quantization_rounds_ties_to_even_like_the_definition() {
+        // s = 1: x / s lands exactly on the ties; a clamp and the all-zero row too.
+        let x = [
+            127.0, 0.5, 1.5, 2.5, -0.5, -2.5, 126.5, -126.5, 3.49, -3.51, 0.0, 7.0, 9.5, -9.5,
+            11.5, 12.5, 13.5, //
+            0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+        ];
+        let xq = quantize_per_token(&x, 2, 17);
+        assert_eq!(&xq.codes[..4], &[127, 0, 2, 2]);
+        assert_eq!(quantize_per_token_offset(&x, 2, 17), offset_codes(&xq));
+    }
+
+    #[test]
+    fn vnni_kernel_equals_the_reference_on_band_and_token_tails() {
+        // Rows short of, at and past a 48-row band (and a 16-row tile inside it), tokens
+        // short of and past the 8-token tile, widths that are not a multiple of 4.
+        for (m, n, k) in [
+            (1, 1, 1),
+            (1, 48, 576),
+            (3, 47, 7),
+            (8, 49, 64),
+            (9, 96, 130),
+            (17, 150, 36),
+            (16, 16, 4),
+        ] {
+            let x = acts(m, k, (m * k) as u64);
+            let w = weight(n, k, (n + k) as u64);
+            let xq = quantize_per_token(&x, m, k);
+            let xo = quantize_per_token_offset(&x, m, k);
+            assert_eq!(xo, offset_codes(&xq), "one quantization, two layouts");
+            if !super::super::packed_vnni::available() {
+                continue;
+            }
+            let want = matmul_i8_ref(&xq, &w);
+            assert_eq!(int8_vnni::matmul(&xo, &w), want, "{m}x{n}x{k}");
+            assert_eq!(matmul_i8_nt(&x, &w, m), want, "{m}x{n}x{k} from floats");
         }
     }
 

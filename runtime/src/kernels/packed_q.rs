@@ -51,7 +51,8 @@ pub fn matmul_packed_nt_ref(x: &[f32], w: &PackedLinear, m: usize) -> Vec<f32> {
 /// int8-product GEMV with int16 activations (`packed_vnni`) up to `VNNI_MAX_ROWS` rows, in
 /// groups of `GEMV_MAX_ROWS` (each row gets a decode step's arithmetic). Otherwise, for
 /// decode-sized `m`, the AVX2 int16 GEMV (`packed_i16`), else the fused float GEMV on weights
-/// it supports ([`gemv_supported`]); the banded dequantize + dense GEMM for the rest.
+/// it supports ([`gemv_supported`]). Past those rows, the int16 VNNI GEMM on the same codes
+/// (`packed_gemm_i16`) where it applies; the banded dequantize + dense GEMM for the rest.
 pub fn matmul_packed_nt(x: &[f32], w: &PackedLinear, m: usize) -> Vec<f32> {
     assert_eq!(x.len(), m * w.cols, "activation shape");
     if let Some(y) = super::packed_vnni::gemv_packed_vnni(x, w, m, runtime_act_codes()) {
@@ -60,6 +61,9 @@ pub fn matmul_packed_nt(x: &[f32], w: &PackedLinear, m: usize) -> Vec<f32> {
         y
     } else if (1..=GEMV_MAX_ROWS).contains(&m) && gemv_supported(w) {
         gemv_packed(x, w, m, has_avx2_fma())
+    } else if super::packed_gemm_i16::supported(w) {
+        let codes = super::packed_vnni::quantize_acts(x, m, w.cols, runtime_act_codes());
+        super::packed_gemm_i16::matmul(&codes, w)
     } else {
         matmul_banded(x, w, m)
     }
@@ -87,8 +91,9 @@ fn has_avx2_fma() -> bool {
 }
 
 /// Each thread dequantizes bands of its share of the output rows (at most
-/// `PACKED_BAND_FLOATS` values at a time) and multiplies them with the dense GEMM.
-fn matmul_banded(x: &[f32], w: &PackedLinear, m: usize) -> Vec<f32> {
+/// `PACKED_BAND_FLOATS` values at a time) and multiplies them with the dense GEMM: the path
+/// for any weight, public so benchmarks can time it beside the integer kernels.
+pub fn matmul_banded(x: &[f32], w: &PackedLinear, m: usize) -> Vec<f32> {
     super::dense_f32::gemm_nt_bands(x, m, w.cols, w.rows, w)
 }
 

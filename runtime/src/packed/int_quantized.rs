@@ -7,6 +7,8 @@
 //!
 //! Dequantize (`forward.py::_dequantize`): `w = q · scale`.
 
+use std::sync::OnceLock;
+
 use rayon::prelude::*;
 
 use super::PackError;
@@ -20,6 +22,87 @@ pub struct Int8Linear {
     pub codes: Vec<i8>,
     /// `[rows]` scales.
     pub scale: Vec<f32>,
+    /// The codes rearranged for the VNNI kernel, built on first use (see [`Int8Tiles`]).
+    tiles: TilesCache,
+}
+
+/// Rows of one tile: a 64-byte line holds 4 consecutive columns of this many rows.
+pub const TILE_ROWS: usize = 16;
+
+/// Tiles of rows the VNNI kernel multiplies together (its band of output rows is
+/// `TILE_ROWS · BAND_TILES`); the rows are padded with zero codes to a whole band.
+pub const BAND_TILES: usize = 3;
+
+/// One cache line of [`Int8Tiles`]: `[TILE_ROWS][4]` codes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C, align(64))]
+pub struct TileLine(pub [i8; 64]);
+
+/// The codes as `vpdpbusd` reads them: line `tile · groups + g` holds columns `4g..4g + 4`
+/// of rows `16·tile..16·tile + 16`, row-major (`line[4j + i] = codes[16·tile + j][4g + i]`),
+/// so one aligned load against four broadcast activation bytes gives 16 rows' partial
+/// sums with no horizontal reduction. Rows past `rows` (up to a whole band) and columns past
+/// `cols` (up to a multiple of 4) are zero, so they add nothing. `offset[o] = 128 · Σ_c
+/// codes[o][c]`: the kernel's unsigned activations are `code + 128`, and this is what that
+/// adds to row `o`'s sum. A runtime layout only: files keep the `[rows, cols]` codes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Int8Tiles {
+    /// Column groups of 4 (`cols` rounded up to 4, divided by 4).
+    pub groups: usize,
+    /// Tiles of rows, a multiple of [`BAND_TILES`].
+    pub tiles: usize,
+    pub lines: Vec<TileLine>,
+    /// `[tiles · 16]`, zero for padding rows.
+    pub offset: Vec<i32>,
+}
+
+impl Int8Tiles {
+    /// Rearranges `w`'s codes.
+    pub fn new(w: &Int8Linear) -> Self {
+        let groups = w.cols.div_ceil(4);
+        let tiles = w.rows.div_ceil(TILE_ROWS * BAND_TILES) * BAND_TILES;
+        let mut lines = vec![TileLine([0; 64]); tiles * groups];
+        let mut offset = vec![0i32; tiles * TILE_ROWS];
+        lines
+            .par_chunks_mut(groups.max(1))
+            .zip(offset.par_chunks_mut(TILE_ROWS))
+            .enumerate()
+            .for_each(|(tile, (lines, offset))| {
+                for (j, off) in offset.iter_mut().enumerate() {
+                    let o = tile * TILE_ROWS + j;
+                    if o >= w.rows {
+                        break;
+                    }
+                    let row = &w.codes[o * w.cols..(o + 1) * w.cols];
+                    *off = 128 * row.iter().map(|&c| i32::from(c)).sum::<i32>();
+                    for (c, &v) in row.iter().enumerate() {
+                        lines[c / 4].0[4 * j + c % 4] = v;
+                    }
+                }
+            });
+        Self {
+            groups,
+            tiles,
+            lines,
+            offset,
+        }
+    }
+
+    /// The code of row `o`, column `c` (zero in the padding): the layout's definition.
+    pub fn code(&self, o: usize, c: usize) -> i8 {
+        self.lines[(o / TILE_ROWS) * self.groups + c / 4].0[4 * (o % TILE_ROWS) + c % 4]
+    }
+}
+
+/// A lazily built [`Int8Tiles`]. It is derived from the codes, so two weights with the
+/// same codes are equal whether or not either has built it.
+#[derive(Debug, Clone, Default)]
+struct TilesCache(OnceLock<Int8Tiles>);
+
+impl PartialEq for TilesCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl Int8Linear {
@@ -49,7 +132,14 @@ impl Int8Linear {
             cols,
             codes,
             scale,
+            tiles: TilesCache::default(),
         })
+    }
+
+    /// The codes in the VNNI kernel's layout, built (in parallel, once) on first use: the
+    /// weight then takes twice its code bytes in memory.
+    pub fn tiles(&self) -> &Int8Tiles {
+        self.tiles.0.get_or_init(|| Int8Tiles::new(self))
     }
 
     /// Plain definition: `w[o][c] = codes[o][c] · scale[o]`.
@@ -83,5 +173,39 @@ mod tests {
         assert_eq!(w.dequantize_ref(), vec![0.5, -64.0, 63.5, 0.0, 4.0, -6.0]);
         assert!(Int8Linear::new(2, 3, vec![0; 5], vec![1.0; 2]).is_err());
         assert!(Int8Linear::new(2, 3, vec![0; 6], vec![1.0; 3]).is_err());
+    }
+
+    #[test]
+    fn tiles_hold_every_code_once_and_zero_padding() {
+        for (rows, cols) in [(1, 1), (16, 4), (17, 7), (50, 64), (97, 130)] {
+            let codes: Vec<i8> = (0..rows * cols)
+                .map(|i| ((i * 37 + 11) % 256) as u8 as i8)
+                .collect();
+            let w = Int8Linear::new(rows, cols, codes, vec![1.0; rows]).unwrap();
+            let t = w.tiles();
+            assert_eq!(t.tiles % BAND_TILES, 0);
+            assert!(t.tiles * TILE_ROWS >= rows && t.groups * 4 >= cols);
+            for o in 0..t.tiles * TILE_ROWS {
+                for c in 0..t.groups * 4 {
+                    let want = if o < rows && c < cols {
+                        w.codes[o * cols + c]
+                    } else {
+                        0
+                    };
+                    assert_eq!(t.code(o, c), want, "{rows}x{cols} ({o},{c})");
+                }
+                let sum: i32 = match o < rows {
+                    true => w.codes[o * cols..(o + 1) * cols]
+                        .iter()
+                        .map(|&c| i32::from(c))
+                        .sum(),
+                    false => 0,
+                };
+                assert_eq!(t.offset[o], 128 * sum);
+            }
+            let nonzero = t.lines.iter().flat_map(|l| l.0).filter(|&v| v != 0).count();
+            let want = w.codes.iter().filter(|&&v| v != 0).count();
+            assert_eq!(nonzero, want, "every code exactly once");
+        }
     }
 }
