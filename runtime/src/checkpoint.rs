@@ -99,6 +99,7 @@ impl Checkpoint {
         &self,
         device: &B::Device,
     ) -> Result<Llama<B>, CheckpointError> {
+        crate::allocator::tune_for_inference();
         Ok(Llama::load(
             &self.config,
             self.weights.as_ref(),

@@ -2,6 +2,7 @@
 //! pass, KV cache, sampling and generation. Everything that executes a model lives here so
 //! that quantization, evals and the server share one definition of "the model".
 
+pub mod allocator;
 pub mod assets;
 pub mod checkpoint;
 pub mod config;
