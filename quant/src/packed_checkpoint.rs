@@ -85,6 +85,18 @@ fn quantization_config(plan: &QuantPlan) -> serde_json::Value {
     })
 }
 
+/// Whether tensor `prefix.suffix` of a quantized linear is written from its quantized form:
+/// the packed format's parts (`weight_packed`, `weight_scale`, ...), or for W8A8 the int8
+/// `weight` and its scale. Everything else of the linear (its `bias`, as Qwen2's q/k/v
+/// have) stays a float tensor.
+fn is_quantized_part(suffix: &str, int8: bool) -> bool {
+    match suffix {
+        "bias" => false,
+        "weight" => int8,
+        _ => true,
+    }
+}
+
 /// Applies a recipe made only of RTN passes to `ckpt` and writes the packed checkpoint.
 pub fn quantize_rtn(
     ckpt: &Checkpoint,
@@ -215,7 +227,7 @@ pub fn write_packed_checkpoint(
         let weight_name = format!("{prefix}.weight");
         let method = plan.method(&weight_name);
         let int8 = plan.int8_activations.contains(&weight_name);
-        let Some(method) = method.filter(|_| suffix != "weight" || int8) else {
+        let Some(method) = method.filter(|_| is_quantized_part(suffix, int8)) else {
             progress(&spec.name);
             let values = match floats.remove(&spec.name) {
                 Some(v) => v,
@@ -296,4 +308,19 @@ pub fn finish_checkpoint(
         quantized_tensors,
         bytes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quantized_linears_bias_stays_a_float_tensor() {
+        for int8 in [false, true] {
+            assert!(!is_quantized_part("bias", int8), "Qwen2's q/k/v biases");
+            assert!(is_quantized_part("weight_scale", int8));
+        }
+        assert!(is_quantized_part("weight_packed", false));
+        assert!(is_quantized_part("weight", true) && !is_quantized_part("weight", false));
+    }
 }
