@@ -100,7 +100,7 @@ fn attention_blocked(q: &[f32], k: &[f32], v: &[f32], s: CachedAttnShape) -> Vec
     let blocks = n.div_ceil(QUERY_BLOCK);
     let dst = super::team::SendPtr(out.as_mut_ptr());
     let task = |t: usize| {
-        let dst = dst; // the whole wrapper, not its raw field, into the closure
+        let out_ptr = dst; // the whole wrapper, not its raw field, into the closure
                        // The blocks with the most keys first, so the last tasks claimed are short ones.
         let (h, b) = (t / blocks, blocks - 1 - t % blocks);
         let i0 = b * QUERY_BLOCK;
@@ -150,7 +150,7 @@ fn attention_blocked(q: &[f32], k: &[f32], v: &[f32], s: CachedAttnShape) -> Vec
                 rows,
                 d,
                 len,
-                dst.0.add((i0 * s.heads + h) * d),
+                out_ptr.0.add((i0 * s.heads + h) * d),
                 1,
                 (s.heads * d) as isize,
                 false,
