@@ -101,7 +101,7 @@ fn attention_blocked(q: &[f32], k: &[f32], v: &[f32], s: CachedAttnShape) -> Vec
     let dst = super::team::SendPtr(out.as_mut_ptr());
     let task = |t: usize| {
         let out_ptr = dst; // the whole wrapper, not its raw field, into the closure
-                       // The blocks with the most keys first, so the last tasks claimed are short ones.
+                           // The blocks with the most keys first, so the last tasks claimed are short ones.
         let (h, b) = (t / blocks, blocks - 1 - t % blocks);
         let i0 = b * QUERY_BLOCK;
         let rows = QUERY_BLOCK.min(n - i0);

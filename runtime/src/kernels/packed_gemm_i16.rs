@@ -35,17 +35,21 @@ pub const BAND_ROWS: usize = TILE_ROWS * BAND_TILES;
 const TILE_TOKENS: usize = 4;
 
 /// Whether this GEMM takes `w` on this CPU: the integer GEMVs' weights (4 or 8 bits, no
-/// `g_idx`, whole groups of 32-byte loads), on a CPU with AVX-512 VNNI. `LMQ_PREFILL=
-/// dequantize` turns it off (the banded dequantize + f32 GEMM runs instead), for side-by-side
-/// measurement.
+/// `g_idx`, whole groups of 32-byte loads), when [`enabled`].
 pub fn supported(w: &PackedLinear) -> bool {
+    enabled() && int_gemv_supported(w)
+}
+
+/// Whether prompts run through this GEMM at all: a CPU with AVX-512 VNNI, unless
+/// `LMQ_PREFILL=dequantize` asks for the banded dequantize + f32 GEMM (for side-by-side
+/// measurement). Read once per process.
+pub fn enabled() -> bool {
     use std::sync::OnceLock;
     static ON: OnceLock<bool> = OnceLock::new();
-    let on = *ON.get_or_init(|| {
+    *ON.get_or_init(|| {
         super::packed_vnni::available()
             && std::env::var("LMQ_PREFILL").as_deref() != Ok("dequantize")
-    });
-    on && int_gemv_supported(w)
+    })
 }
 
 /// `[x.m, w.rows]` = the block-code product (callers check [`supported`]).
