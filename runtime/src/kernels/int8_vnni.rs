@@ -90,13 +90,7 @@ mod avx512 {
     pub unsafe fn quantize_row_offset(row: &[f32], q: &mut [u8]) -> f32 {
         assert!(q.len() >= row.len(), "code row");
         let k = row.len();
-        let mask = |c: usize| -> __mmask16 {
-            if k - c >= 16 {
-                0xffff
-            } else {
-                (1u16 << (k - c)) - 1
-            }
-        };
+        let mask = |c: usize| -> __mmask16 { crate::kernels::simd::lane_mask16(k - c) };
         let mut amax = _mm512_setzero_ps();
         for c in (0..k).step_by(16) {
             // SAFETY: the mask stops at the row's end.
@@ -192,11 +186,7 @@ mod avx512 {
             if r0 >= n {
                 break;
             }
-            let mask: __mmask16 = if n - r0 >= TILE_ROWS {
-                0xffff
-            } else {
-                (1u16 << (n - r0)) - 1
-            };
+            let mask: __mmask16 = crate::kernels::simd::lane_mask16(n - r0);
             // SAFETY: the offsets cover whole tiles; the masked scale load and stores touch
             // rows < n only, of rows tok..tok + T < m of y.
             unsafe {

@@ -188,12 +188,7 @@ mod avx512 {
             if j0 >= rows {
                 break;
             }
-            let live = (rows - j0).min(TILE_ROWS);
-            let mask: __mmask16 = if live == TILE_ROWS {
-                0xffff
-            } else {
-                (1u16 << live) - 1
-            };
+            let mask: __mmask16 = crate::kernels::simd::lane_mask16(rows - j0);
             let lanes: [i32; TILE_ROWS] =
                 std::array::from_fn(|j| ((band.r0 + j0 + j) * row_bytes) as i32);
             // SAFETY: 16 i32 offsets.
@@ -320,11 +315,7 @@ mod avx512 {
             if r0 >= n {
                 break;
             }
-            let mask: __mmask16 = if n - r0 >= TILE_ROWS {
-                0xffff
-            } else {
-                (1u16 << (n - r0)) - 1
-            };
+            let mask: __mmask16 = crate::kernels::simd::lane_mask16(n - r0);
             for (i, o) in out.iter().enumerate() {
                 // SAFETY: rows < n of token t + i < m.
                 unsafe { _mm512_mask_storeu_ps(y.add((t + i) * n + r0), mask, o[h]) };

@@ -31,6 +31,17 @@ pub fn dot2_f32(w: &[f32], x0: &[f32], x1: &[f32]) -> [f32; 2] {
     [dot_f32_portable(x0, w), dot_f32_portable(x1, w)]
 }
 
+/// The AVX-512 lane mask of the first `min(n, 16)` of 16 lanes: the tails of the masked
+/// loads and stores in the integer kernels.
+#[inline]
+pub fn lane_mask16(n: usize) -> u16 {
+    if n >= 16 {
+        0xffff
+    } else {
+        (1u16 << n) - 1
+    }
+}
+
 /// Asks for every cache line of `data` to be loaded into L1 (a hint: no effect on results).
 #[inline]
 pub fn prefetch<T>(data: &[T]) {
