@@ -100,11 +100,9 @@ impl Checkpoint {
         device: &B::Device,
     ) -> Result<Llama<B>, CheckpointError> {
         crate::allocator::tune_for_inference();
-        Ok(Llama::load(
-            &self.config,
-            self.weights.as_ref(),
-            &self.path,
-            device,
-        )?)
+        let model = Llama::load(&self.config, self.weights.as_ref(), &self.path, device)?;
+        // The model holds copies of everything it read: the file's pages need not stay.
+        self.weights.release_pages();
+        Ok(model)
     }
 }

@@ -211,6 +211,30 @@ impl GgufFile {
         })
     }
 
+    /// Drops the map's resident pages (see `WeightSource::release_pages`).
+    pub fn release_pages(&self) {
+        crate::weights::release_mapped_pages(&self.mmap);
+    }
+
+    /// Drops the resident pages of tensor `name`'s data once it has been copied out, so a
+    /// model load does not hold the file's pages beside its copies.
+    pub fn release_tensor(&self, name: &str) {
+        let Some(t) = self.tensor(name) else { return };
+        let (Ok(start), Ok(len)) = (usize::try_from(t.offset), usize::try_from(t.n_bytes())) else {
+            return;
+        };
+        #[cfg(unix)]
+        // SAFETY: a read-only file mapping; the caller holds no slice of this tensor, and a
+        // later read faults the file's same bytes back in.
+        unsafe {
+            let _ =
+                self.mmap
+                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len);
+        }
+        #[cfg(not(unix))]
+        let _ = (start, len);
+    }
+
     /// The path the file was opened from (for messages).
     pub fn path(&self) -> &Path {
         &self.path

@@ -70,6 +70,10 @@ impl<S: WeightSource> WeightSource for DequantizedSource<S> {
     ) -> Result<Option<crate::packed::OneBitLinear>, WeightError> {
         self.inner.load_onebit(prefix)
     }
+
+    fn release_pages(&self) {
+        self.inner.release_pages()
+    }
 }
 
 impl WeightSource for Box<dyn WeightSource> {
@@ -93,5 +97,8 @@ impl WeightSource for Box<dyn WeightSource> {
         prefix: &str,
     ) -> Result<Option<crate::packed::OneBitLinear>, WeightError> {
         (**self).load_onebit(prefix)
+    }
+    fn release_pages(&self) {
+        (**self).release_pages()
     }
 }

@@ -101,6 +101,10 @@ impl GgufSource {
 }
 
 impl WeightSource for GgufSource {
+    fn release_pages(&self) {
+        self.file.release_pages();
+    }
+
     fn names(&self) -> Vec<String> {
         self.names.keys().cloned().collect()
     }
@@ -117,6 +121,7 @@ impl WeightSource for GgufSource {
             name: name.to_owned(),
         })?;
         let data = self.file.tensor_f32(&g)?;
+        self.file.release_tensor(&g);
         if self.config.arch != Arch::Llama {
             return Ok(data);
         }

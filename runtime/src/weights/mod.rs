@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 pub use dequantized::DequantizedSource;
 pub use gguf_source::GgufSource;
 pub use memory::{tiny_config, MemorySource};
+pub(crate) use safetensors_dir::release_mapped_pages;
 pub use safetensors_dir::SafetensorsDir;
 
 /// A checkpoint's tensors, by HF name.
@@ -44,6 +45,11 @@ pub trait WeightSource: Send + Sync {
     ) -> Result<Option<crate::packed::OneBitLinear>, WeightError> {
         Ok(None)
     }
+    /// Lets the OS drop the resident pages of a memory-mapped file once a model has copied
+    /// what it needs from it: the pages read during the load otherwise stay in the process's
+    /// RSS beside the copies, doubling it. Later reads fault them back in from the page cache
+    /// with the same contents. Sources that map nothing do nothing.
+    fn release_pages(&self) {}
 }
 
 /// Why a weight could not be read; every variant names the file and the tensor or field.
