@@ -5,6 +5,7 @@
 
 use rayon::prelude::*;
 
+use super::dense_f32::gemm_serial;
 use super::fast_exp::exp_f32;
 use super::simd::dot_f32;
 
@@ -100,8 +101,9 @@ fn attention_blocked(q: &[f32], k: &[f32], v: &[f32], s: CachedAttnShape) -> Vec
     let blocks = n.div_ceil(QUERY_BLOCK);
     let dst = super::team::SendPtr(out.as_mut_ptr());
     let task = |t: usize| {
-        let out_ptr = dst; // the whole wrapper, not its raw field, into the closure
-                           // The blocks with the most keys first, so the last tasks claimed are short ones.
+        // The whole wrapper, not its raw field, into the closure.
+        let out_ptr = dst;
+        // The blocks with the most keys first, so the last tasks claimed are short ones.
         let (h, b) = (t / blocks, blocks - 1 - t % blocks);
         let i0 = b * QUERY_BLOCK;
         let rows = QUERY_BLOCK.min(n - i0);
@@ -112,31 +114,16 @@ fn attention_blocked(q: &[f32], k: &[f32], v: &[f32], s: CachedAttnShape) -> Vec
         let vals = &v[kvh * s.capacity * d..][..len * d];
         let qrows = &q[(h * n + i0) * d..][..rows * d];
         let mut p = vec![0.0f32; rows * len];
-        // SAFETY: p is [rows, len] (row stride len); qrows is [rows, d]; Kᵀ is read from
-        // keys [len, d] (element (i, j) at j·d + i). In bounds by the slices above.
+        // SAFETY: p is [rows, len]; qrows is [rows, d]; Kᵀ is read from keys [len, d]
+        // (element (i, j) at j·d + i). In bounds by the slices above.
         unsafe {
-            gemm::gemm(
-                rows,
-                len,
-                d,
-                p.as_mut_ptr(),
-                1,
-                len as isize,
-                false,
-                qrows.as_ptr(),
-                1,
-                d as isize,
-                keys.as_ptr(),
-                d as isize,
-                1,
-                0.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
+            gemm_serial(
+                (rows, len, d),
+                (p.as_mut_ptr(), len),
+                (qrows.as_ptr(), d),
+                (keys.as_ptr(), 1, d),
+            )
+        };
         for (r, row) in p.chunks_exact_mut(len).enumerate() {
             let pos = prefix + i0 + r;
             softmax_scaled(&mut row[..=pos], scale);
@@ -146,28 +133,13 @@ fn attention_blocked(q: &[f32], k: &[f32], v: &[f32], s: CachedAttnShape) -> Vec
         // with row stride heads · d, written by this task only; `out` outlives the loop.
         // vals is [len, d] row-major.
         unsafe {
-            gemm::gemm(
-                rows,
-                d,
-                len,
-                out_ptr.0.add((i0 * s.heads + h) * d),
-                1,
-                (s.heads * d) as isize,
-                false,
-                p.as_ptr(),
-                1,
-                len as isize,
-                vals.as_ptr(),
-                1,
-                d as isize,
-                0.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
+            gemm_serial(
+                (rows, d, len),
+                (out_ptr.0.add((i0 * s.heads + h) * d), s.heads * d),
+                (p.as_ptr(), len),
+                (vals.as_ptr(), d, 1),
+            )
+        };
     };
     super::team::global().run(s.heads * blocks, &task);
     out

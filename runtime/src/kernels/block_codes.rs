@@ -223,13 +223,14 @@ fn round_ties_even_small(v: f32) -> f32 {
     (v + MAGIC) - MAGIC
 }
 
-/// The stored zero of row `o`, group `g`: zero point plus storage offset.
-fn stored_zero(w: &PackedLinear, o: usize, g: usize) -> f64 {
+/// The stored zero of row `o`, group `g`: zero point plus storage offset (what a stored
+/// code has subtracted before the group's scale multiplies it).
+pub(crate) fn stored_zero(w: &PackedLinear, o: usize, g: usize) -> i32 {
     let zp = w
         .zero
         .as_ref()
         .map_or(0, |z| i32::from(z[o * w.n_groups() + g]));
-    f64::from(storage_offset(w.bits) + zp)
+    storage_offset(w.bits) + zp
 }
 
 /// Plain definition of the product (module docs), accumulated in f64. Returns `[m, rows]`.
@@ -253,7 +254,7 @@ pub fn matmul_block_codes_ref(x: &BlockCodes, w: &PackedLinear) -> Vec<f32> {
             for b in 0..nb {
                 let c0 = b * x.block;
                 let g = c0 / w.group_size;
-                let z = stored_zero(w, o, g);
+                let z = f64::from(stored_zero(w, o, g));
                 let dot: f64 = (c0..c0 + x.block)
                     .map(|c| (f64::from(u[c]) - z) * f64::from(x.codes[r * k + c]))
                     .sum();

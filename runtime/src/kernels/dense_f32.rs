@@ -151,28 +151,13 @@ pub(crate) fn gemm_nt_bands(
             // writes columns o0..o0 + rows of every row, which no other band touches. x is
             // [m, k] row-major and w is [rows, k] row-major, read as Wᵀ (col stride k).
             unsafe {
-                gemm::gemm(
-                    m,
-                    rows,
-                    k,
-                    dst.0.add(o0),
-                    1,
-                    n as isize,
-                    false,
-                    x.as_ptr(),
-                    1,
-                    k as isize,
-                    w.as_ptr(),
-                    k as isize,
-                    1,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
+                gemm_serial(
+                    (m, rows, k),
+                    (dst.0.add(o0), n),
+                    (x.as_ptr(), k),
+                    (w.as_ptr(), 1, k),
+                )
+            };
             o0 += rows;
         }
     };
@@ -183,6 +168,47 @@ pub(crate) fn gemm_nt_bands(
         (0..bands).into_par_iter().for_each(run);
     }
     y
+}
+
+/// `dst = lhs · rhs` on the calling thread with gemm's kernels, for the products that are
+/// already split across threads by their caller (column bands, attention heads). Shapes
+/// `(m, n, k)`; `dst` `[m, n]` and `lhs` `[m, k]` are row-major with the given row strides;
+/// `rhs` `[k, n]` has element `(i, j)` at `i · row_stride + j · col_stride`, so a row-major
+/// `[n, k]` matrix read as its transpose is `(ptr, 1, k)`.
+///
+/// # Safety
+/// Every element those strides address must lie inside its allocation, and no other thread
+/// may touch the part of `dst` written.
+pub(crate) unsafe fn gemm_serial(
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_row_stride): (*mut f32, usize),
+    (lhs, lhs_row_stride): (*const f32, usize),
+    (rhs, rhs_row_stride, rhs_col_stride): (*const f32, usize, usize),
+) {
+    // SAFETY: forwarded to the caller; the column strides of dst and lhs are 1.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_row_stride as isize,
+            false,
+            lhs,
+            1,
+            lhs_row_stride as isize,
+            rhs,
+            rhs_col_stride as isize,
+            rhs_row_stride as isize,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
 }
 
 /// Plain definition of [`gram_acc_f32`]: `acc[i][j] += Σ_t x[t][i] · x[t][j]`, in f64.

@@ -75,9 +75,10 @@ pub fn quantize_per_token_offset(x: &[f32], m: usize, k: usize) -> OffsetActs {
                 true => int8_vnni::quantize_row_offset(row, &mut q[..k]),
                 false => quantize_row(row, &mut q[..k], offset_code),
             };
-            let p = scales; // the whole wrapper, not its raw field, into the closure
-                            // SAFETY: each token t is one task, so each scale is written once, and `scale`
-                            // outlives the loop.
+            // The whole wrapper, not its raw field, into the closure.
+            let p = scales;
+            // SAFETY: each token t is one task, so each scale is written once, and `scale`
+            // outlives the loop.
             unsafe { *p.0.add(t) = s };
         });
     } else {

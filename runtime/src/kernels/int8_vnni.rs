@@ -81,6 +81,7 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{OffsetActs, BAND_ROWS, TILE_TOKENS};
+    use crate::kernels::int8::ACT_QMAX;
     use crate::packed::int_quantized::{Int8Tiles, BAND_TILES, TILE_ROWS};
 
     /// See [`super::quantize_row_offset`]. Clamping to ±127 before rounding equals clamping
@@ -98,9 +99,9 @@ mod avx512 {
             amax = _mm512_max_ps(amax, _mm512_abs_ps(v));
         }
         let amax = _mm512_reduce_max_ps(amax);
-        let s = if amax > 0.0 { amax / 127.0 } else { 1.0 };
+        let s = if amax > 0.0 { amax / ACT_QMAX } else { 1.0 };
         let inv = _mm512_set1_ps(1.0 / s);
-        let (lo, hi) = (_mm512_set1_ps(-127.0), _mm512_set1_ps(127.0));
+        let (lo, hi) = (_mm512_set1_ps(-ACT_QMAX), _mm512_set1_ps(ACT_QMAX));
         let flip = _mm_set1_epi8(-128);
         for c in (0..k).step_by(16) {
             let m = mask(c);

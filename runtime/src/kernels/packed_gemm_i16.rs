@@ -14,9 +14,10 @@
 //! to float accuracy (tested under a tolerance), and the codes' rounding is the decode
 //! path's (perplexity within 0.002%).
 
-use super::block_codes::{int_gemv_supported, BlockCodes};
+use super::block_codes::{int_gemv_supported, stored_zero, BlockCodes};
 use super::team::{self, SendPtr};
-use crate::packed::pack_quantized::storage_offset;
+#[cfg(test)]
+use crate::packed::pack_quantized::unpack_int32;
 use crate::packed::PackedLinear;
 
 /// Columns that share one activation scale (the decode GEMV's block).
@@ -100,18 +101,15 @@ impl Band {
         let (k, ng) = (w.cols, w.n_groups());
         let mut band = Self::empty(w, b);
         let rows = BAND_ROWS.min(w.rows - band.r0);
-        let (bits, wpr) = (u32::from(w.bits), w.words_per_row());
-        let per_word = 32 / bits as usize;
-        let mask = (1u32 << bits) - 1;
+        let wpr = w.words_per_row();
         for j in 0..rows {
             let o = band.r0 + j;
-            let words = &w.packed[o * wpr..(o + 1) * wpr];
-            for c in 0..k {
-                let word = words[c / per_word] as u32;
-                let u = ((word >> (bits as usize * (c % per_word))) & mask) as i32;
+            let u = unpack_int32(&w.packed[o * wpr..(o + 1) * wpr], 1, k, w.bits)
+                .expect("a validated weight");
+            for (c, &u) in u.iter().enumerate() {
                 let line = &mut band.lines[(j / TILE_ROWS) * band.pairs + c / 2].0;
                 line[2 * (j % TILE_ROWS) + c % 2] =
-                    (u - stored_zero(w, o, c / w.group_size)) as i16;
+                    (i32::from(u) - stored_zero(w, o, c / w.group_size)) as i16;
             }
             for g in 0..ng {
                 band.scale[g * BAND_ROWS + j] = w.scale[o * ng + g];
@@ -156,14 +154,6 @@ impl Band {
         };
         band
     }
-}
-
-/// Zero point plus storage offset of row `o`, group `g`.
-fn stored_zero(w: &PackedLinear, o: usize, g: usize) -> i32 {
-    storage_offset(w.bits)
-        + w.zero
-            .as_ref()
-            .map_or(0, |z| i32::from(z[o * w.n_groups() + g]))
 }
 
 #[cfg(target_arch = "x86_64")]
