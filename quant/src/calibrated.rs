@@ -56,6 +56,7 @@ pub fn quantize_calibrated(
     calib: &CalibrationSet,
     out: &Path,
     opts: &ConvertOptions,
+    pipeline_opts: PipelineOptions,
     progress: &mut dyn FnMut(PipelineEvent),
 ) -> Result<(QuantSummary, CalibratedModel)> {
     let mut model = pipeline::run(
@@ -63,7 +64,7 @@ pub fn quantize_calibrated(
         &*ckpt.weights,
         plan,
         &calib.windows,
-        PipelineOptions::default(),
+        pipeline_opts,
         progress,
     )?;
     let report = json!({

@@ -138,6 +138,115 @@ pub fn quantize(
     hessian: &[f64],
     opts: &GptqOptions,
 ) -> Result<GptqResult, QuantError> {
+    let mut prep = prepare(weight, hessian, opts)?;
+    let (rows, n, n_groups) = (prep.rows, prep.n, prep.n_groups);
+    let mut wp = std::mem::take(&mut prep.wp);
+    let mut qparams = std::mem::replace(&mut prep.qparams, QParams::zeros(0, 0));
+    let ctx = prep.tile_context();
+    let tile = tile_rows(rows);
+    let mut codes_p = vec![0i8; rows * n];
+    let row_losses: Vec<Vec<f64>> = wp
+        .par_chunks_mut(tile * n)
+        .zip(codes_p.par_chunks_mut(tile * n))
+        .zip(qparams.scale.par_chunks_mut(tile * n_groups))
+        .zip(qparams.zero.par_chunks_mut(tile * n_groups))
+        .map(|(((w, c), s), z)| run_tile(w, c, s, z, &ctx))
+        .collect::<Result<_, _>>()
+        .map_err(|source| QuantError::Linalg {
+            tensor: weight.name().to_owned(),
+            source,
+        })?;
+    // Summed in row order, so the loss does not depend on the tiling either.
+    let loss = row_losses.iter().flatten().sum::<f64>();
+    prep.qparams = qparams;
+    Ok(prep.finish(codes_p, wp, loss))
+}
+
+/// GPTQ's set-up for one linear, shared by the host loop ([`quantize`]) and the device one
+/// (`crate::device::gptq`): options checked, dead columns zeroed, the activation order, the
+/// factor of the damped inverse Hessian, static qparams and the block partition.
+pub(crate) struct Prepared {
+    pub rows: usize,
+    pub n: usize,
+    pub g: usize,
+    pub n_groups: usize,
+    pub scheme: QuantScheme,
+    pub act_order: bool,
+    /// Column `j` of the working order is column `perm[j]` of the weight.
+    pub perm: Vec<usize>,
+    pub dead_columns: usize,
+    /// Upper Cholesky factor of the normalised, damped H⁻¹ (permuted), f32, `n × n`.
+    pub u: Vec<f32>,
+    /// What H was divided by before factoring.
+    pub h_scale: f64,
+    pub dampening: f64,
+    pub retries: u32,
+    /// The dead-zeroed weight in the working (permuted) column order, `[rows, n]`.
+    pub wp: Vec<f32>,
+    /// Static qparams (filled up front), or zeros to be filled on entering each group.
+    pub qparams: QParams,
+    /// Group index of each working column.
+    pub col_group: Vec<usize>,
+    pub g_idx: Option<Vec<i32>>,
+    /// `[start, end)` column ranges of the lazy-batch blocks.
+    pub blocks: Vec<(usize, usize)>,
+    /// Whether group qparams are computed on entering each group.
+    pub dynamic: bool,
+}
+
+impl Prepared {
+    fn tile_context(&self) -> TileContext<'_> {
+        TileContext {
+            n: self.n,
+            g: self.g,
+            n_groups: self.n_groups,
+            scheme: &self.scheme,
+            u: &self.u,
+            blocks: &self.blocks,
+            col_group: &self.col_group,
+            dynamic: self.dynamic,
+        }
+    }
+
+    /// The result from the working-order codes and dequantized weight and the summed row
+    /// losses (in normalised-H units, before the halving).
+    pub(crate) fn finish(self, codes_p: Vec<i8>, wp: Vec<f32>, loss_sum: f64) -> GptqResult {
+        // The factor is of H/scale, so U_jj² is too small by 1/scale.
+        let loss = loss_sum / 2.0 * self.h_scale;
+        let (codes, dequantized) = if self.act_order {
+            let inv = inverse_permutation(&self.perm);
+            (
+                permute_columns(&codes_p, self.n, &inv),
+                permute_columns(&wp, self.n, &inv),
+            )
+        } else {
+            (codes_p, wp)
+        };
+        GptqResult {
+            quantized: QuantizedWeight {
+                scheme: self.scheme,
+                rows: self.rows,
+                cols: self.n,
+                group_size: self.g,
+                codes,
+                qparams: self.qparams,
+                g_idx: self.g_idx,
+            },
+            dequantized,
+            loss,
+            dampening_used: self.dampening,
+            retries: self.retries,
+            dead_columns: self.dead_columns,
+        }
+    }
+}
+
+/// See [`Prepared`].
+pub(crate) fn prepare(
+    weight: &WeightMatrix,
+    hessian: &[f64],
+    opts: &GptqOptions,
+) -> Result<Prepared, QuantError> {
     let name = weight.name();
     let (rows, n) = (weight.rows(), weight.cols());
     let scheme = opts.scheme;
@@ -219,7 +328,7 @@ pub fn quantize(
         map
     });
 
-    let mut wp = if opts.act_order {
+    let wp = if opts.act_order {
         permute_columns(&wz, n, &perm)
     } else {
         wz
@@ -234,59 +343,25 @@ pub fn quantize(
         .step_by(block)
         .map(|i| (i, (i + block).min(n)))
         .collect();
-    let ctx = TileContext {
+    Ok(Prepared {
+        rows,
         n,
         g,
         n_groups,
-        scheme: &scheme,
-        u: &factor.u,
-        blocks: &blocks,
-        col_group: &col_group,
-        dynamic,
-    };
-
-    let tile = tile_rows(rows);
-    let mut codes_p = vec![0i8; rows * n];
-    let row_losses: Vec<Vec<f64>> = wp
-        .par_chunks_mut(tile * n)
-        .zip(codes_p.par_chunks_mut(tile * n))
-        .zip(qparams.scale.par_chunks_mut(tile * n_groups))
-        .zip(qparams.zero.par_chunks_mut(tile * n_groups))
-        .map(|(((w, c), s), z)| run_tile(w, c, s, z, &ctx))
-        .collect::<Result<_, _>>()
-        .map_err(|source| QuantError::Linalg {
-            tensor: name.to_owned(),
-            source,
-        })?;
-    // Summed in row order, so the loss does not depend on the tiling either.
-    // The factor is of H/scale, so U_jj² is too small by 1/scale.
-    let loss = row_losses.iter().flatten().sum::<f64>() * factor.scale;
-
-    let (codes, dequantized) = if opts.act_order {
-        let inv = inverse_permutation(&perm);
-        (
-            permute_columns(&codes_p, n, &inv),
-            permute_columns(&wp, n, &inv),
-        )
-    } else {
-        (codes_p, wp)
-    };
-
-    Ok(GptqResult {
-        quantized: QuantizedWeight {
-            scheme,
-            rows,
-            cols: n,
-            group_size: g,
-            codes,
-            qparams,
-            g_idx,
-        },
-        dequantized,
-        loss,
-        dampening_used: factor.dampening,
-        retries: factor.retries,
+        scheme,
+        act_order: opts.act_order,
+        perm,
         dead_columns,
+        u: factor.u,
+        h_scale: factor.scale,
+        dampening: factor.dampening,
+        retries: factor.retries,
+        wp,
+        qparams,
+        col_group,
+        g_idx,
+        blocks,
+        dynamic,
     })
 }
 
@@ -464,7 +539,7 @@ struct TileContext<'a> {
 }
 
 /// GPTQ on a tile of rows (`w`: `rows × n`, permuted, updated in place to the dequantized
-/// values). Returns each row's loss (in normalised-H units).
+/// values). Returns each row's Σ (w − q)² / U_jj² (in normalised-H units, not yet halved).
 fn run_tile(
     w: &mut [f32],
     codes: &mut [i8],
@@ -526,9 +601,6 @@ fn run_tile(
                 -1.0f32,
             )?;
         }
-    }
-    for l in &mut losses {
-        *l /= 2.0;
     }
     Ok(losses)
 }

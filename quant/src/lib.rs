@@ -4,6 +4,7 @@
 pub mod awq;
 pub mod calibrated;
 pub mod convert;
+pub mod device;
 pub mod gptq;
 pub mod linalg;
 pub mod medusa_train;

@@ -54,11 +54,19 @@ fn gptq_on_three_smollm2_layers_beats_rtn_and_runs_packed() {
         recipe: Some(recipe.text.clone()),
     };
     let mut layers_done = 0;
-    let (summary, model) = quantize_calibrated(&ckpt, &plan, &calib, &out, &opts, &mut |e| {
-        if let lmq_quant::pipeline::PipelineEvent::LayerDone(_) = e {
-            layers_done += 1
-        }
-    })
+    let (summary, model) = quantize_calibrated(
+        &ckpt,
+        &plan,
+        &calib,
+        &out,
+        &opts,
+        Default::default(),
+        &mut |e| {
+            if let lmq_quant::pipeline::PipelineEvent::LayerDone(_) = e {
+                layers_done += 1
+            }
+        },
+    )
     .unwrap();
     assert_eq!(
         layers_done, 3,

@@ -21,6 +21,8 @@ const PART_BYTES: u64 = 60 << 20;
 /// Where the CUDA release build goes, under the workspace root (its own target dir: the CUDA
 /// features rebuild the runtime, and a CPU build beside it should not be invalidated).
 const TARGET: &str = "target/gpu";
+/// The reference calibration windows (128 × 512 HellaSwag tokens), 256 KiB.
+const CALIB: &str = "calib-smollm2-hellaswag-128x512-seed0.i32";
 
 fn build(root: &Path, cuda_version: &str) -> Result<()> {
     let status = Command::new(cargo())
@@ -29,11 +31,20 @@ fn build(root: &Path, cuda_version: &str) -> Result<()> {
             "build",
             "--release",
             "--features",
-            "cuda",
+            "lmq-evals/cuda,lmq-quant/cuda",
             "-p",
             "lmq-evals",
+            "-p",
+            "lmq-quant",
         ])
-        .args(["--bin", "gpu-check", "--bin", "evaluate"])
+        .args([
+            "--bin",
+            "gpu-check",
+            "--bin",
+            "evaluate",
+            "--bin",
+            "quantize",
+        ])
         .env("CUDARC_CUDA_VERSION", cuda_version)
         .env("CARGO_TARGET_DIR", root.join(TARGET))
         .env("CARGO_PROFILE_RELEASE_DEBUG", "0")
@@ -41,14 +52,6 @@ fn build(root: &Path, cuda_version: &str) -> Result<()> {
         .context("running cargo build (cuda)")?;
     if !status.success() {
         bail!("cargo build --features cuda failed");
-    }
-    let status = Command::new(cargo())
-        .current_dir(root)
-        .args(["build", "--release", "-p", "lmq-quant", "--bin", "quantize"])
-        .status()
-        .context("running cargo build (quantize)")?;
-    if !status.success() {
-        bail!("cargo build -p lmq-quant failed");
     }
     Ok(())
 }
@@ -108,7 +111,8 @@ fn xz(args: &[&str], cwd: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes `.gpu/p1`: the three binaries (stripped, tar.xz) and WikiText-2 (xz), then the
+/// Writes `.gpu/p1`: the three binaries (stripped, tar.xz), WikiText-2 (xz) and the
+/// reference calibration windows, then the
 /// SmolLM2 GGUF in chunks filling p1 up to [`PART_BYTES`] and p2, p3, … after it (`.gpu`
 /// under the workspace root `ws`).
 fn stage_parts(ws: &Path) -> Result<()> {
@@ -123,7 +127,7 @@ fn stage_parts(ws: &Path) -> Result<()> {
     for b in [
         format!("{TARGET}/release/gpu-check"),
         format!("{TARGET}/release/evaluate"),
-        "target/release/quantize".into(),
+        format!("{TARGET}/release/quantize"),
     ] {
         stripped(&ws.join(b), &bins)?;
     }
@@ -143,6 +147,9 @@ fn stage_parts(ws: &Path) -> Result<()> {
     fs::copy(&wiki, p1.join("wiki.test.raw"))
         .with_context(|| format!("copying {}", wiki.display()))?;
     xz(&["xz", "-9", "wiki.test.raw"], &p1)?;
+    // The GPTQ comparison's calibration windows (`gpu-check.sh quant`).
+    let calib = ws.join(format!("../shared/reference/{CALIB}"));
+    fs::copy(&calib, p1.join(CALIB)).with_context(|| format!("copying {}", calib.display()))?;
     let model = lmq_runtime::assets::ensure(lmq_runtime::assets::Asset::SmolLm2)
         .context("fetching smollm2")?;
     let data = fs::read(&model).with_context(|| format!("reading {}", model.display()))?;

@@ -11,7 +11,7 @@ use lmq_quant::convert::{convert, ConvertOptions};
 use lmq_quant::medusa_train::{train_for_checkpoint, MedusaTrainOptions};
 use lmq_quant::onebit::run::quantize_onebit;
 use lmq_quant::packed_checkpoint::quantize_rtn;
-use lmq_quant::pipeline::{CalibratedModel, PipelineEvent};
+use lmq_quant::pipeline::{CalibratedModel, PipelineEvent, PipelineOptions};
 use lmq_quant::plan::QuantPlan;
 use lmq_quant::recipe::Recipe;
 use lmq_runtime::checkpoint::Checkpoint;
@@ -37,11 +37,17 @@ struct Args {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// Where the work runs. GPTQ/AWQ/SmoothQuant run on the CPU only (`cuda[:N]` is refused
-    /// with a clear error rather than silently ignored); OneBit distillation (`onebit:`
-    /// recipes) runs its teacher and student on `cuda[:N]` in a build with `--features cuda`.
+    /// Where the heavy work runs (`cuda[:N]` needs a build with `--features cuda`). Calibrated
+    /// recipes run the Hessian sums and GPTQ's column loop there (the layer forwards and the
+    /// AWQ/SmoothQuant searches stay on the CPU); OneBit distillation runs its teacher and
+    /// student there. RTN and conversions refuse it (they take seconds on the CPU).
     #[arg(long, default_value = "cpu")]
     device: DeviceSpec,
+    /// Also write the calibration windows to this file (raw little-endian int32, row-major
+    /// [windows, seqlen]), so that a peer tool can be calibrated on the very same tokens
+    /// (e.g. through a `tokens:` source or numpy.fromfile).
+    #[arg(long)]
+    save_calibration: Option<PathBuf>,
 }
 
 fn main() {
@@ -59,14 +65,6 @@ fn run(args: Args) -> Result<()> {
     }
     let started = Instant::now();
     let recipe = Recipe::from_file(&args.recipe)?;
-    if args.device != DeviceSpec::Cpu && recipe.onebit.is_none() {
-        bail!(
-            "--device {}: quantization (calibration, GPTQ, AWQ, SmoothQuant) runs on the CPU \
-             only so far; omit --device, then evaluate or serve the result with --device {}",
-            args.device,
-            args.device
-        );
-    }
     // Fail before minutes of calibration, not after.
     if args.out.exists() && !args.force {
         bail!(
@@ -112,12 +110,34 @@ fn run(args: Args) -> Result<()> {
         bar.set_message(name.to_owned());
     };
     if recipe.is_conversion() {
+        if args.device != DeviceSpec::Cpu {
+            bail!(
+                "--device {}: a conversion runs on the CPU; omit --device",
+                args.device
+            );
+        }
         let out = convert(&ckpt, &args.out, &opts, progress)?;
         bar.finish_and_clear();
         println!("wrote {}", out.display());
         return medusa_stage(&recipe, &args.out);
     }
     let plan = QuantPlan::from_recipe(&recipe, &*ckpt.weights, ckpt.config.tie_word_embeddings)?;
+    if args.device != DeviceSpec::Cpu && !plan.needs_calibration() {
+        bail!(
+            "--device {}: this recipe has no calibrated pass (RTN or a conversion runs in \
+             seconds on the CPU); omit --device",
+            args.device
+        );
+    }
+    // Opened before calibration so a missing GPU fails at once.
+    let quant_device = lmq_quant::device::for_spec(args.device)?;
+    if quant_device.is_some() && (plan.awq.is_some() || plan.smoothquant.is_some()) {
+        eprintln!(
+            "note: --device {}: GPTQ and the Hessian sums run on it; the AWQ/SmoothQuant \
+             searches and the layer forwards stay on the CPU",
+            args.device
+        );
+    }
     if !plan.needs_calibration() {
         let s = quantize_rtn(&ckpt, &recipe, &args.out, &opts, progress)?;
         bar.finish_and_clear();
@@ -138,6 +158,18 @@ fn run(args: Args) -> Result<()> {
     spinner.enable_steady_tick(std::time::Duration::from_millis(200));
     let calib = calibration_set(&ckpt, &recipe)?;
     spinner.finish_and_clear();
+    if let Some(path) = &args.save_calibration {
+        calib
+            .write_le_i32(path)
+            .with_context(|| format!("--save-calibration {}", path.display()))?;
+        eprintln!(
+            "calibration windows: {} x {} tokens written to {} (sha256 of the int32s {})",
+            calib.num_samples(),
+            calib.seqlen,
+            path.display(),
+            calib.sha256_le_i32()
+        );
+    }
     eprintln!("calibration: {}", calib.description);
     if let Some(note) = &calib.note {
         eprintln!("calibration: note: {note}");
@@ -164,7 +196,19 @@ fn run(args: Args) -> Result<()> {
             bar.inc(1);
         }
     };
-    let (s, model) = quantize_calibrated(&ckpt, &plan, &calib, &args.out, &opts, &mut on_event)?;
+    let pipeline_opts = PipelineOptions {
+        device: quant_device,
+        ..PipelineOptions::default()
+    };
+    let (s, model) = quantize_calibrated(
+        &ckpt,
+        &plan,
+        &calib,
+        &args.out,
+        &opts,
+        pipeline_opts,
+        &mut on_event,
+    )?;
     bar.finish_and_clear();
     print_summary(&model);
     println!(

@@ -6,6 +6,8 @@ use std::borrow::Cow;
 
 use lmq_runtime::kernels::dense_f32::gram_lower_acc_f32;
 
+use crate::device::{DeviceGram, QuantDevice};
+
 /// Default [`HessianOptions::token_clip`]: on SmolLM2 W4 g64 (32 HellaSwag windows, wiki2
 /// first 16 × 512) clipping at 3× the median token norm took GPTQ from 53.8 to 48.8 ppl
 /// (RTN 52.0); 1.5× and 10× gave 48.6 and 49.0, dropping the first token entirely 57.0.
@@ -50,13 +52,32 @@ impl WindowStarts {
     }
 }
 
-/// Running Σ x·xᵀ for one input dimension.
-#[derive(Debug, Clone)]
+/// Running Σ x·xᵀ for one input dimension, on the host or on a device.
 pub struct HessianAccumulator {
     n: usize,
-    sum: Vec<f64>,
-    scratch: Vec<f32>,
+    sum: Sum,
     tokens: usize,
+}
+
+/// Where the sum lives: the host's f64 lower triangle (with an f32 scratch for each
+/// window's Gram matrix), or a device accumulator.
+enum Sum {
+    Host { sum: Vec<f64>, scratch: Vec<f32> },
+    Device(Box<dyn DeviceGram>),
+}
+
+impl std::fmt::Debug for HessianAccumulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let place = match self.sum {
+            Sum::Host { .. } => "host",
+            Sum::Device(_) => "device",
+        };
+        f.debug_struct("HessianAccumulator")
+            .field("n", &self.n)
+            .field("on", &place)
+            .field("tokens", &self.tokens)
+            .finish()
+    }
 }
 
 impl HessianAccumulator {
@@ -64,8 +85,19 @@ impl HessianAccumulator {
     pub fn new(n: usize) -> Self {
         Self {
             n,
-            sum: vec![0.0; n * n],
-            scratch: vec![0.0; n * n],
+            sum: Sum::Host {
+                sum: vec![0.0; n * n],
+                scratch: vec![0.0; n * n],
+            },
+            tokens: 0,
+        }
+    }
+
+    /// An empty accumulator whose sums are computed on `device`.
+    pub fn on_device(n: usize, device: &dyn QuantDevice) -> Self {
+        Self {
+            n,
+            sum: Sum::Device(device.gram(n)),
             tokens: 0,
         }
     }
@@ -74,16 +106,19 @@ impl HessianAccumulator {
     pub fn add(&mut self, x: &[f32]) {
         assert_eq!(x.len() % self.n, 0, "activation width");
         let t = x.len() / self.n;
-        self.scratch.fill(0.0);
-        gram_lower_acc_f32(x, t, self.n, &mut self.scratch);
-        for i in 0..self.n {
-            let (s, v) = (
-                &mut self.sum[i * self.n..][..=i],
-                &self.scratch[i * self.n..][..=i],
-            );
-            for (s, v) in s.iter_mut().zip(v) {
-                *s += *v as f64;
+        let n = self.n;
+        match &mut self.sum {
+            Sum::Host { sum, scratch } => {
+                scratch.fill(0.0);
+                gram_lower_acc_f32(x, t, n, scratch);
+                for i in 0..n {
+                    let (s, v) = (&mut sum[i * n..][..=i], &scratch[i * n..][..=i]);
+                    for (s, v) in s.iter_mut().zip(v) {
+                        *s += *v as f64;
+                    }
+                }
             }
+            Sum::Device(g) => g.add(x),
         }
         self.tokens += t;
     }
@@ -110,7 +145,12 @@ impl HessianAccumulator {
     }
 
     /// H = 2/n Σ x·xᵀ, `[n, n]` row-major and symmetric (zero when nothing was added).
-    pub fn finish(mut self) -> Vec<f64> {
+    pub fn finish(self) -> Vec<f64> {
+        // Only the lower triangle is read, from either kind of sum.
+        let mut sum = match self.sum {
+            Sum::Host { sum, .. } => sum,
+            Sum::Device(g) => g.sum(),
+        };
         let f = if self.tokens > 0 {
             2.0 / self.tokens as f64
         } else {
@@ -119,13 +159,13 @@ impl HessianAccumulator {
         let n = self.n;
         for i in 0..n {
             for j in 0..i {
-                let v = self.sum[i * n + j] * f;
-                self.sum[i * n + j] = v;
-                self.sum[j * n + i] = v;
+                let v = sum[i * n + j] * f;
+                sum[i * n + j] = v;
+                sum[j * n + i] = v;
             }
-            self.sum[i * n + i] *= f;
+            sum[i * n + i] *= f;
         }
-        self.sum
+        sum
     }
 }
 

@@ -13,6 +13,7 @@ pub mod mappings;
 pub mod smooth_layer;
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -21,6 +22,7 @@ use lmq_runtime::packed::PackedLinear;
 use lmq_runtime::weights::WeightSource;
 use serde::Serialize;
 
+use crate::device::QuantDevice;
 use crate::gptq;
 use crate::plan::{LinearMethod, QuantPlan};
 use crate::rtn;
@@ -34,17 +36,32 @@ use smooth_layer::{smooth_layer, SmoothReport};
 /// Hessian and the layer's outputs; beyond it gate/up are recomputed instead.
 const ACT_CACHE_BYTES: usize = 2 << 30;
 
-/// Pipeline switches that do not change the quantized result.
-#[derive(Debug, Clone, Copy)]
+/// Pipeline switches that do not change the quantized result (beyond round-off).
+#[derive(Debug, Clone)]
 pub struct PipelineOptions {
     /// Also round each calibrated linear with RTN (same scheme) and report its output error
     /// beside GPTQ's, on the same Hessian: the per-layer evidence that calibration helps.
     pub compare_rtn: bool,
+    /// Where the Hessian sums and GPTQ's column loop run (`None`: the host).
+    pub device: Option<Arc<dyn QuantDevice>>,
 }
 
 impl Default for PipelineOptions {
     fn default() -> Self {
-        Self { compare_rtn: true }
+        Self {
+            compare_rtn: true,
+            device: None,
+        }
+    }
+}
+
+impl PipelineOptions {
+    /// An empty Hessian accumulator where this run computes them.
+    fn accumulator(&self, n: usize) -> HessianAccumulator {
+        match &self.device {
+            Some(d) => HessianAccumulator::on_device(n, d.as_ref()),
+            None => HessianAccumulator::new(n),
+        }
     }
 }
 
@@ -214,7 +231,7 @@ pub fn run(
             &mut layer,
             LinearGroup::Qkv,
             plan,
-            opts,
+            &opts,
             &mut packed,
             &mut reports,
             |l, sink| x.iter().for_each(|xw| sink(&l.attn_norm(&geom, xw))),
@@ -229,7 +246,7 @@ pub fn run(
             &mut layer,
             LinearGroup::AttnOut,
             plan,
-            opts,
+            &opts,
             &mut packed,
             &mut reports,
             |_, sink| buf.iter().for_each(|a| sink(a)),
@@ -243,7 +260,7 @@ pub fn run(
             &mut layer,
             LinearGroup::MlpIn,
             plan,
-            opts,
+            &opts,
             &mut packed,
             &mut reports,
             |l, sink| h.iter().for_each(|hw| sink(&l.mlp_norm(&geom, hw))),
@@ -257,7 +274,7 @@ pub fn run(
             &mut layer,
             LinearGroup::MlpOut,
             plan,
-            opts,
+            &opts,
             &mut packed,
             &mut reports,
             |l, sink| {
@@ -310,7 +327,7 @@ pub fn run(
         };
         let norm = weights.load_f32("model.norm.weight")?;
         let h = method.needs_hessian().then(|| {
-            let mut acc = HessianAccumulator::new(d);
+            let mut acc = opts.accumulator(d);
             let hopts = method.hessian_options().unwrap_or_default();
             for xw in &x {
                 acc.add_with(&layer::rms_norm(xw, &norm, geom.eps), &hopts);
@@ -323,7 +340,7 @@ pub fn run(
             &mut head,
             method,
             h.as_deref().zip(h32.as_deref()),
-            opts,
+            &opts,
             &mut packed,
             &mut reports,
         )?;
@@ -350,7 +367,7 @@ fn quantize_group(
     layer: &mut HostLayer,
     group: LinearGroup,
     plan: &QuantPlan,
-    opts: PipelineOptions,
+    opts: &PipelineOptions,
     packed: &mut HashMap<String, PackedLinear>,
     reports: &mut Vec<LinearReport>,
     inputs: impl FnOnce(&HostLayer, &mut dyn FnMut(&[f32])),
@@ -362,7 +379,7 @@ fn quantize_group(
         .collect();
     let hessian = if methods.iter().flatten().any(LinearMethod::needs_hessian) {
         let n = layer.group_mut(group)[0].inp;
-        let mut acc = HessianAccumulator::new(n);
+        let mut acc = opts.accumulator(n);
         let hopts = methods
             .iter()
             .flatten()
@@ -405,7 +422,7 @@ fn quantize_linear(
     lin: &mut layer::HostLinear,
     method: &LinearMethod,
     hessian: Option<(&[f64], &[f32])>,
-    opts: PipelineOptions,
+    opts: &PipelineOptions,
     packed: &mut HashMap<String, PackedLinear>,
     reports: &mut Vec<LinearReport>,
 ) -> Result<()> {
@@ -420,7 +437,10 @@ fn quantize_linear(
         }
         LinearMethod::Gptq(o, _) => {
             let (h, _) = hessian.context("GPTQ without a Hessian")?;
-            let r = gptq::quantize(&wm, h, o)?;
+            let r = match &opts.device {
+                Some(d) => d.gptq(&wm, h, o)?,
+                None => gptq::quantize(&wm, h, o)?,
+            };
             let info = (r.loss, r.dampening_used, r.retries, r.dead_columns);
             (r.quantized, r.dequantized, Some(info))
         }

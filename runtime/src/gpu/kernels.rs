@@ -9,6 +9,9 @@
 //! * [`int8_matmul`]: W8A8 — activations quantized per token on the GPU exactly as the CPU
 //!   does it (`kernels::int8::quantize_per_token`: round half to even, codes in ±127), then
 //!   i32 dot products with the int8 weights, one plane per output element.
+//! * [`onebit_gemv`] / [`onebit_signs`]: OneBit's sign matrix read 32 signs to a word, as a
+//!   GEMV for a few rows (each sign is a multiply by ±1 of the scaled input), or as a ±1
+//!   f32 matrix for burn's GEMM when many rows come (prefill).
 //!
 //! The arithmetic is the scalar definition's (`(q − zp) · scale` per group, summed in f32);
 //! only the summation order differs, so results agree with the CPU reference within the
@@ -338,6 +341,81 @@ fn int8_matmul_kernel(
     }
 }
 
+/// A OneBit weight on the GPU: the checkpoint's sign words (bit set = −1, see
+/// `crate::packed::onebit`). The value vectors are burn tensors beside it (`super::linear`).
+#[derive(Debug, Clone)]
+pub struct SignsOnGpu {
+    pub rows: usize,
+    pub cols: usize,
+    /// Words per row, `ceil(cols / 32)`.
+    pub wpr: usize,
+    /// `[rows, wpr]` u32.
+    pub signs: Handle,
+}
+
+/// `Σ_c S[row][c] · xb[m][c]` for the input already multiplied by `b`: one plane per output
+/// row, lanes on consecutive words.
+#[cube(launch_unchecked)]
+fn onebit_gemv_kernel(
+    xb: &Array<f32>,
+    signs: &Array<u32>,
+    out: &mut Array<f32>,
+    rows: usize,
+    cols: usize,
+    wpr: usize,
+) {
+    let row = (CUBE_POS_X * CUBE_DIM_Y + UNIT_POS_Y) as usize;
+    let m = CUBE_POS_Y as usize;
+    if row < rows {
+        let step = PLANE_DIM as usize;
+        let mut acc = 0.0f32;
+        let mut w = UNIT_POS_X as usize;
+        while w < wpr {
+            let word = signs[row * wpr + w];
+            let mut part = 0.0f32;
+            #[unroll]
+            for i in 0..32u32 {
+                let c = w * 32 + i as usize;
+                if c < cols {
+                    // 1 − 2·bit is ±1: an exact sign flip.
+                    let sign = 1.0f32 - 2.0f32 * f32::cast_from((word >> i) & 1u32);
+                    part += sign * xb[m * cols + c];
+                }
+            }
+            acc += part;
+            w += step;
+        }
+        let total = plane_sum(acc);
+        if UNIT_POS_X == 0 {
+            out[m * rows + row] = total;
+        }
+    }
+}
+
+/// The sign matrix as ±1 f32 `[rows, cols]`, one unit per word.
+#[cube(launch_unchecked)]
+fn onebit_signs_kernel(
+    signs: &Array<u32>,
+    out: &mut Array<f32>,
+    rows: usize,
+    cols: usize,
+    wpr: usize,
+) {
+    let idx = ABSOLUTE_POS;
+    if idx < rows * wpr {
+        let row = idx / wpr;
+        let w = idx % wpr;
+        let word = signs[idx];
+        #[unroll]
+        for i in 0..32u32 {
+            let c = w * 32 + i as usize;
+            if c < cols {
+                out[row * cols + c] = 1.0f32 - 2.0f32 * f32::cast_from((word >> i) & 1u32);
+            }
+        }
+    }
+}
+
 type Gpu = super::Gpu;
 type GpuTensor = CubeTensor<CudaRuntime>;
 
@@ -487,6 +565,54 @@ pub fn int8_matmul(x: burn::tensor::Tensor<Gpu, 2>, w: &Int8OnGpu) -> burn::tens
             ArrayArg::from_raw_parts(w.scale.clone(), w.rows),
             ArrayArg::from_raw_parts(out.handle.clone(), m * w.rows),
             w.rows,
+            w.wpr,
+        );
+    }
+    wrap(out)
+}
+
+/// OneBit's sign sums `xb · Sᵀ` (`xb` = the input times `b`) for a few rows.
+pub fn onebit_gemv(
+    xb: burn::tensor::Tensor<Gpu, 2>,
+    w: &SignsOnGpu,
+) -> burn::tensor::Tensor<Gpu, 2> {
+    let [m, k] = xb.dims();
+    assert_eq!(k, w.cols, "onebit linear: input features");
+    let x = contiguous_f32(xb);
+    let out = f32_tensor(&x, [m, w.rows]);
+    unsafe {
+        onebit_gemv_kernel::launch_unchecked::<CudaRuntime>(
+            &x.client,
+            CubeCount::Static(row_cubes(w.rows), m as u32, 1),
+            CubeDim::new_2d(PLANE, ROWS_PER_CUBE),
+            ArrayArg::from_raw_parts(x.handle.clone(), m * k),
+            ArrayArg::from_raw_parts(w.signs.clone(), w.rows * w.wpr),
+            ArrayArg::from_raw_parts(out.handle.clone(), m * w.rows),
+            w.rows,
+            w.cols,
+            w.wpr,
+        );
+    }
+    wrap(out)
+}
+
+/// OneBit's sign matrix as ±1 f32 `[rows, cols]`, for a GEMM; the copy lives for one call.
+pub fn onebit_signs(
+    w: &SignsOnGpu,
+    like: &burn::tensor::Tensor<Gpu, 2>,
+) -> burn::tensor::Tensor<Gpu, 2> {
+    let like = like.clone().into_primitive().tensor();
+    let out = f32_tensor(&like, [w.rows, w.cols]);
+    let units = w.rows * w.wpr;
+    unsafe {
+        onebit_signs_kernel::launch_unchecked::<CudaRuntime>(
+            &like.client,
+            CubeCount::Static(units.div_ceil(DEQUANT_CUBE as usize) as u32, 1, 1),
+            CubeDim::new_1d(DEQUANT_CUBE),
+            ArrayArg::from_raw_parts(w.signs.clone(), units),
+            ArrayArg::from_raw_parts(out.handle.clone(), w.rows * w.cols),
+            w.rows,
+            w.cols,
             w.wpr,
         );
     }

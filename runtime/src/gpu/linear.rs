@@ -8,9 +8,13 @@ use burn::prelude::*;
 use cubecl::cuda::CudaRuntime;
 use cubecl::Runtime;
 
-use super::kernels::{int8_matmul, packed_dequant, packed_gemv, Int8OnGpu, PackedOnGpu};
+use super::kernels::{
+    int8_matmul, onebit_gemv, onebit_signs, packed_dequant, packed_gemv, Int8OnGpu, PackedOnGpu,
+    SignsOnGpu,
+};
 use super::{CudaDevice, Gpu};
 use crate::model::{HostWeight, LinearBackend, Rope};
+use crate::packed::onebit::OneBitLinear;
 use crate::packed::onebit::LAYER_NORM_EPS;
 use crate::packed::pack_quantized::storage_offset;
 use crate::packed::{Int8Linear, PackedLinear};
@@ -35,12 +39,9 @@ pub enum GpuWeight {
     Packed(Arc<PackedOnGpu>, HostWeight),
     /// W8A8 codes; the host copy serves embedding-row lookups.
     Int8(Arc<Int8OnGpu>, HostWeight),
-    /// OneBit: no 1-bit kernel on the GPU yet, so `a ⊙ S ⊙ b` is held densely (f32) and
-    /// multiplied by burn's matmul, then the parameter-free output norm if the layer has one.
-    OneBit {
-        dense: Arc<Tensor<Gpu, 2>>,
-        output_norm: bool,
-    },
+    /// OneBit: the sign words (read by the 1-bit kernels), `b` as `[1, in]` and `a` as
+    /// `[1, out]`; the host copy serves embedding-row lookups.
+    OneBit(Arc<OneBitOnGpu>, HostWeight),
 }
 
 /// Whether the kernels read `p` as it is: groups must be whole packed words (any group size
@@ -77,6 +78,32 @@ fn upload_packed(p: &PackedLinear, device: &CudaDevice) -> PackedOnGpu {
         packed: client.create_from_slice(bytemuck::cast_slice(&words)),
         scale: client.create_from_slice(bytemuck::cast_slice(&p.scale)),
         zero: client.create_from_slice(bytemuck::cast_slice(&zero)),
+    }
+}
+
+/// A OneBit linear on the GPU.
+#[derive(Debug)]
+pub struct OneBitOnGpu {
+    pub signs: SignsOnGpu,
+    pub in_scale: Tensor<Gpu, 2>,
+    pub out_scale: Tensor<Gpu, 2>,
+    pub output_norm: bool,
+}
+
+fn upload_onebit(w: &OneBitLinear, device: &CudaDevice) -> OneBitOnGpu {
+    let client = CudaRuntime::client(device);
+    let row =
+        |v: &[f32]| Tensor::<Gpu, 2>::from_data(TensorData::new(v.to_vec(), [1, v.len()]), device);
+    OneBitOnGpu {
+        signs: SignsOnGpu {
+            rows: w.rows,
+            cols: w.cols,
+            wpr: w.words_per_row(),
+            signs: client.create_from_slice(bytemuck::cast_slice(&w.signs)),
+        },
+        in_scale: row(&w.in_scale),
+        out_scale: row(&w.out_scale),
+        output_norm: w.output_norm,
     }
 }
 
@@ -126,13 +153,9 @@ impl LinearBackend for Gpu {
             HostWeight::Int8(w) => {
                 GpuWeight::Int8(Arc::new(upload_int8(&w, device)), HostWeight::Int8(w))
             }
-            HostWeight::OneBit(w) => GpuWeight::OneBit {
-                dense: Arc::new(Tensor::from_data(
-                    TensorData::new(w.dequantize_ref(), [w.rows, w.cols]),
-                    device,
-                )),
-                output_norm: w.output_norm,
-            },
+            HostWeight::OneBit(w) => {
+                GpuWeight::OneBit(Arc::new(upload_onebit(&w, device)), HostWeight::OneBit(w))
+            }
         }
     }
 
@@ -151,9 +174,16 @@ impl LinearBackend for Gpu {
                 x.matmul(wd.transpose())
             }
             GpuWeight::Int8(q, _) => int8_matmul(x, q),
-            GpuWeight::OneBit { dense, output_norm } => {
-                let y = x.matmul(dense.as_ref().clone().transpose());
-                if *output_norm {
+            GpuWeight::OneBit(w, _) => {
+                let xb = x * w.in_scale.clone();
+                let sums = if m <= GEMV_MAX_ROWS {
+                    onebit_gemv(xb, &w.signs)
+                } else {
+                    let s = onebit_signs(&w.signs, &xb);
+                    xb.matmul(s.transpose())
+                };
+                let y = sums * w.out_scale.clone();
+                if w.output_norm {
                     crate::model::norm::layer_norm_no_affine(y, LAYER_NORM_EPS)
                 } else {
                     y
@@ -165,7 +195,7 @@ impl LinearBackend for Gpu {
     fn gather_rows(ids: &[u32], w: &GpuWeight, device: &Self::Device) -> Tensor<Self, 2> {
         let (rows, d) = Self::weight_dims(w);
         match w {
-            GpuWeight::Dense(t) | GpuWeight::OneBit { dense: t, .. } => {
+            GpuWeight::Dense(t) => {
                 if let Some(&bad) = ids.iter().find(|&&id| id as usize >= rows) {
                     panic!("token id {bad} outside the vocabulary of {rows}");
                 }
@@ -174,7 +204,7 @@ impl LinearBackend for Gpu {
                     Tensor::<Gpu, 1, Int>::from_data(TensorData::new(idx, [ids.len()]), device);
                 t.as_ref().clone().select(0, idx)
             }
-            GpuWeight::Packed(_, host) | GpuWeight::Int8(_, host) => {
+            GpuWeight::Packed(_, host) | GpuWeight::Int8(_, host) | GpuWeight::OneBit(_, host) => {
                 Tensor::from_data(TensorData::new(host.rows(ids), [ids.len(), d]), device)
             }
         }
@@ -218,10 +248,11 @@ impl LinearBackend for Gpu {
 
     fn weight_dims(w: &GpuWeight) -> (usize, usize) {
         match w {
-            GpuWeight::Dense(t) | GpuWeight::OneBit { dense: t, .. } => {
+            GpuWeight::Dense(t) => {
                 let [o, i] = t.dims();
                 (o, i)
             }
+            GpuWeight::OneBit(w, _) => (w.signs.rows, w.signs.cols),
             GpuWeight::Packed(p, _) => (p.rows, p.cols),
             GpuWeight::Int8(q, _) => (q.rows, q.cols),
         }

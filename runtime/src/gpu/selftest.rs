@@ -11,6 +11,7 @@ use super::{CudaDevice, Gpu};
 use crate::kernels::int8::{matmul_i8_ref, quantize_per_token};
 use crate::kernels::packed_q::matmul_packed_nt_ref;
 use crate::model::{DenseWeight, HostWeight, LinearBackend};
+use crate::packed::onebit::{matmul_onebit_nt_ref, pack_signs, OneBitLinear};
 use crate::packed::{Int8Linear, PackedLinear};
 
 /// Packed GEMV against the f64 reference: f32 sums of up to a few
@@ -144,6 +145,41 @@ pub fn run_all(device: &CudaDevice) -> Vec<Check> {
                 name: format!("int8 W8A8 {rows}x{cols}, m={m}"),
                 rel_err: rel_err(&got, &want),
                 tolerance: INT8_REL_TOL,
+            });
+        }
+    }
+    // OneBit: widths with and without a ragged last word, with and without the output norm.
+    for &(rows, cols, norm) in &[
+        (576usize, 1536usize, true),
+        (1536, 576, false),
+        (64, 100, true),
+    ] {
+        let w = OneBitLinear::new(
+            rows,
+            cols,
+            pack_signs(&random(&mut rng, rows * cols), rows, cols),
+            (0..rows).map(|_| rng.gen_range(0.01f32..0.1)).collect(),
+            (0..cols).map(|_| rng.gen_range(0.5f32..2.0)).collect(),
+            norm,
+        )
+        .expect("onebit weight");
+        for m in [1usize, 5, 64] {
+            let x = random(&mut rng, m * cols);
+            let want = matmul_onebit_nt_ref(&x, &w, m);
+            let got = gpu_apply(&x, m, cols, HostWeight::OneBit(w.clone().into()), device);
+            let gemv = m <= super::linear::GEMV_MAX_ROWS;
+            checks.push(Check {
+                name: format!(
+                    "onebit {rows}x{cols}{}, m={m} ({})",
+                    if norm { " +norm" } else { "" },
+                    if gemv {
+                        "sign gemv"
+                    } else {
+                        "signs+gemm, tf32"
+                    }
+                ),
+                rel_err: rel_err(&got, &want),
+                tolerance: if gemv { PACKED_REL_TOL } else { TF32_REL_TOL },
             });
         }
     }
