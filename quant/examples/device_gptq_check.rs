@@ -37,10 +37,7 @@ fn main() -> Result<()> {
         Ok((m, t0.elapsed().as_secs_f64()))
     };
     let (host, host_s) = run(PipelineOptions::default())?;
-    let device = BurnDevice::<lmq_runtime::Cpu> {
-        device: Default::default(),
-        name: "flex".into(),
-    };
+    let device = BurnDevice::<lmq_runtime::Cpu>::new(Default::default(), "flex");
     let (dev, dev_s) = run(PipelineOptions {
         device: Some(Arc::new(device)),
         ..PipelineOptions::default()

@@ -208,10 +208,7 @@ fn gptq_on_a_burn_device_matches_the_host_pipeline() {
                 &plan,
                 &windows(&c, 4, 24, 1),
                 PipelineOptions {
-                    device: Some(Arc::new(BurnDevice::<Cpu> {
-                        device: Default::default(),
-                        name: "flex".into(),
-                    })),
+                    device: Some(Arc::new(BurnDevice::<Cpu>::new(Default::default(), "flex"))),
                     ..PipelineOptions::default()
                 },
                 &mut |_| {},
@@ -243,5 +240,65 @@ fn gptq_on_a_burn_device_matches_the_host_pipeline() {
                 );
             }
         }
+    }
+}
+
+/// AWQ's searches (scales, then clipping) and the calibration forwards with their linear
+/// products on a burn device choose what the host chooses: the same exponent for every
+/// mapping and block errors within round-off.
+#[test]
+fn awq_on_a_burn_device_matches_the_host_pipeline() {
+    use lmq_quant::device::BurnDevice;
+    use std::sync::Arc;
+    for arch in [Arch::Llama, Arch::Qwen2] {
+        let c = tiny_config(arch);
+        let src = MemorySource::random(&c, 9);
+        let text = "calibration: {source: tokens:x.i32, num_samples: 4, seqlen: 16}\nstages:\n  - \
+             passes:\n      - awq: {scheme: W4A16_ASYM, group_size: 16}\n      - rtn: {scheme: \
+             W4A16_ASYM, group_size: 16, ignore: [lm_head]}\n";
+        let recipe = Recipe::parse(text, Path::new("<test>.yaml")).unwrap();
+        let plan = QuantPlan::from_recipe(&recipe, &src, c.tie_word_embeddings).unwrap();
+        let host = run(&c, &src, &plan);
+        let device = pipeline::run(
+            &c,
+            &src,
+            &plan,
+            &windows(&c, 4, 24, 1),
+            PipelineOptions {
+                device: Some(Arc::new(BurnDevice::<Cpu>::new(Default::default(), "flex"))),
+                ..PipelineOptions::default()
+            },
+            &mut |_| {},
+        )
+        .unwrap();
+        for (lh, ld) in host.layers.iter().zip(&device.layers) {
+            let (ah, ad) = (lh.awq.as_ref().unwrap(), ld.awq.as_ref().unwrap());
+            assert_eq!(ah.mappings.len(), ad.mappings.len());
+            for (mh, md) in ah.mappings.iter().zip(&ad.mappings) {
+                assert_eq!(
+                    mh.ratio, md.ratio,
+                    "{arch:?} layer {} {}",
+                    lh.index, mh.mapping
+                );
+                assert!(
+                    (mh.loss_awq - md.loss_awq).abs() <= DEVICE_ERROR_REL_TOL * mh.loss_awq,
+                    "{arch:?} layer {} {}: {} vs {}",
+                    lh.index,
+                    mh.mapping,
+                    mh.loss_awq,
+                    md.loss_awq
+                );
+            }
+        }
+        let (mut differ, mut total) = (0usize, 0usize);
+        for (name, p) in &host.packed {
+            let (a, b) = (p.dequantize_ref(), device.packed[name].dequantize_ref());
+            differ += a.iter().zip(&b).filter(|(x, y)| x != y).count();
+            total += a.len();
+        }
+        assert!(
+            differ as f64 <= DEVICE_CODE_MISMATCH_MAX * total as f64,
+            "{arch:?}: {differ} of {total} weights differ"
+        );
     }
 }

@@ -38,9 +38,9 @@ struct Args {
     #[arg(long)]
     threads: Option<usize>,
     /// Where the heavy work runs (`cuda[:N]` needs a build with `--features cuda`). Calibrated
-    /// recipes run the Hessian sums and GPTQ's column loop there (the layer forwards and the
-    /// AWQ/SmoothQuant searches stay on the CPU); OneBit distillation runs its teacher and
-    /// student there. RTN and conversions refuse it (they take seconds on the CPU).
+    /// recipes run the Hessian sums, GPTQ's column loop and every linear product of the
+    /// calibration forwards and of AWQ's scale search there; OneBit distillation runs its
+    /// teacher and student there. RTN and conversions refuse it (seconds on the CPU).
     #[arg(long, default_value = "cpu")]
     device: DeviceSpec,
     /// Also write the calibration windows to this file (raw little-endian int32, row-major
@@ -131,11 +131,12 @@ fn run(args: Args) -> Result<()> {
     }
     // Opened before calibration so a missing GPU fails at once.
     let quant_device = lmq_quant::device::for_spec(args.device)?;
-    if quant_device.is_some() && (plan.awq.is_some() || plan.smoothquant.is_some()) {
+    if let Some(d) = &quant_device {
         eprintln!(
-            "note: --device {}: GPTQ and the Hessian sums run on it; the AWQ/SmoothQuant \
-             searches and the layer forwards stay on the CPU",
-            args.device
+            "device {}: Hessian sums, GPTQ's column loop and the layers' linear products run \
+             there; the f64 factorisation of H⁻¹, attention softmax, norms and AWQ's clipping \
+             search stay on the CPU",
+            d.describe()
         );
     }
     if !plan.needs_calibration() {

@@ -4,6 +4,8 @@
 //! RMSNorm, HF rotary tables, causal GQA attention and SiLU-gated MLP, with the same f32
 //! kernels; a test checks a stack of these against the runtime's logits.
 
+use std::sync::Arc;
+
 use anyhow::{Context, Result};
 use lmq_runtime::config::ModelConfig;
 use lmq_runtime::kernels::attention::{attention_cached, CachedAttnShape};
@@ -11,6 +13,8 @@ use lmq_runtime::kernels::matmul_f32_nt;
 use lmq_runtime::model::host_ops::{add_in_place, silu_mul_in_place};
 use lmq_runtime::model::rope_tables;
 use lmq_runtime::weights::WeightSource;
+
+use crate::device::QuantDevice;
 
 /// A linear's weight `[out, in]` and optional bias, as the pipeline holds it: the original
 /// weights until quantized, the dequantized ones after.
@@ -21,6 +25,8 @@ pub struct HostLinear {
     pub bias: Option<Vec<f32>>,
     pub out: usize,
     pub inp: usize,
+    /// Where [`HostLinear::apply`] multiplies (`None`: on the host).
+    pub device: Option<Arc<dyn QuantDevice>>,
 }
 
 impl HostLinear {
@@ -55,12 +61,16 @@ impl HostLinear {
             bias,
             out,
             inp,
+            device: None,
         })
     }
 
     /// `x·Wᵀ + b` for `x` `[t, in]`.
     pub fn apply(&self, x: &[f32], t: usize) -> Vec<f32> {
-        let mut y = matmul_f32_nt(x, &self.weight, t, self.inp, self.out);
+        let mut y = match &self.device {
+            Some(d) => d.matmul_nt(x, &self.weight, t, self.inp, self.out),
+            None => matmul_f32_nt(x, &self.weight, t, self.inp, self.out),
+        };
         if let Some(b) = &self.bias {
             for row in y.chunks_exact_mut(self.out) {
                 for (v, bv) in row.iter_mut().zip(b) {
@@ -171,6 +181,21 @@ impl HostLayer {
             up: HostLinear::load(src, &format!("{p}.mlp.up_proj"), f, d, false)?,
             down: HostLinear::load(src, &format!("{p}.mlp.down_proj"), d, f, false)?,
         })
+    }
+
+    /// Runs the layer's linear products on `device` (`None`: on the host).
+    pub fn set_device(&mut self, device: Option<Arc<dyn QuantDevice>>) {
+        for l in [
+            &mut self.q,
+            &mut self.k,
+            &mut self.v,
+            &mut self.o,
+            &mut self.gate,
+            &mut self.up,
+            &mut self.down,
+        ] {
+            l.device = device.clone();
+        }
     }
 
     /// The linears of a group.

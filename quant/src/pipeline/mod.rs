@@ -42,7 +42,8 @@ pub struct PipelineOptions {
     /// Also round each calibrated linear with RTN (same scheme) and report its output error
     /// beside GPTQ's, on the same Hessian: the per-layer evidence that calibration helps.
     pub compare_rtn: bool,
-    /// Where the Hessian sums and GPTQ's column loop run (`None`: the host).
+    /// Where the Hessian sums, GPTQ's column loop and the layers' linear products (the
+    /// calibration forwards, AWQ's and SmoothQuant's block outputs) run (`None`: the host).
     pub device: Option<Arc<dyn QuantDevice>>,
 }
 
@@ -203,6 +204,7 @@ pub fn run(
     for li in 0..run_layers {
         let t0 = Instant::now();
         let mut layer = HostLayer::load(weights, c, li)?;
+        layer.set_device(opts.device.clone());
         let mut reports = Vec::new();
         let mut stage = |what: &str| progress(PipelineEvent::Stage { layer: li, what });
         let prefix = format!("model.layers.{li}");
@@ -324,6 +326,7 @@ pub fn run(
             bias: None,
             out: c.vocab_size,
             inp: d,
+            device: opts.device.clone(),
         };
         let norm = weights.load_f32("model.norm.weight")?;
         let h = method.needs_hessian().then(|| {
