@@ -7,8 +7,8 @@ mod common;
 use lmq_runtime::generate::generate;
 use lmq_runtime::medusa::tree::SMALL_CHOICES;
 use lmq_runtime::medusa::{
-    generate_medusa, generate_medusa_with, Acceptance, MedusaChain, MedusaConfig, MedusaHeads,
-    Tree, Typical,
+    generate_medusa, generate_medusa_on_device, generate_medusa_with, Acceptance, MedusaChain,
+    MedusaConfig, MedusaHeads, Tree, Typical,
 };
 use lmq_runtime::sampling::SamplingParams;
 use lmq_runtime::speculative::draft::DraftModel;
@@ -184,4 +184,49 @@ fn the_model_as_its_own_draft_accepts_everything() {
     let s = same_as_greedy(&mut DraftModel::new(fixture().model.clone(), 0));
     assert_eq!(s.accepted, s.proposed, "{s:?}");
     assert!(s.tau() > 3.0, "k = {K}: {s:?}");
+}
+
+#[test]
+fn device_resident_medusa_loop_is_exactly_greedy_and_agrees_with_the_host_loop() {
+    // The loop the GPU takes (heads, top-k and argmax on the device, ids to the host), run
+    // on the CPU backend. Random heads, so the guesses vary from step to step.
+    let f = fixture();
+    let c = &f.model.config;
+    let mut heads = zero_heads(c.hidden_size);
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    for head in &mut heads.blocks {
+        for b in head {
+            for w in &mut b.weight {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                *w = ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.02;
+            }
+        }
+    }
+    let tree = Tree::from_choices(SMALL_CHOICES, 4).unwrap();
+    let mut total = SpecStats::default();
+    for p in &PROMPTS[..6] {
+        let ids = f.ckpt.tokenizer.encode(p, true).unwrap();
+        let plain = generate(
+            &f.model,
+            &ids,
+            NEW,
+            SamplingParams::default(),
+            &c.eos_token_ids,
+            |_| {},
+        )
+        .unwrap();
+        let (host, hs) =
+            generate_medusa(&f.model, &heads, &tree, &ids, NEW, &c.eos_token_ids, |_| {}).unwrap();
+        let (dev, ds) =
+            generate_medusa_on_device(&f.model, &heads, &tree, &ids, NEW, &c.eos_token_ids, |_| {})
+                .unwrap();
+        assert_eq!(dev, plain, "prompt {p:?}");
+        assert_eq!(host, plain, "prompt {p:?}");
+        // Same heads, same candidates (up to top-k ties), so the same acceptance.
+        assert_eq!(ds.steps, hs.steps, "prompt {p:?}");
+        total += ds;
+    }
+    assert!(total.steps > 0, "{total:?}");
 }

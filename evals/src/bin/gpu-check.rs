@@ -16,7 +16,7 @@ use lmq_runtime::device::{run_on, DeviceSpec, OnBackend};
 use lmq_runtime::gpu::{self, selftest, CudaDevice, Gpu};
 use lmq_runtime::model::{DenseWeight, HostWeight, LinearBackend};
 use lmq_runtime::sampling::argmax;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 
 /// The H200's HBM3e bandwidth by its datasheet, the denominator of "fraction of peak".
 const PEAK_GBPS: f64 = 4800.0;
@@ -278,6 +278,52 @@ fn small_call_us(device: &CudaDevice) -> Vec<(String, f64)> {
     out
 }
 
+/// Greedy Medusa decoding (on the GPU: the device-resident loop, only ids to the host)
+/// against plain greedy decoding, with seeded random heads: whether the outputs are equal,
+/// tokens per step, and both rates.
+struct MedusaJob<'a> {
+    ckpt: &'a Checkpoint,
+    ids: &'a [u32],
+}
+
+impl OnBackend for MedusaJob<'_> {
+    type Output = Result<(bool, f64, f64, f64)>;
+
+    fn run<B: LinearBackend>(self, device: B::Device) -> Result<(bool, f64, f64, f64)> {
+        use lmq_runtime::medusa::tree::SMALL_CHOICES;
+        use lmq_runtime::medusa::{generate_medusa, MedusaConfig, MedusaHeads, Tree};
+        let model = self.ckpt.load_model::<B>(&device)?;
+        let c = &model.config;
+        let mut heads = MedusaHeads::zeros(MedusaConfig {
+            num_heads: 4,
+            num_layers: 1,
+            hidden_size: c.hidden_size,
+        });
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for b in heads.blocks.iter_mut().flatten() {
+            b.weight
+                .iter_mut()
+                .for_each(|w| *w = rng.gen_range(-0.01f32..0.01));
+        }
+        let tree = Tree::from_choices(SMALL_CHOICES, 4).map_err(anyhow::Error::msg)?;
+        let prompt = &self.ids[..64];
+        let new = 48;
+        let t0 = Instant::now();
+        let plain =
+            lmq_runtime::generate::generate(&model, prompt, new, Default::default(), &[], |_| {})?;
+        let plain_s = t0.elapsed().as_secs_f64();
+        let t0 = Instant::now();
+        let (out, stats) = generate_medusa(&model, &heads, &tree, prompt, new, &[], |_| {})?;
+        let medusa_s = t0.elapsed().as_secs_f64();
+        Ok((
+            out == plain,
+            stats.generated as f64 / stats.steps.max(1) as f64,
+            plain.len() as f64 / plain_s,
+            out.len() as f64 / medusa_s,
+        ))
+    }
+}
+
 fn run(args: Args) -> Result<()> {
     let t_start = Instant::now();
     let device = gpu::open(args.gpu)?;
@@ -352,6 +398,18 @@ fn run(args: Args) -> Result<()> {
             "{spec}: batched decode + Medusa tree + keep_rows logits, GPU vs CPU: max |Δ| {diff:.2e} (rel. {:.2e}, {} logits)",
             diff / scale,
             cpu.len()
+        );
+        let (equal, per_step, plain_tps, medusa_tps) = run_on(
+            DeviceSpec::Cuda(args.gpu),
+            MedusaJob {
+                ckpt: &ckpt,
+                ids: &ids,
+            },
+        )??;
+        println!(
+            "{spec} on the GPU: Medusa tree decoding (device-resident loop, random heads) equal to \
+             plain greedy: {equal}; {per_step:.2} tokens/step; plain {plain_tps:.1} tok/s, \
+             Medusa {medusa_tps:.1} tok/s"
         );
         let mut figures = Vec::new();
         let devices: &[DeviceSpec] = if args.gpu_only {

@@ -83,6 +83,12 @@ pub fn generate_medusa_with<B: LinearBackend>(
     stop_ids: &[u32],
     mut on_token: impl FnMut(u32),
 ) -> Result<(Vec<u32>, SpecStats), GenerateError> {
+    if B::KV_ON_DEVICE && matches!(acceptance, Acceptance::Greedy) {
+        // Only token ids cross to the host (the GPU).
+        return super::device_decode::generate_medusa_on_device(
+            model, heads, tree, prompt, max_new, stop_ids, on_token,
+        );
+    }
     let depth = tree.depth();
     assert!(
         depth <= heads.config.num_heads,

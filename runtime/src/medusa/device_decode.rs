@@ -1,0 +1,151 @@
+//! Greedy Medusa decoding that keeps its state on the backend's device: the heads' ResBlocks,
+//! their vocabulary projection and top-k, the tree pass, the target's argmax per node and
+//! the accepted path's KV rows all stay there, and only token ids cross to the host (the
+//! heads' top-k candidates and the target's argmax per tree node, a few dozen integers a
+//! step) for the pure acceptance functions of [`Tree`]. [`super::generate_medusa`] takes this
+//! path on backends whose KV cache lives on the device (the GPU); it is written for any
+//! backend, so the CPU tests run the very code.
+
+use burn::prelude::*;
+use burn::tensor::activation::silu;
+
+use super::heads::MedusaHeads;
+use super::tree::Tree;
+use crate::generate::{check_request, GenerateError};
+use crate::model::{LinearBackend, Llama};
+use crate::speculative::SpecStats;
+
+/// The heads' ResBlocks as backend tensors: `(Wᵀ [h, h], b [1, h])` per block.
+pub struct HeadsOnDevice<B: Backend> {
+    blocks: Vec<Vec<(Tensor<B, 2>, Tensor<B, 2>)>>,
+}
+
+impl<B: Backend> HeadsOnDevice<B> {
+    /// Uploads `heads` to `device`.
+    pub fn new(heads: &MedusaHeads, device: &B::Device) -> Self {
+        let h = heads.config.hidden_size;
+        let blocks = heads
+            .blocks
+            .iter()
+            .map(|head| {
+                head.iter()
+                    .map(|b| {
+                        let w = Tensor::<B, 2>::from_data(
+                            TensorData::new(b.weight.clone(), [h, h]),
+                            device,
+                        );
+                        let bias = Tensor::<B, 2>::from_data(
+                            TensorData::new(b.bias.clone(), [1, h]),
+                            device,
+                        );
+                        (w.transpose(), bias)
+                    })
+                    .collect()
+            })
+            .collect();
+        Self { blocks }
+    }
+
+    /// Head `head`'s hidden states for rows `x` `[n, h]`: `x + SiLU(x·Wᵀ + b)` per block, as
+    /// [`MedusaHeads::hidden`] computes for one row on the host.
+    pub fn hidden(&self, head: usize, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.blocks[head].iter().fold(x, |y, (wt, b)| {
+            y.clone() + silu(y.matmul(wt.clone()) + b.clone())
+        })
+    }
+}
+
+/// Token ids of a device tensor of ids.
+fn ids_of<B: Backend, const D: usize>(t: Tensor<B, D, Int>) -> Vec<u32> {
+    t.into_data()
+        .convert::<i64>()
+        .into_vec::<i64>()
+        .expect("integer ids")
+        .into_iter()
+        .map(|v| v as u32)
+        .collect()
+}
+
+/// The argmax token of each row of `logits` `[1, n, vocab]`.
+fn argmax_rows<B: Backend>(logits: Tensor<B, 3>) -> Vec<u32> {
+    ids_of(logits.argmax(2))
+}
+
+/// Greedy Medusa decoding with device-resident state (see the module doc); the contract of
+/// [`super::generate_medusa`]: the output is plain greedy decoding, token for token.
+pub fn generate_medusa_on_device<B: LinearBackend>(
+    model: &Llama<B>,
+    heads: &MedusaHeads,
+    tree: &Tree,
+    prompt: &[u32],
+    max_new: usize,
+    stop_ids: &[u32],
+    mut on_token: impl FnMut(u32),
+) -> Result<(Vec<u32>, SpecStats), GenerateError> {
+    let depth = tree.depth();
+    assert!(
+        depth <= heads.config.num_heads,
+        "tree deeper than the heads"
+    );
+    check_request(model, prompt, max_new + depth)?;
+    let d = model.config.hidden_size;
+    let device = model.device();
+    let on_device = HeadsOnDevice::<B>::new(heads, &device);
+    let mut cache = model.new_growable_cache(
+        prompt.len() + 64 + tree.len(),
+        prompt.len() + max_new + tree.len(),
+    );
+    let ids: Vec<i32> = prompt.iter().map(|&t| t as i32).collect();
+    let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, prompt.len()]), &device);
+    let t = prompt.len();
+    let mut h_last = model
+        .forward_hidden(input, Some(&mut cache))
+        .slice([0..1, t - 1..t, 0..d]);
+    let first = argmax_rows(model.logits(h_last.clone()))[0];
+    let mut out = vec![first];
+    on_token(first);
+    let mut stats = SpecStats::default();
+    // How many alternatives each depth needs.
+    let mut need = vec![0usize; depth];
+    for n in &tree.nodes[1..] {
+        need[n.depth - 1] = need[n.depth - 1].max(n.rank + 1);
+    }
+    let widest = need.iter().copied().max().unwrap_or(1).max(1);
+    let depths: Vec<usize> = tree.nodes.iter().map(|n| n.depth).collect();
+    let mask = tree.attention_mask();
+    while out.len() < max_new && !stop_ids.contains(out.last().unwrap()) {
+        // All heads' states, their logits and top-k on the device; `widest` ids per head back.
+        let x = h_last.clone().reshape([1, d]);
+        let states = Tensor::cat(
+            (0..depth).map(|k| on_device.hidden(k, x.clone())).collect(),
+            0,
+        );
+        let (_, idx) = model
+            .logits(states.reshape([1, depth, d]))
+            .topk_with_indices(widest, 2);
+        let idx = ids_of(idx);
+        let topk: Vec<Vec<u32>> = (0..depth)
+            .map(|k| idx[k * widest..][..need[k]].to_vec())
+            .collect();
+        let tokens = tree.tokens(*out.last().unwrap(), &topk);
+        let before = cache.len();
+        let hidden = model.forward_tree(&tokens, &depths, &mask, &mut cache);
+        let best = argmax_rows(model.logits(hidden.clone()));
+        let (path, next) = tree.accept_greedy(&tokens, &best);
+        cache.keep_rows::<B>(before, &path);
+        let last = *path.last().expect("the root");
+        h_last = hidden.slice([0..1, last..last + 1, 0..d]);
+        stats.steps += 1;
+        stats.proposed += depth;
+        stats.accepted += path.len() - 1;
+        for &tok in path[1..].iter().map(|&i| &tokens[i]).chain([next].iter()) {
+            out.push(tok);
+            stats.generated += 1;
+            on_token(tok);
+            if stop_ids.contains(&tok) || out.len() == max_new {
+                break;
+            }
+        }
+    }
+    Ok((out, stats))
+}
