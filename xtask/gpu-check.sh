@@ -76,8 +76,14 @@ if [ "$what" = models ] || [ "$what" = all ]; then
     [ -d "$W/$r" ] || "$W"/quantize --model "$M" --recipe recipes/$r.yaml --out "$W/$r" 2>&1 | grep -v '^\s*$' | tail -2
   done
   only=${GPU_ONLY:+--gpu-only}
-  # MODELS: more models (asset names or paths), e.g. MODELS="qwen-1.5b" where the cache has it.
-  extra=""; for x in ${MODELS:-}; do extra="$extra --model $x"; done
+  # MODELS: more models (asset names or paths), e.g. MODELS="qwen-1.5b" where the cache has it;
+  # each also as RTN w4g128 (its widths divide 128), quantized here on the CPU in seconds.
+  extra=""
+  for x in ${MODELS:-}; do
+    q=$W/$(basename "$x")-rtn-w4g128
+    [ -d "$q" ] || "$W"/quantize --model "$x" --recipe recipes/rtn-w4g128.yaml --out "$q" 2>&1 | tail -1
+    extra="$extra --model $x --model $q"
+  done
   "$W"/gpu-check --no-kernels $only --model "$M" --model "$W/rtn-w4g64" --model "$W/w8a8-naive" $extra \
     --windows ${WINDOWS:-20} --decode ${DECODE:-64} || echo "gpu-check models: exit $?"
   if [ -n "$only" ]; then
