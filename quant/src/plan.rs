@@ -84,6 +84,20 @@ pub struct SmoothPlan {
     pub alpha_down: Option<f32>,
     /// The linears it may rescale (a mapping is smoothed only if all its linears are here).
     pub targets: BTreeSet<String>,
+    /// When set, `α` is searched per layer and mapping instead of taken from above.
+    pub search: Option<AlphaSearch>,
+}
+
+/// SmoothQuant's per-layer `α` search: what to simulate for each rescaled linear.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlphaSearch {
+    /// Steps over `[0, 1]`.
+    pub grid: usize,
+    /// Calibration tokens the block losses are summed over.
+    pub tokens: usize,
+    /// Weight name → the scheme its weights are rounded with, and whether its inputs are
+    /// rounded to int8 per token at run time (W8A8).
+    pub schemes: BTreeMap<String, (QuantScheme, bool)>,
 }
 
 /// The quantization decided for a whole checkpoint.
@@ -156,7 +170,8 @@ impl QuantPlan {
         let mut groups = Vec::new();
         let mut int8_activations = BTreeSet::new();
         let mut awq_passes = Vec::new();
-        let mut smoothquant = None;
+        let mut smoothquant: Option<SmoothPlan> = None;
+        let mut smooth_key = None;
         for t in &targets {
             let pass = &recipe.stages[t.stage].passes[t.pass];
             let at = |e: String| anyhow!("{}: {}: {e}", recipe.path.display(), t.key);
@@ -179,7 +194,13 @@ impl QuantPlan {
                         alpha_mlp,
                         alpha_down: args.smooth_down.then_some(alpha_down),
                         targets: t.tensors.iter().cloned().collect(),
+                        search: args.alpha_search.map(|a| AlphaSearch {
+                            grid: a.grid.0,
+                            tokens: a.tokens.0,
+                            schemes: BTreeMap::new(),
+                        }),
                     });
+                    smooth_key = Some(t.key.clone());
                     continue;
                 }
             };
@@ -205,6 +226,24 @@ impl QuantPlan {
             .collect();
         if tied && !ignore.iter().any(|m| m == "lm_head") {
             ignore.push("lm_head".into());
+        }
+        // The α search simulates what the later passes do to each smoothed linear.
+        if let Some(sp) = &mut smoothquant {
+            if let Some(search) = &mut sp.search {
+                for name in &sp.targets {
+                    let Some(m) = linears.get(name) else {
+                        return Err(anyhow!(
+                            "{}: {}: {name} is not quantized by any pass, so the alpha search \
+                             has nothing to simulate: `ignore` it in the smoothquant pass",
+                            recipe.path.display(),
+                            smooth_key.as_deref().unwrap_or("smoothquant")
+                        ));
+                    };
+                    search
+                        .schemes
+                        .insert(name.clone(), (m.scheme(), int8_activations.contains(name)));
+                }
+            }
         }
         let awq = match awq_passes.as_slice() {
             [] => None,

@@ -6,9 +6,71 @@
 //! computes them: the activation's `max − min` over calibration tokens, and `2·max|W_j|`
 //! over the rows of every balanced linear.
 
+use lmq_runtime::kernels::int8::quantize_per_token;
+
 /// Default migration strength (the paper's and the default; llm-compressor's
 /// examples use 0.8).
 pub const DEFAULT_ALPHA: f32 = 0.5;
+
+/// Steps of the per-layer `α` search over `[0, 1]` (0.1 apart).
+pub const DEFAULT_ALPHA_GRID: usize = 10;
+
+/// What W8A8 makes of activations `x` (`[t, cols]`): the runtime's per-token int8 codes
+/// (`lmq_runtime::kernels::int8::quantize_per_token`, the one definition), dequantized.
+pub fn fake_quantize_per_token(x: &[f32], cols: usize) -> Vec<f32> {
+    let q = quantize_per_token(x, x.len() / cols, cols);
+    q.codes
+        .chunks_exact(cols)
+        .zip(&q.scale)
+        .flat_map(|(row, &s)| row.iter().map(move |&c| c as f32 * s))
+        .collect()
+}
+
+/// The outcome of one mapping's `α` search.
+#[derive(Debug, Clone)]
+pub struct AlphaChoice {
+    /// The strength chosen (`None`: leaving the channels alone was best).
+    pub alpha: Option<f32>,
+    /// Its scales (all 1 for `None`).
+    pub scales: Vec<f32>,
+    /// The loss without smoothing and at the choice.
+    pub loss_unsmoothed: f64,
+    pub loss: f64,
+}
+
+/// Tries no smoothing and `α = i / grid` for `i = 0..=grid`, keeping the scales whose
+/// `loss` (the quantized block's output error) is lowest: a per-layer choice in place of
+/// one global strength, as SmoothQuant's later auto-tuning does.
+pub fn search_alpha(
+    act_range: &[f32],
+    w_range: &[f32],
+    grid: usize,
+    mut loss: impl FnMut(&[f32]) -> f64,
+) -> AlphaChoice {
+    let ones = vec![1.0f32; act_range.len()];
+    let loss_unsmoothed = loss(&ones);
+    let mut best = AlphaChoice {
+        alpha: None,
+        scales: ones,
+        loss_unsmoothed,
+        loss: loss_unsmoothed,
+    };
+    let grid = grid.max(1);
+    for i in 0..=grid {
+        let alpha = i as f32 / grid as f32;
+        let s = smoothing_scales(act_range, w_range, alpha);
+        let l = loss(&s);
+        if l < best.loss {
+            best = AlphaChoice {
+                alpha: Some(alpha),
+                scales: s,
+                loss_unsmoothed,
+                loss: l,
+            };
+        }
+    }
+    best
+}
 
 /// Running per-channel minimum and maximum of activations.
 #[derive(Debug, Clone)]
@@ -101,6 +163,43 @@ mod tests {
         assert_eq!(s[2], 1.0, "a dead channel is not scaled");
         // α = 1 moves everything into the weights: s is the activation range.
         assert_eq!(smoothing_scales(&[4.0], &[2.0], 1.0), vec![4.0]);
+    }
+
+    #[test]
+    fn per_token_fake_quantization_keeps_each_rows_absmax_and_grid() {
+        let x = [1.0, -0.5, 0.25, 0.0, 0.0, 0.0, 3.0, 1.0, -2.0];
+        let q = fake_quantize_per_token(&x, 3);
+        // The absmax of each row is exact; the rest lies on its row's grid of absmax / 127.
+        assert_eq!(q[0], 1.0);
+        assert_eq!(&q[3..6], &[0.0, 0.0, 0.0], "a zero row stays zero");
+        assert_eq!(q[6], 3.0);
+        for (row, amax) in [(0, 1.0f32), (2, 3.0)] {
+            for j in 0..3 {
+                let v = q[row * 3 + j];
+                let step = amax / 127.0;
+                assert!((v / step - (v / step).round()).abs() < 1e-4, "{v}");
+                assert!((v - x[row * 3 + j]).abs() <= step / 2.0 + 1e-6);
+            }
+        }
+    }
+
+    #[test]
+    fn alpha_search_keeps_the_lowest_loss_and_can_leave_channels_alone() {
+        let act = [4.0, 1.0];
+        let w = [1.0, 1.0];
+        // A loss that is lowest where s[0] = 4^0.3.
+        let target = 4.0f32.powf(0.3);
+        let c = search_alpha(&act, &w, 10, |s| ((s[0] - target) as f64).powi(2));
+        assert_eq!(c.alpha, Some(0.3));
+        assert!(c.loss < c.loss_unsmoothed);
+        assert_eq!(c.scales, smoothing_scales(&act, &w, 0.3));
+        // A loss that every smoothing makes worse keeps unit scales.
+        let c = search_alpha(&act, &w, 10, |s| {
+            s.iter().map(|v| (v - 1.0).abs() as f64).sum()
+        });
+        assert_eq!(c.alpha, None);
+        assert_eq!(c.scales, vec![1.0, 1.0]);
+        assert_eq!(c.loss, 0.0);
     }
 
     #[test]

@@ -273,6 +273,11 @@ fn layer_line(r: &lmq_quant::pipeline::LayerReport) -> String {
             "   SmoothQuant {short} outliers {:.0}→{:.1}",
             s.outlier_ratio_before, s.outlier_ratio_after
         );
+        match (s.alpha, s.loss, s.loss_unsmoothed) {
+            (Some(a), Some(l), Some(l0)) => line += &format!(" α={a:.1} ×{:.2}", l / l0),
+            (None, Some(_), _) => line += " unsmoothed",
+            _ => {}
+        }
     }
     if let Some(a) = &r.awq {
         line += "   AWQ";

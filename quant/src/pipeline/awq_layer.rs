@@ -53,7 +53,7 @@ struct Inputs {
 }
 
 /// Windows whose tokens the searches use: enough whole windows for `tokens`, spread evenly.
-fn search_windows(x: &[Vec<f32>], hidden: usize, tokens: usize) -> Vec<usize> {
+pub(super) fn search_windows(x: &[Vec<f32>], hidden: usize, tokens: usize) -> Vec<usize> {
     let n = x.len();
     let mut picked = Vec::new();
     let mut have = 0;
@@ -106,7 +106,7 @@ fn collect_inputs(
     inputs
 }
 
-fn sq_diff(a: &[f32], b: &[f32]) -> f64 {
+pub(super) fn sq_diff(a: &[f32], b: &[f32]) -> f64 {
     a.iter()
         .zip(b)
         .map(|(x, y)| {
@@ -119,7 +119,12 @@ fn sq_diff(a: &[f32], b: &[f32]) -> f64 {
 /// Output of the block consuming mapping `m` on the search inputs, for layer weights `l`:
 /// attention (through o_proj) for q/k/v, o_proj for v→o, the MLP (through down_proj) for
 /// gate/up, down_proj for up→down.
-fn block_outputs(l: &HostLayer, g: &LayerGeometry, m: usize, inputs: &[Vec<f32>]) -> Vec<Vec<f32>> {
+pub(super) fn block_outputs(
+    l: &HostLayer,
+    g: &LayerGeometry,
+    m: usize,
+    inputs: &[Vec<f32>],
+) -> Vec<Vec<f32>> {
     inputs
         .iter()
         .map(|a| match m {
@@ -137,7 +142,7 @@ fn block_outputs(l: &HostLayer, g: &LayerGeometry, m: usize, inputs: &[Vec<f32>]
         .collect()
 }
 
-fn group_of(s: &QuantScheme, cols: usize) -> usize {
+pub(super) fn group_of(s: &QuantScheme, cols: usize) -> usize {
     s.group_size.unwrap_or(cols)
 }
 

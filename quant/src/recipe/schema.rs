@@ -905,10 +905,29 @@ pub struct SmoothQuantArgs {
     /// largest outliers of the layer).
     #[serde(default)]
     pub smooth_down: bool,
+    /// Choose `α` per layer and mapping instead (then `alpha` and `mapping_alpha` are not
+    /// used): the one whose W8A8-simulated block output is closest to the float block's.
+    #[serde(default)]
+    pub alpha_search: Option<AlphaSearchArgs>,
     #[serde(default = "default_targets")]
     pub targets: Vec<Pattern>,
     #[serde(default)]
     pub ignore: Vec<Pattern>,
+}
+
+/// `alpha_search:` arguments: `grid` steps over `[0, 1]` (`grid + 1` candidates, and no
+/// smoothing at all), judged on about `tokens` calibration tokens.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AlphaSearchArgs {
+    #[serde(default = "default_alpha_grid")]
+    pub grid: Positive,
+    #[serde(default = "default_search_tokens")]
+    pub tokens: Positive,
+}
+
+fn default_alpha_grid() -> Positive {
+    Positive(crate::smoothquant::DEFAULT_ALPHA_GRID)
 }
 
 fn default_alpha() -> Alpha {

@@ -112,9 +112,12 @@ fn quantization_config(config: &Path) -> Option<serde_json::Value> {
     Some(v.get_mut("quantization_config")?.take())
 }
 
+/// Only `pack-quantized` groups count: the config's own `format`, or, in a `mixed-precision`
+/// checkpoint (W8A8 `int-quantized` layers beside packed ones), each group's.
 fn packed_bits(q: &serde_json::Value) -> PackedBits {
     let mut bits = PackedBits::default();
-    if q.get("format").and_then(|f| f.as_str()) != Some("pack-quantized") {
+    let top = q.get("format").and_then(|f| f.as_str());
+    if !matches!(top, Some("pack-quantized" | "mixed-precision")) {
         return bits;
     }
     for g in q
@@ -123,6 +126,10 @@ fn packed_bits(q: &serde_json::Value) -> PackedBits {
         .into_iter()
         .flat_map(|o| o.values())
     {
+        let format = g.get("format").and_then(|f| f.as_str()).or(top);
+        if format != Some("pack-quantized") {
+            continue;
+        }
         let Some(b) = g
             .get("weights")
             .and_then(|w| w.get("num_bits"))
@@ -459,5 +466,19 @@ mod packed_bits_tests {
         assert_eq!(b.of("model.layers.3.self_attn.q_proj"), Some(2));
         std::fs::write(&cfg, r#"{"model_type": "llama"}"#).unwrap();
         assert_eq!(bits_of(&cfg).of("model.embed_tokens"), None);
+        // A mixed checkpoint (as `quantize` writes W8A8 beside weight-only groups): only the
+        // packed groups give widths, and the int8 group's class target is not a default.
+        std::fs::write(
+            &cfg,
+            r#"{"quantization_config": {"format": "mixed-precision", "config_groups": {
+                "group_0": {"format": "int-quantized", "targets": ["Linear"],
+                            "weights": {"num_bits": 8}},
+                "group_1": {"format": "pack-quantized", "targets": ["model.layers.0.mlp.up_proj"],
+                            "weights": {"num_bits": 4}}}}}"#,
+        )
+        .unwrap();
+        let b = bits_of(&cfg);
+        assert_eq!(b.of("model.layers.0.mlp.up_proj"), Some(4));
+        assert_eq!(b.of("model.layers.0.self_attn.q_proj"), None);
     }
 }
