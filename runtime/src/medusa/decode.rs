@@ -165,10 +165,43 @@ pub fn generate_medusa_with<B: LinearBackend>(
         };
         cache.keep_rows::<B>(before, &path);
         h_last = hidden[path.last().unwrap() * d..][..d].to_vec();
+        let step = AcceptedStep {
+            tokens: &tokens,
+            path: &path,
+            next,
+            depth,
+        };
+        step.emit(&mut out, &mut stats, max_new, stop_ids, &mut on_token);
+    }
+    Ok((out, stats))
+}
+
+/// One verified Medusa step: the tree's tokens, the accepted path through them (node indices,
+/// root first) and the model's token after it; both decode loops record it the same way.
+pub(super) struct AcceptedStep<'a> {
+    pub tokens: &'a [u32],
+    pub path: &'a [usize],
+    pub next: u32,
+    /// Guesses proposed this step (the tree's depth).
+    pub depth: usize,
+}
+
+impl AcceptedStep<'_> {
+    /// Counts the step and appends the accepted tokens and `next` to `out`, stopping at a
+    /// stop token or at `max_new`.
+    pub fn emit(
+        &self,
+        out: &mut Vec<u32>,
+        stats: &mut SpecStats,
+        max_new: usize,
+        stop_ids: &[u32],
+        on_token: &mut impl FnMut(u32),
+    ) {
         stats.steps += 1;
-        stats.proposed += depth;
-        stats.accepted += path.len() - 1;
-        for &tok in path[1..].iter().map(|&i| &tokens[i]).chain([next].iter()) {
+        stats.proposed += self.depth;
+        stats.accepted += self.path.len() - 1;
+        let accepted = self.path[1..].iter().map(|&i| self.tokens[i]);
+        for tok in accepted.chain([self.next]) {
             out.push(tok);
             stats.generated += 1;
             on_token(tok);
@@ -177,5 +210,4 @@ pub fn generate_medusa_with<B: LinearBackend>(
             }
         }
     }
-    Ok((out, stats))
 }

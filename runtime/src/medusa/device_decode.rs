@@ -9,6 +9,7 @@
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 
+use super::decode::AcceptedStep;
 use super::heads::MedusaHeads;
 use super::tree::Tree;
 use crate::generate::{check_request, GenerateError};
@@ -135,17 +136,13 @@ pub fn generate_medusa_on_device<B: LinearBackend>(
         cache.keep_rows::<B>(before, &path);
         let last = *path.last().expect("the root");
         h_last = hidden.slice([0..1, last..last + 1, 0..d]);
-        stats.steps += 1;
-        stats.proposed += depth;
-        stats.accepted += path.len() - 1;
-        for &tok in path[1..].iter().map(|&i| &tokens[i]).chain([next].iter()) {
-            out.push(tok);
-            stats.generated += 1;
-            on_token(tok);
-            if stop_ids.contains(&tok) || out.len() == max_new {
-                break;
-            }
-        }
+        let step = AcceptedStep {
+            tokens: &tokens,
+            path: &path,
+            next,
+            depth,
+        };
+        step.emit(&mut out, &mut stats, max_new, stop_ids, &mut on_token);
     }
     Ok((out, stats))
 }
