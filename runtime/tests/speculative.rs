@@ -180,6 +180,22 @@ fn early_exit_draft_is_exactly_greedy() {
 }
 
 #[test]
+fn unsure_draft_stops_early_and_stays_exactly_greedy() {
+    let mut draft = fixture().model.clone();
+    draft.layers.truncate(10);
+    let all = same_as_greedy(&mut DraftModel::new(draft.clone(), 0));
+    let sure = same_as_greedy(&mut DraftModel::new(draft, 0).with_p_min(0.5));
+    assert!(
+        sure.proposed < all.proposed,
+        "p_min 0.5 should cut some guesses: {sure:?} vs {all:?}"
+    );
+    assert!(
+        sure.acceptance() > all.acceptance(),
+        "the guesses kept should be the likelier ones: {sure:?} vs {all:?}"
+    );
+}
+
+#[test]
 fn the_model_as_its_own_draft_accepts_everything() {
     let s = same_as_greedy(&mut DraftModel::new(fixture().model.clone(), 0));
     assert_eq!(s.accepted, s.proposed, "{s:?}");

@@ -19,7 +19,7 @@ use lmq_runtime::medusa::{generate_medusa, MedusaHeads, Tree};
 use lmq_runtime::model::Llama;
 use lmq_runtime::sampling::SamplingParams;
 use lmq_runtime::serve::chat::{chat_stop_ids, checkpoint_template, ChatMessage};
-use lmq_runtime::speculative::choose::proposer_for;
+use lmq_runtime::speculative::choose::{proposer_with, ProposerOptions, DEFAULT_DRAFT_P_MIN};
 use lmq_runtime::speculative::{generate_speculative, Proposer, SpecStats};
 use lmq_runtime::Cpu;
 use std::path::Path;
@@ -47,6 +47,9 @@ struct Args {
     /// Medusa candidate tree: `default` (24 nodes) or `small` (8 nodes).
     #[arg(long, default_value = "small")]
     tree: String,
+    /// A draft model stops guessing after a token it gave less than this probability.
+    #[arg(long, default_value_t = DEFAULT_DRAFT_P_MIN)]
+    draft_p_min: f64,
 }
 
 /// Totals for one (proposer, category) cell.
@@ -74,7 +77,13 @@ enum Method {
 }
 
 impl Method {
-    fn of(spec: &str, target: &Llama<Cpu>, dir: &Path, tree: &str) -> Result<Self> {
+    fn of(
+        spec: &str,
+        target: &Llama<Cpu>,
+        dir: &Path,
+        tree: &str,
+        opts: &ProposerOptions,
+    ) -> Result<Self> {
         if let Some(dir) = spec.strip_prefix("medusa:") {
             let heads = MedusaHeads::load(Path::new(dir))?;
             let choices = if tree == "default" {
@@ -91,7 +100,7 @@ impl Method {
             Some(d) => format!("medusa:{d}"),
             None => spec.to_owned(),
         };
-        let p = proposer_for(&spec, target, dir, &Default::default())?
+        let p = proposer_with(&spec, opts, target, dir, &Default::default())?
             .with_context(|| format!("`{spec}` proposes nothing"))?;
         Ok(Self::Proposer(p))
     }
@@ -120,11 +129,14 @@ fn main() -> Result<()> {
     }
     let params = SamplingParams::default();
     println!(
-        "target {}, greedy, batch 1, {} threads, k {}, {} new tokens max, {} question(s) per category",
-        a.model, a.threads, a.k, a.max_new, a.per_category
+        "target {}, greedy, batch 1, {} threads, k {}, draft p_min {}, {} new tokens max, {} question(s) per category",
+        a.model, a.threads, a.k, a.draft_p_min, a.max_new, a.per_category
     );
     for spec in &a.proposers {
-        let mut method = Method::of(spec, &target, &ckpt.path, &a.tree)?;
+        let opts = ProposerOptions {
+            draft_p_min: a.draft_p_min,
+        };
+        let mut method = Method::of(spec, &target, &ckpt.path, &a.tree, &opts)?;
         let mut cells: BTreeMap<String, Cell> = BTreeMap::new();
         for (cat, qs) in &by_cat {
             for q in qs {

@@ -11,7 +11,7 @@ use lmq_runtime::medusa::tree::{DEFAULT_CHOICES, SMALL_CHOICES};
 use lmq_runtime::medusa::{generate_medusa_with, Acceptance, MedusaHeads, Tree, Typical};
 use lmq_runtime::model::LinearBackend;
 use lmq_runtime::sampling::SamplingParams;
-use lmq_runtime::speculative::choose::proposer_for;
+use lmq_runtime::speculative::choose::{proposer_with, ProposerOptions, DEFAULT_DRAFT_P_MIN};
 use lmq_runtime::speculative::generate_speculative;
 
 /// Generate a continuation of a prompt.
@@ -45,6 +45,10 @@ struct Args {
     /// Tokens proposed per speculative step.
     #[arg(long, default_value_t = 4)]
     speculative_k: usize,
+    /// `draft:`/`early-exit:` stop guessing after a token the draft gave less than this
+    /// probability (llama.cpp's `--draft-p-min`).
+    #[arg(long, default_value_t = DEFAULT_DRAFT_P_MIN)]
+    draft_p_min: f64,
     /// `--speculative medusa-tree[:DIR]` (a candidate tree instead of a chain) with sampling:
     /// Medusa's typical acceptance, posterior threshold ε (it accepts more than exact
     /// rejection sampling, and does not keep the model's exact distribution).
@@ -112,7 +116,12 @@ fn complete<B: LinearBackend>(args: &Args, ckpt: &Checkpoint, device: B::Device)
     };
     let mut proposer = match tree_heads {
         Some(_) => None,
-        None => proposer_for(&args.speculative, &model, &ckpt.path, &device)?,
+        None => {
+            let opts = ProposerOptions {
+                draft_p_min: args.draft_p_min,
+            };
+            proposer_with(&args.speculative, &opts, &model, &ckpt.path, &device)?
+        }
     };
     let on_token = |t: u32| {
         if args.ids {

@@ -38,9 +38,51 @@ pub enum ProposerError {
     Checkpoint(#[from] Box<CheckpointError>),
 }
 
-/// The proposer `spec` names for `target`, loaded from `target_dir` (`None` for `off`).
+/// What a `--speculative` value leaves open.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProposerOptions {
+    /// A draft model stops guessing after a token it gave less than this probability
+    /// (llama.cpp's `--draft-p-min`); 0 always proposes the full `k`.
+    pub draft_p_min: f64,
+}
+
+impl Default for ProposerOptions {
+    fn default() -> Self {
+        Self {
+            draft_p_min: DEFAULT_DRAFT_P_MIN,
+        }
+    }
+}
+
+/// Measured on the Qwen2.5-Coder 0.5B (w4) → 1.5B pair (README, "Speculative decoding"):
+/// with k 6 it took the Spec-Bench speedup from 1.37× (k 4, no threshold) to 1.50×; 0.75
+/// with k 8 gave 1.39×.
+pub const DEFAULT_DRAFT_P_MIN: f64 = 0.6;
+
+/// The proposer `spec` names for `target`, loaded from `target_dir` (`None` for `off`), with
+/// the default options.
 pub fn proposer_for<B: LinearBackend + 'static>(
     spec: &str,
+    target: &Llama<B>,
+    target_dir: &Path,
+    device: &B::Device,
+) -> Result<Option<Box<dyn Proposer + Send>>, ProposerError>
+where
+    Llama<B>: Send,
+{
+    proposer_with(
+        spec,
+        &ProposerOptions::default(),
+        target,
+        target_dir,
+        device,
+    )
+}
+
+/// [`proposer_for`] with explicit options.
+pub fn proposer_with<B: LinearBackend + 'static>(
+    spec: &str,
+    opts: &ProposerOptions,
     target: &Llama<B>,
     target_dir: &Path,
     device: &B::Device,
@@ -64,7 +106,9 @@ where
             });
         }
         let draft = ckpt.load_model::<B>(device).map_err(Box::new)?;
-        return Ok(Some(Box::new(DraftModel::new(draft, 0))));
+        return Ok(Some(Box::new(
+            DraftModel::new(draft, 0).with_p_min(opts.draft_p_min),
+        )));
     }
     if let Some(n) = spec.strip_prefix("early-exit:") {
         let total = target.layers.len();
@@ -75,7 +119,9 @@ where
             .ok_or_else(|| ProposerError::Layers(n.into(), total))?;
         let mut d = target.clone();
         d.layers.truncate(layers);
-        return Ok(Some(Box::new(DraftModel::new(d, 0))));
+        return Ok(Some(Box::new(
+            DraftModel::new(d, 0).with_p_min(opts.draft_p_min),
+        )));
     }
     if spec == "medusa" || spec.starts_with("medusa:") {
         let dir = match spec.strip_prefix("medusa:") {

@@ -1,6 +1,8 @@
 //! A smaller model as the proposer (Leviathan et al. 2023): it decodes `k` tokens with its own
 //! KV cache, which it keeps in step with the accepted text by rolling back to the longest
-//! common prefix before each proposal.
+//! common prefix before each proposal. Like llama.cpp's `--draft-p-min` and transformers'
+//! `assistant_confidence_threshold`, it stops guessing once it is unsure of its own token: a
+//! guess the target will likely reject costs a draft step and a verification row for nothing.
 
 use burn::prelude::*;
 use rand::rngs::StdRng;
@@ -18,6 +20,8 @@ pub struct DraftModel<B: LinearBackend> {
     /// Tokens whose keys and values the cache holds.
     cached: Vec<u32>,
     rng: StdRng,
+    /// Stop proposing after a token the draft gave less than this probability (0: never).
+    p_min: f64,
 }
 
 impl<B: LinearBackend> DraftModel<B> {
@@ -30,7 +34,16 @@ impl<B: LinearBackend> DraftModel<B> {
             cache,
             cached: vec![],
             rng: StdRng::seed_from_u64(seed ^ 0x5eed_d4af),
+            p_min: 0.0,
         }
+    }
+
+    /// Proposals end after a token whose draft probability is below `p_min` (that token is
+    /// still proposed). Which tokens are proposed depends only on the draft, so greedy output
+    /// and the sampled distribution are unchanged; only the work per step is.
+    pub fn with_p_min(mut self, p_min: f64) -> Self {
+        self.p_min = p_min;
+        self
     }
 
     /// Runs `tokens` after the cached ones and returns the last position's logits.
@@ -69,18 +82,50 @@ impl<B: LinearBackend> Proposer for DraftModel<B> {
         let mut logits = self.feed(&context[common..]);
         let mut out = Vec::with_capacity(k);
         for i in 0..k {
-            let (tok, q) = if params.temperature <= 0.0 {
+            let (tok, q, p) = if params.temperature <= 0.0 {
                 let t = argmax(&logits);
-                (t, point_mass(t))
+                let p = if self.p_min > 0.0 {
+                    softmax_at(&logits, t)
+                } else {
+                    1.0
+                };
+                (t, point_mass(t), p)
             } else {
                 let q = filtered_distribution(&logits, params);
-                (draw(&q, self.rng.gen()), q)
+                let t = draw(&q, self.rng.gen());
+                let p = q.iter().find(|&&(u, _)| u == t).map_or(0.0, |&(_, p)| p);
+                (t, q, p)
             };
             out.push((tok, q));
+            if p < self.p_min {
+                break;
+            }
             if i + 1 < k {
                 logits = self.feed(&[tok]);
             }
         }
         out
+    }
+}
+
+/// softmax(logits)[t], in f64: the draft's confidence in its greedy token.
+fn softmax_at(logits: &[f32], t: u32) -> f64 {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+    let z: f64 = logits.iter().map(|&x| (x as f64 - max).exp()).sum();
+    (logits[t as usize] as f64 - max).exp() / z
+}
+
+#[cfg(test)]
+mod tests {
+    use super::softmax_at;
+
+    #[test]
+    fn softmax_at_matches_the_definition() {
+        let logits = [1.0f32, 3.0, -2.0, 0.5];
+        let z: f64 = logits.iter().map(|&x| (x as f64).exp()).sum();
+        for (t, &x) in logits.iter().enumerate() {
+            let want = (x as f64).exp() / z;
+            assert!((softmax_at(&logits, t as u32) - want).abs() < 1e-12);
+        }
     }
 }
