@@ -132,10 +132,10 @@ fn main() -> Result<()> {
         "target {}, greedy, batch 1, {} threads, k {}, draft p_min {}, {} new tokens max, {} question(s) per category",
         a.model, a.threads, a.k, a.draft_p_min, a.max_new, a.per_category
     );
+    let opts = ProposerOptions {
+        draft_p_min: a.draft_p_min,
+    };
     for spec in &a.proposers {
-        let opts = ProposerOptions {
-            draft_p_min: a.draft_p_min,
-        };
         let mut method = Method::of(spec, &target, &ckpt.path, &a.tree, &opts)?;
         let mut cells: BTreeMap<String, Cell> = BTreeMap::new();
         for (cat, qs) in &by_cat {

@@ -12,6 +12,7 @@ use super::verify::point_mass;
 use super::{Proposed, Proposer};
 use crate::model::{KvCache, LinearBackend, Llama};
 use crate::sampling::{argmax, draw, filtered_distribution, SamplingParams};
+use crate::serve::logprobs::log_sum_exp;
 
 /// A draft model and its cache.
 pub struct DraftModel<B: LinearBackend> {
@@ -85,7 +86,7 @@ impl<B: LinearBackend> Proposer for DraftModel<B> {
             let (tok, q, p) = if params.temperature <= 0.0 {
                 let t = argmax(&logits);
                 let p = if self.p_min > 0.0 {
-                    softmax_at(&logits, t)
+                    (logits[t as usize] as f64 - log_sum_exp(&logits)).exp()
                 } else {
                     1.0
                 };
@@ -105,27 +106,5 @@ impl<B: LinearBackend> Proposer for DraftModel<B> {
             }
         }
         out
-    }
-}
-
-/// softmax(logits)[t], in f64: the draft's confidence in its greedy token.
-fn softmax_at(logits: &[f32], t: u32) -> f64 {
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
-    let z: f64 = logits.iter().map(|&x| (x as f64 - max).exp()).sum();
-    (logits[t as usize] as f64 - max).exp() / z
-}
-
-#[cfg(test)]
-mod tests {
-    use super::softmax_at;
-
-    #[test]
-    fn softmax_at_matches_the_definition() {
-        let logits = [1.0f32, 3.0, -2.0, 0.5];
-        let z: f64 = logits.iter().map(|&x| (x as f64).exp()).sum();
-        for (t, &x) in logits.iter().enumerate() {
-            let want = (x as f64).exp() / z;
-            assert!((softmax_at(&logits, t as u32) - want).abs() < 1e-12);
-        }
     }
 }
