@@ -44,6 +44,11 @@ pub struct AwqOptions {
     /// over the set): each grid point runs the block once on them, so they bound the
     /// search's cost.
     pub search_tokens: usize,
+    /// Tokens at the start of every calibration window left out of the channel means, the
+    /// block losses and the clipping Gram matrices (they still run, as context): the
+    /// attention sink, where Qwen2.5 writes activations hundreds of times the others',
+    /// which otherwise decide both the means and the squared errors.
+    pub sink_tokens: usize,
 }
 
 impl Default for AwqOptions {
@@ -55,6 +60,7 @@ impl Default for AwqOptions {
             clip_grid: DEFAULT_CLIP_GRID,
             max_shrink: DEFAULT_MAX_SHRINK,
             search_tokens: DEFAULT_SEARCH_TOKENS,
+            sink_tokens: 0,
         }
     }
 }
@@ -74,6 +80,11 @@ impl ChannelAbsMean {
             sum: vec![0.0; n],
             tokens: 0,
         }
+    }
+
+    /// Channels accumulated.
+    pub fn channels(&self) -> usize {
+        self.sum.len()
     }
 
     /// Adds the rows of `x` (`[t, n]`).

@@ -147,6 +147,33 @@ fn awq_scaling_alone_keeps_tiny_models_logits_on_every_mapping() {
     }
 }
 
+/// `sink_tokens` leaves each window's first tokens out of AWQ's means and losses (they still
+/// run as context): the function stays the same and every plain-rounding block loss shrinks
+/// by the left-out rows' share.
+#[test]
+fn awq_sink_tokens_drop_the_first_rows_from_the_losses_and_keep_the_function() {
+    let c = tiny_config(Arch::Qwen2);
+    let src = MemorySource::random(&c, 29);
+    let with = SCALE_ONLY.replace("clip: false}", "clip: false, sink_tokens: 1}");
+    let plan0 = plan_for(SCALE_ONLY, &src, c.tie_word_embeddings);
+    let plan1 = plan_for(&with, &src, c.tie_word_embeddings);
+    assert_eq!(plan1.awq.as_ref().unwrap().options.sink_tokens, 1);
+    let m0 = run_scaling_only(&c, &src, &plan0, "sink 0");
+    let m1 = run_scaling_only(&c, &src, &plan1, "sink 1");
+    let losses = |m: &CalibratedModel| -> Vec<f64> {
+        m.layers
+            .iter()
+            .flat_map(|l| &l.awq.as_ref().unwrap().mappings)
+            .map(|m| m.loss_rtn)
+            .collect()
+    };
+    let (l0, l1) = (losses(&m0), losses(&m1));
+    assert_eq!(l0.len(), l1.len());
+    for (a, b) in l0.iter().zip(&l1) {
+        assert!(b < a && *b > 0.0, "sink 1 {b} against sink 0 {a}");
+    }
+}
+
 #[test]
 fn smoothquant_alone_keeps_tiny_models_logits() {
     for arch in [Arch::Llama, Arch::Qwen2] {

@@ -72,13 +72,19 @@ pub(super) fn search_windows(x: &[Vec<f32>], hidden: usize, tokens: usize) -> Ve
     picked
 }
 
+/// The rows of a window `[t, n]` after its first `sink` tokens.
+fn after_sink(a: &[f32], n: usize, sink: usize) -> &[f32] {
+    &a[(sink * n).min(a.len())..]
+}
+
 /// Runs every window through the float layer once, collecting each mapping input's channel
-/// means, and keeps the search windows' inputs.
+/// means (without each window's first `sink` tokens), and keeps the search windows' inputs.
 fn collect_inputs(
     layer: &HostLayer,
     g: &LayerGeometry,
     x: &[Vec<f32>],
     search: &[usize],
+    sink: usize,
 ) -> Inputs {
     let mut inputs = Inputs {
         mean: [
@@ -97,7 +103,7 @@ fn collect_inputs(
         let act = layer.mlp_act(&hn);
         let keep = search.contains(&wi);
         for (k, a) in [xn, ctx, hn, act].into_iter().enumerate() {
-            inputs.mean[k].add(&a);
+            inputs.mean[k].add(after_sink(&a, inputs.mean[k].channels(), sink));
             if keep {
                 inputs.search[k].push(a);
             }
@@ -163,7 +169,8 @@ pub fn awq_layer(
     let mut report = AwqLayerReport::default();
     let mut changed = Vec::new();
     let search = search_windows(x, g.hidden, opts.search_tokens);
-    let inputs = collect_inputs(layer, g, x, &search);
+    let sink = opts.sink_tokens;
+    let inputs = collect_inputs(layer, g, x, &search, sink);
     let mut applied: [Option<Vec<f32>>; 4] = Default::default();
 
     for (mi, m) in MAPPINGS.iter().enumerate() {
@@ -200,7 +207,7 @@ pub fn awq_layer(
             block_outputs(&cand, g, mi, &inputs.search[mi])
                 .iter()
                 .zip(&reference)
-                .map(|(a, b)| sq_diff(a, b))
+                .map(|(a, b)| sq_diff(after_sink(a, g.hidden, sink), after_sink(b, g.hidden, sink)))
                 .sum()
         });
         drop(cand);
@@ -234,7 +241,12 @@ pub fn awq_layer(
         for &(r, k) in &targets {
             if grams[k].is_none() {
                 let n = linear(layer, r).inp;
-                grams[k] = Some(input_gram(&inputs.search[k], n, applied[k].as_deref()));
+                grams[k] = Some(input_gram(
+                    &inputs.search[k],
+                    n,
+                    applied[k].as_deref(),
+                    sink,
+                ));
             }
         }
         for (r, k) in targets {
@@ -262,13 +274,13 @@ pub fn awq_layer(
     Ok((report, changed))
 }
 
-/// Gram matrix `Σ aᵀa` of the search windows' inputs `a` `[t, n]`, each divided by the
-/// scales folded into its producer (`None`: not scaled): exactly the inputs the scaled layer
-/// computes, since every fold is linear in the channel.
-fn input_gram(inputs: &[Vec<f32>], n: usize, scales: Option<&[f32]>) -> Vec<f32> {
+/// Gram matrix `Σ aᵀa` of the search windows' inputs `a` `[t, n]` after their first `sink`
+/// tokens, each divided by the scales folded into its producer (`None`: not scaled): exactly
+/// the inputs the scaled layer computes, since every fold is linear in the channel.
+fn input_gram(inputs: &[Vec<f32>], n: usize, scales: Option<&[f32]>, sink: usize) -> Vec<f32> {
     let mut h = vec![0.0f32; n * n];
     for a in inputs {
-        let mut a = a.clone();
+        let mut a = after_sink(a, n, sink).to_vec();
         if let Some(s) = scales {
             for row in a.chunks_exact_mut(n) {
                 divide(row, s);

@@ -797,6 +797,10 @@ pub struct AwqArgs {
     /// Calibration tokens the searches compare block outputs on (means use every token).
     #[serde(default = "default_search_tokens")]
     pub search_tokens: Positive,
+    /// Tokens at the start of each calibration window that AWQ's statistics and losses leave
+    /// out (the attention sink; 0, as llm-compressor and AutoAWQ, keeps them).
+    #[serde(default)]
+    pub sink_tokens: usize,
     #[serde(default = "default_targets")]
     pub targets: Vec<Pattern>,
     #[serde(default)]
@@ -835,6 +839,7 @@ impl AwqArgs {
             clip_grid: self.clip_grid.0,
             max_shrink: self.max_shrink.0,
             search_tokens: self.search_tokens.0,
+            sink_tokens: self.sink_tokens,
         }
     }
 }
