@@ -24,7 +24,8 @@ pub const DEFAULT_CLIP_GRID: usize = 20;
 /// Default largest fraction of a group's range that clipping may remove.
 pub const DEFAULT_MAX_SHRINK: f32 = 0.5;
 /// Default number of calibration tokens the searches compare block outputs on (whole
-/// windows spread evenly over the set; the channel means use every token).
+/// windows spread evenly over the set; the channel means use every token but the
+/// `sink_tokens`).
 pub const DEFAULT_SEARCH_TOKENS: usize = 4096;
 
 /// AWQ's knobs, as the recipe gives them.

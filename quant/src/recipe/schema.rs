@@ -794,7 +794,8 @@ pub struct AwqArgs {
     pub clip_grid: Positive,
     #[serde(default = "default_max_shrink")]
     pub max_shrink: Shrink,
-    /// Calibration tokens the searches compare block outputs on (means use every token).
+    /// Calibration tokens the searches compare block outputs on (means use every token but
+    /// the `sink_tokens`).
     #[serde(default = "default_search_tokens")]
     pub search_tokens: Positive,
     /// Tokens at the start of each calibration window that AWQ's statistics and losses leave
