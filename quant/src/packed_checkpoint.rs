@@ -40,18 +40,19 @@ fn quantization_config(plan: &QuantPlan) -> serde_json::Value {
     let mut formats = std::collections::BTreeSet::new();
     for (i, (m, modules)) in plan.groups.iter().enumerate() {
         let s = m.scheme();
+        // One pass per group, so one activation mode.
         let w8a8 = modules
             .iter()
-            .any(|n| plan.int8_activations.contains(&format!("{n}.weight")));
-        let format = if w8a8 {
+            .find_map(|n| plan.int8_activations.get(&format!("{n}.weight")).copied());
+        let format = if w8a8.is_some() {
             "int-quantized"
         } else {
             "pack-quantized"
         };
         formats.insert(format);
-        let input_activations = w8a8.then(|| {
+        let input_activations = w8a8.map(|a| {
             json!({
-                "num_bits": 8, "type": "int", "symmetric": true, "strategy": "token",
+                "num_bits": 8, "type": "int", "symmetric": a.symmetric(), "strategy": "token",
                 "dynamic": true, "group_size": null, "observer": null, "actorder": null,
             })
         });
@@ -168,7 +169,7 @@ pub fn write_packed_checkpoint(
         let s = m.scheme();
         let prefix = name.trim_end_matches(".weight");
         let (rows, cols) = (shape[0], shape[1]);
-        if plan.int8_activations.contains(name) {
+        if plan.int8_activations.contains_key(name) {
             // int-quantized: unpacked int8 codes under the weight's own name.
             specs.push(TensorSpec {
                 name: name.clone(),
@@ -226,7 +227,7 @@ pub fn write_packed_checkpoint(
         };
         let weight_name = format!("{prefix}.weight");
         let method = plan.method(&weight_name);
-        let int8 = plan.int8_activations.contains(&weight_name);
+        let int8 = plan.int8_activations.contains_key(&weight_name);
         let Some(method) = method.filter(|_| is_quantized_part(suffix, int8)) else {
             progress(&spec.name);
             let values = match floats.remove(&spec.name) {

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{anyhow, Context, Result};
+use lmq_runtime::packed::ActQuant;
 use lmq_runtime::weights::WeightSource;
 
 use crate::awq::AwqOptions;
@@ -95,9 +96,9 @@ pub struct AlphaSearch {
     pub grid: usize,
     /// Calibration tokens the block losses are summed over.
     pub tokens: usize,
-    /// Weight name → the scheme its weights are rounded with, and whether its inputs are
-    /// rounded to int8 per token at run time (W8A8).
-    pub schemes: BTreeMap<String, (QuantScheme, bool)>,
+    /// Weight name → the scheme its weights are rounded with, and how its inputs are
+    /// rounded to int8 per token at run time (W8A8; `None`: they stay float).
+    pub schemes: BTreeMap<String, (QuantScheme, Option<ActQuant>)>,
 }
 
 /// The quantization decided for a whole checkpoint.
@@ -114,8 +115,8 @@ pub struct QuantPlan {
     /// Linear modules left in floating point (compressed-tensors `ignore`).
     pub ignore: Vec<String>,
     /// Quantized weights whose inputs are quantized to int8 per token at run time (W8A8),
-    /// written in compressed-tensors' `int-quantized` format.
-    pub int8_activations: BTreeSet<String>,
+    /// written in compressed-tensors' `int-quantized` format, and how.
+    pub int8_activations: BTreeMap<String, ActQuant>,
 }
 
 /// The module name a tied vocabulary projection is targeted by.
@@ -168,7 +169,7 @@ impl QuantPlan {
         }
         let mut linears = BTreeMap::new();
         let mut groups = Vec::new();
-        let mut int8_activations = BTreeSet::new();
+        let mut int8_activations = BTreeMap::new();
         let mut awq_passes = Vec::new();
         let mut smoothquant: Option<SmoothPlan> = None;
         let mut smooth_key = None;
@@ -212,8 +213,8 @@ impl QuantPlan {
                     .validate_for(name, shape[1])
                     .map_err(|e| at(e.to_string()))?;
                 linears.insert(name.clone(), method);
-                if pass.args().int8_activations() {
-                    int8_activations.insert(name.clone());
+                if let Some(a) = pass.args().int8_activations() {
+                    int8_activations.insert(name.clone(), a);
                 }
                 modules.push(name.trim_end_matches(".weight").to_owned());
             }
@@ -239,9 +240,10 @@ impl QuantPlan {
                             smooth_key.as_deref().unwrap_or("smoothquant")
                         ));
                     };
-                    search
-                        .schemes
-                        .insert(name.clone(), (m.scheme(), int8_activations.contains(name)));
+                    search.schemes.insert(
+                        name.clone(),
+                        (m.scheme(), int8_activations.get(name).copied()),
+                    );
                 }
             }
         }

@@ -7,6 +7,7 @@
 //! over the rows of every balanced linear.
 
 use lmq_runtime::kernels::int8::quantize_per_token;
+use lmq_runtime::packed::ActQuant;
 
 /// Default migration strength (the paper's and the default; llm-compressor's
 /// examples use 0.8).
@@ -17,12 +18,12 @@ pub const DEFAULT_ALPHA_GRID: usize = 10;
 
 /// What W8A8 makes of activations `x` (`[t, cols]`): the runtime's per-token int8 codes
 /// (`lmq_runtime::kernels::int8::quantize_per_token`, the one definition), dequantized.
-pub fn fake_quantize_per_token(x: &[f32], cols: usize) -> Vec<f32> {
-    let q = quantize_per_token(x, x.len() / cols, cols);
+pub fn fake_quantize_per_token(x: &[f32], cols: usize, mode: ActQuant) -> Vec<f32> {
+    let q = quantize_per_token(x, x.len() / cols, cols, mode);
     q.codes
         .chunks_exact(cols)
-        .zip(&q.scale)
-        .flat_map(|(row, &s)| row.iter().map(move |&c| c as f32 * s))
+        .zip(q.scale.iter().zip(&q.zero))
+        .flat_map(|(row, (&s, &z))| row.iter().map(move |&c| (i32::from(c) - z) as f32 * s))
         .collect()
 }
 
@@ -168,7 +169,7 @@ mod tests {
     #[test]
     fn per_token_fake_quantization_keeps_each_rows_absmax_and_grid() {
         let x = [1.0, -0.5, 0.25, 0.0, 0.0, 0.0, 3.0, 1.0, -2.0];
-        let q = fake_quantize_per_token(&x, 3);
+        let q = fake_quantize_per_token(&x, 3, ActQuant::Symmetric);
         // The absmax of each row is exact; the rest lies on its row's grid of absmax / 127.
         assert_eq!(q[0], 1.0);
         assert_eq!(&q[3..6], &[0.0, 0.0, 0.0], "a zero row stays zero");
@@ -179,6 +180,16 @@ mod tests {
                 let step = amax / 127.0;
                 assert!((v / step - (v / step).round()).abs() < 1e-4, "{v}");
                 assert!((v - x[row * 3 + j]).abs() <= step / 2.0 + 1e-6);
+            }
+        }
+        // Asymmetric: each row's ends are exact (0 too), the rest within half of the
+        // row's (max − min) / 255.
+        let q = fake_quantize_per_token(&x, 3, ActQuant::Asymmetric);
+        assert_eq!(&q[3..6], &[0.0, 0.0, 0.0], "a zero row stays zero");
+        for (row, lo, hi) in [(0, -0.5f32, 1.0f32), (2, -2.0, 3.0)] {
+            let step = (hi - lo) / 255.0;
+            for j in 0..3 {
+                assert!((q[row * 3 + j] - x[row * 3 + j]).abs() <= step / 2.0 + 1e-6);
             }
         }
     }

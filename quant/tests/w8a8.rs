@@ -2,7 +2,9 @@
 //! `int-quantized` (int8 `weight`, `[out, 1]` scales, dynamic per-token int8
 //! `input_activations`), the runtime loads it as int8 and multiplies in integers, and its
 //! logits stay close to the same int8 weights run in f32 (the gap is the activation
-//! rounding alone). A W8A8 scheme with other weight settings is refused at its line.
+//! rounding alone). With `input_activations: {symmetric: false}` the config says so, the
+//! runtime gives each token a zero point, and the logits come closer to the f32-activation
+//! ones. A W8A8 scheme with other weight settings is refused at its line.
 
 use std::path::Path;
 
@@ -12,6 +14,7 @@ use lmq_quant::recipe::{FloatDtype, Recipe};
 use lmq_runtime::assets::{ensure, Asset};
 use lmq_runtime::checkpoint::Checkpoint;
 use lmq_runtime::model::Llama;
+use lmq_runtime::packed::ActQuant;
 use lmq_runtime::weights::{DequantizedSource, SafetensorsDir, WeightSource};
 use lmq_runtime::Cpu;
 
@@ -27,10 +30,15 @@ fn logits(model: &Llama<Cpu>, ids: &[u32]) -> Vec<f32> {
     model.logits_of(ids)
 }
 
-#[test]
-fn w8a8_checkpoint_is_int_quantized_and_runs_in_integers() {
+/// Writes SmolLM2 with `rtn: {scheme: W8A8<extra>}`, checks the checkpoint's layout and
+/// activation mode, and returns the mean KL and top-1 agreement of its integer logits
+/// against the same int8 weights run with f32 activations.
+fn w8a8_against_float_activations(extra: &str, mode: ActQuant) -> (f64, f32) {
     let ckpt = Checkpoint::open_gguf(&ensure(Asset::SmolLm2).unwrap()).unwrap();
-    let text = "output: {dtype: bf16}\nstages:\n  - passes:\n      - rtn: {scheme: W8A8}\n";
+    let text = format!(
+        "output: {{dtype: bf16}}\nstages:\n  - passes:\n      - rtn: {{scheme: W8A8{extra}}}\n"
+    );
+    let text = text.as_str();
     let recipe = Recipe::parse(text, Path::new("<test>.yaml")).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("w8a8");
@@ -50,6 +58,7 @@ fn w8a8_checkpoint_is_int_quantized_and_runs_in_integers() {
     assert_eq!(g["weights"]["strategy"], "channel");
     assert_eq!(g["input_activations"]["strategy"], "token");
     assert_eq!(g["input_activations"]["dynamic"], true);
+    assert_eq!(g["input_activations"]["symmetric"], mode.symmetric());
     let st = SafetensorsDir::open(&out).unwrap();
     let name = "model.layers.0.self_attn.q_proj";
     let (dtype, shape, _) = st.raw(&format!("{name}.weight")).unwrap();
@@ -62,6 +71,7 @@ fn w8a8_checkpoint_is_int_quantized_and_runs_in_integers() {
         Some(vec![576, 1])
     );
     let w = st.load_int8(name).unwrap().unwrap();
+    assert_eq!(w.activations, mode);
     // The int8 codes dequantize to the RTN result of the original weight.
     let orig = ckpt.weights.load_f32(&format!("{name}.weight")).unwrap();
     let deq = w.dequantize_ref();
@@ -118,9 +128,31 @@ fn w8a8_checkpoint_is_int_quantized_and_runs_in_integers() {
         .sum::<f64>()
         / ids.len() as f64;
     assert!(kl > 0.0, "activations were not quantized");
+    (kl, agree)
+}
+
+#[test]
+fn w8a8_checkpoint_is_int_quantized_and_runs_in_integers() {
+    let (kl, agree) = w8a8_against_float_activations("", ActQuant::Symmetric);
     assert!(
         kl < MAX_MEAN_KL && agree >= MIN_TOP1_AGREEMENT,
         "int8 vs f32 activations: mean KL {kl}, top-1 agreement {agree}"
+    );
+}
+
+#[test]
+fn asymmetric_activations_are_written_loaded_and_closer_to_float() {
+    let (sym, _) = w8a8_against_float_activations("", ActQuant::Symmetric);
+    let (asym, agree) = w8a8_against_float_activations(
+        ", input_activations: {symmetric: false}",
+        ActQuant::Asymmetric,
+    );
+    // A zero point per token halves the step of a token whose values lean one way (the
+    // sink tokens' outlier channels).
+    eprintln!("mean KL against f32 activations: symmetric {sym}, asymmetric {asym}");
+    assert!(
+        asym < sym && agree >= MIN_TOP1_AGREEMENT,
+        "mean KL asymmetric {asym} vs symmetric {sym}, top-1 agreement {agree}"
     );
 }
 
@@ -135,4 +167,21 @@ fn w8a8_with_other_weight_settings_is_refused_at_its_line() {
         err.starts_with("r.yaml: line 3") && err.contains("W8A8") && err.contains("per channel"),
         "{err}"
     );
+    // Activation settings on a weight-only scheme, and unknown keys inside them.
+    let text = "stages:\n  - passes:\n      - rtn:\n          scheme: W4A16\n          \
+                input_activations: {symmetric: false}\n";
+    let err = Recipe::parse(text, Path::new("r.yaml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("r.yaml: line 3") && err.contains("input_activations"),
+        "{err}"
+    );
+    let text = "stages:\n  - passes:\n      - rtn:\n          scheme: W8A8\n          \
+                input_activations: {symmetric: false, strategy: tensor}\n";
+    let err = format!(
+        "{:#}",
+        Recipe::parse(text, Path::new("r.yaml")).unwrap_err()
+    );
+    assert!(err.contains("strategy"), "{err}");
 }

@@ -162,7 +162,7 @@ enum BenchCmd {
         #[arg(long, default_value = "smollm2")]
         model: String,
         /// Settings: w4g64, w4g64-asym, w4g128, w3g64, w3g64-asym, w8, w8-asym, w2g64,
-        /// w2g64-asym, w8a8, or all.
+        /// w2g64-asym, w8a8, w8a8-azp (zero point per token), or all.
         #[arg(long, value_delimiter = ',', default_value = "all")]
         settings: Vec<String>,
         /// Methods: rtn, gptq, awq (AWQ + RTN), awq-gptq, smoothquant (SmoothQuant α 0.8 +

@@ -59,6 +59,10 @@ const SETTINGS: &[Setting] = &[
         label: "w8a8",
         fields: "scheme: W8A8",
     },
+    Setting {
+        label: "w8a8-azp",
+        fields: "scheme: W8A8, input_activations: {symmetric: false}",
+    },
 ];
 
 /// Methods of the table: the passes in front of the quantizing one, and that one.

@@ -58,24 +58,24 @@ fn simulated_loss(
     s: &[f32],
 ) -> f64 {
     let m = &MAPPINGS[mi];
-    let mut int8_input = false;
+    let mut int8_input = None;
     for &r in m.balance {
         let lin = linear(layer, r);
         let (scheme, a8) = search.schemes[&lin.name];
         // The balance linears share this input; one of them at W8A8 rounds it for all.
-        int8_input |= a8;
+        int8_input = int8_input.or(a8);
         linear_mut(cand, r).weight =
             scaled_fake_quantize(&lin.weight, lin.inp, group_of(&scheme, lin.inp), s, &scheme);
     }
     let cols = s.len();
     let rounded: Vec<Vec<f32>>;
-    let inputs = if int8_input {
+    let inputs = if let Some(mode) = int8_input {
         rounded = inputs
             .iter()
             .map(|a| {
                 let mut x = a.clone();
                 x.chunks_exact_mut(cols).for_each(|row| divide(row, s));
-                let mut q = fake_quantize_per_token(&x, cols);
+                let mut q = fake_quantize_per_token(&x, cols, mode);
                 for row in q.chunks_exact_mut(cols) {
                     row.iter_mut().zip(s).for_each(|(v, sv)| *v *= sv);
                 }

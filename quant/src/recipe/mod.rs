@@ -193,7 +193,7 @@ impl Recipe {
             let line = locate(&self.text, args.kind(), Find::Key, seen.next(args.kind()));
             match args.written_scheme() {
                 Some(Err(msg)) => return Err(self.error(line, key, msg)),
-                Some(Ok(s)) if args.int8_activations() && !s.is_w8a8_weights() => {
+                Some(Ok(s)) if args.int8_activations().is_some() && !s.is_w8a8_weights() => {
                     return Err(self.error(
                         line,
                         key,
@@ -206,6 +206,15 @@ impl Recipe {
                     ))
                 }
                 _ => {}
+            }
+            if args.input_activations().is_some() && args.int8_activations().is_none() {
+                return Err(self.error(
+                    line,
+                    key,
+                    "`input_activations` applies to `scheme: W8A8` only: other schemes leave \
+                     the activations in float"
+                        .into(),
+                ));
             }
             if args.targets().is_empty() {
                 return Err(self.error(

@@ -14,6 +14,8 @@ use std::path::PathBuf;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
+use lmq_runtime::packed::ActQuant;
+
 use super::targets::Pattern;
 use crate::awq::{
     AwqOptions, DEFAULT_CLIP_GRID, DEFAULT_GRID, DEFAULT_MAX_SHRINK, DEFAULT_SEARCH_TOKENS,
@@ -526,16 +528,35 @@ pub trait PassArgs: fmt::Debug {
     }
     /// Whether the pass needs calibration activations.
     fn needs_calibration(&self) -> bool;
-    /// Whether the linears it quantizes also get int8 activations at run time (`W8A8`).
-    fn int8_activations(&self) -> bool {
-        false
+    /// How the linears it quantizes get int8 activations at run time (`W8A8`), if they do.
+    fn int8_activations(&self) -> Option<ActQuant> {
+        None
+    }
+    /// The pass's `input_activations:`, if written (only a W8A8 pass may).
+    fn input_activations(&self) -> Option<InputActivations> {
+        None
     }
 }
 
-fn names_w8a8(scheme: &Option<SchemeName>) -> bool {
+/// `input_activations:` of a W8A8 pass, named as in a compressed-tensors config group: how
+/// its inputs are quantized per token at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputActivations {
+    /// `false`: a zero point per token beside the scale (vLLM's `azp` W8A8), so a token
+    /// whose values lean to one sign uses all 256 codes.
+    pub symmetric: bool,
+}
+
+/// The activation mode of a pass whose scheme is `W8A8` (`None` otherwise).
+fn w8a8_activations(
+    scheme: &Option<SchemeName>,
+    given: Option<InputActivations>,
+) -> Option<ActQuant> {
     scheme
         .as_ref()
         .is_some_and(|s| crate::scheme::is_w8a8(&s.name))
+        .then(|| ActQuant::from_symmetric(given.is_none_or(|a| a.symmetric)))
 }
 
 fn default_targets() -> Vec<Pattern> {
@@ -586,6 +607,9 @@ pub struct RtnArgs {
     pub group_size: Option<GroupSize>,
     #[serde(default)]
     pub symmetric: Option<bool>,
+    /// W8A8 only: per-token activation quantization (default symmetric).
+    #[serde(default)]
+    pub input_activations: Option<InputActivations>,
     #[serde(default = "default_targets")]
     pub targets: Vec<Pattern>,
     #[serde(default)]
@@ -615,8 +639,11 @@ impl PassArgs for RtnArgs {
     fn needs_calibration(&self) -> bool {
         false
     }
-    fn int8_activations(&self) -> bool {
-        names_w8a8(&self.scheme)
+    fn int8_activations(&self) -> Option<ActQuant> {
+        w8a8_activations(&self.scheme, self.input_activations)
+    }
+    fn input_activations(&self) -> Option<InputActivations> {
+        self.input_activations
     }
 }
 
@@ -655,6 +682,9 @@ pub struct GptqArgs {
     /// it, 2048-token windows make GPTQ worse than 512-token ones on the same text.
     #[serde(default = "default_window_starts")]
     pub window_starts: Option<WindowStartsSpec>,
+    /// W8A8 only: per-token activation quantization (default symmetric).
+    #[serde(default)]
+    pub input_activations: Option<InputActivations>,
     #[serde(default = "default_targets")]
     pub targets: Vec<Pattern>,
     #[serde(default)]
@@ -743,8 +773,11 @@ impl PassArgs for GptqArgs {
     fn needs_calibration(&self) -> bool {
         true
     }
-    fn int8_activations(&self) -> bool {
-        names_w8a8(&self.scheme)
+    fn int8_activations(&self) -> Option<ActQuant> {
+        w8a8_activations(&self.scheme, self.input_activations)
+    }
+    fn input_activations(&self) -> Option<InputActivations> {
+        self.input_activations
     }
 }
 

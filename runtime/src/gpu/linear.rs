@@ -17,7 +17,7 @@ use crate::model::{HostWeight, LinearBackend, Rope};
 use crate::packed::onebit::OneBitLinear;
 use crate::packed::onebit::LAYER_NORM_EPS;
 use crate::packed::pack_quantized::storage_offset;
-use crate::packed::{Int8Linear, PackedLinear};
+use crate::packed::{ActQuant, Int8Linear, PackedLinear};
 
 /// Activation rows up to which a packed linear runs the GEMV kernel; above it the weight is
 /// dequantized once per call and multiplied by burn's tiled GEMM (prefill).
@@ -149,6 +149,19 @@ impl LinearBackend for Gpu {
             }
             HostWeight::Packed(p) => {
                 GpuWeight::Packed(Arc::new(upload_packed(&p, device)), HostWeight::Packed(p))
+            }
+            // The GPU kernel quantizes activations symmetrically only: a zero-point (asymmetric)
+            // W8A8 weight runs as its dequantized f32 values, weight-only, and says so once.
+            HostWeight::Int8(w) if w.activations == ActQuant::Asymmetric => {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    eprintln!(
+                        "warning: W8A8 with asymmetric per-token activations has no CUDA kernel; \
+                         those linears run on the GPU as dequantized f32 weights (activations \
+                         not quantized)"
+                    )
+                });
+                dense(w.dequantize_ref(), w.rows, w.cols, device)
             }
             HostWeight::Int8(w) => {
                 GpuWeight::Int8(Arc::new(upload_int8(&w, device)), HostWeight::Int8(w))

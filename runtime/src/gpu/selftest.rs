@@ -12,7 +12,7 @@ use crate::kernels::int8::{matmul_i8_ref, quantize_per_token};
 use crate::kernels::packed_q::matmul_packed_nt_ref;
 use crate::model::{DenseWeight, HostWeight, LinearBackend};
 use crate::packed::onebit::{matmul_onebit_nt_ref, pack_signs, OneBitLinear};
-use crate::packed::{Int8Linear, PackedLinear};
+use crate::packed::{ActQuant, Int8Linear, PackedLinear};
 
 /// Packed GEMV against the f64 reference: f32 sums of up to a few
 /// thousand terms in another order, relative to the output's largest magnitude.
@@ -139,7 +139,7 @@ pub fn run_all(device: &CudaDevice) -> Vec<Check> {
         let w = Int8Linear::new(rows, cols, codes, scale).expect("int8 weight");
         for m in [1usize, 7, 64] {
             let x = random(&mut rng, m * cols);
-            let want = matmul_i8_ref(&quantize_per_token(&x, m, cols), &w);
+            let want = matmul_i8_ref(&quantize_per_token(&x, m, cols, ActQuant::Symmetric), &w);
             let got = gpu_apply(&x, m, cols, HostWeight::Int8(w.clone().into()), device);
             checks.push(Check {
                 name: format!("int8 W8A8 {rows}x{cols}, m={m}"),

@@ -3,8 +3,10 @@
 //! per instruction of AVX2's `vpmaddwd`.
 //!
 //! The activations are offset to `code + 128` (unsigned), so a lane sums
-//! `Σ (x + 128)·w = Σ x·w + 128·Σ w`; the weight rows' `128·Σ w` ([`Int8Tiles::offset`](crate::packed::int_quantized::Int8Tiles::offset)) is
-//! taken off after. The weights are read in [`Int8Tiles`](crate::packed::int_quantized::Int8Tiles)' layout (built once per weight,
+//! `Σ (x + 128)·w = Σ (x − z)·w + (128 + z)·Σ w` for a token with zero point `z` (0 when
+//! symmetric); `(128 + z)` times the weight row's `Σ w`
+//! ([`Int8Tiles::row_sum`](crate::packed::int_quantized::Int8Tiles::row_sum)) is taken off
+//! after. The weights are read in [`Int8Tiles`](crate::packed::int_quantized::Int8Tiles)' layout (built once per weight,
 //! not per call): one aligned load holds 4 columns of 16 rows, and a broadcast of 4
 //! activation bytes against it gives 16 rows' partial sums with no horizontal reduction.
 //!
@@ -19,7 +21,7 @@
 
 use super::team::{self, SendPtr};
 use crate::packed::int_quantized::{BAND_TILES, TILE_ROWS};
-use crate::packed::Int8Linear;
+use crate::packed::{ActQuant, Int8Linear};
 
 /// Output rows per team task.
 pub const BAND_ROWS: usize = TILE_ROWS * BAND_TILES;
@@ -27,13 +29,16 @@ pub const BAND_ROWS: usize = TILE_ROWS * BAND_TILES;
 /// Tokens per register tile.
 const TILE_TOKENS: usize = 8;
 
-/// Per-token activation codes as `vpdpbusd`'s unsigned operand: `code + 128` (codes are in
-/// ±127, so 1..=255), each row padded with 128 (code 0) to `stride` = 4 · groups columns.
+/// Per-token activation codes as `vpdpbusd`'s unsigned operand: `code + 128` (codes in
+/// −128..=127, so 0..=255), each row padded with 128 (code 0) to `stride` = 4 · groups
+/// columns.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OffsetActs {
     pub codes: Vec<u8>,
     /// One scale per token.
     pub scale: Vec<f32>,
+    /// One zero point per token (0 when symmetric).
+    pub zero: Vec<i32>,
     pub rows: usize,
     pub stride: usize,
 }
@@ -63,14 +68,19 @@ pub fn matmul(x: &OffsetActs, w: &Int8Linear) -> Vec<f32> {
 }
 
 /// One token quantized into `q` (`code + 128`), equal to the scalar definition
-/// (`int8::quantize_row`); returns the scale. Callers check availability.
-pub fn quantize_row_offset(row: &[f32], q: &mut [u8]) -> f32 {
+/// (`int8::quantize_row`); returns the scale and zero point. Callers check availability.
+pub fn quantize_row_offset(row: &[f32], q: &mut [u8], mode: ActQuant) -> (f32, i32) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the caller checked AVX-512 F/BW/VL (`packed_vnni::available`).
-    return unsafe { avx512::quantize_row_offset(row, q) };
+    return unsafe {
+        match mode {
+            ActQuant::Symmetric => (avx512::quantize_row_offset(row, q), 0),
+            ActQuant::Asymmetric => avx512::quantize_row_offset_asym(row, q),
+        }
+    };
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!(
-        "the VNNI kernel on a non-x86 CPU ({} {})",
+        "the VNNI kernel on a non-x86 CPU ({} {} {mode:?})",
         row.len(),
         q.len()
     );
@@ -81,7 +91,7 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{OffsetActs, BAND_ROWS, TILE_TOKENS};
-    use crate::kernels::int8::ACT_QMAX;
+    use crate::kernels::int8::{asym_params, ACT_QMAX};
     use crate::packed::int_quantized::{Int8Tiles, BAND_TILES, TILE_ROWS};
 
     /// See [`super::quantize_row_offset`]. Clamping to ±127 before rounding equals clamping
@@ -118,6 +128,44 @@ mod avx512 {
             }
         }
         s
+    }
+
+    /// See [`super::quantize_row_offset`], asymmetric: the range over the row and zero, then
+    /// `clamp(round(x · (1 / s)) + z, −128, 127)` in i32 lanes (`vcvtps2dq` rounds half to
+    /// even, as the scalar definition does).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn quantize_row_offset_asym(row: &[f32], q: &mut [u8]) -> (f32, i32) {
+        assert!(q.len() >= row.len(), "code row");
+        let k = row.len();
+        let mask = |c: usize| -> __mmask16 { crate::kernels::simd::lane_mask16(k - c) };
+        let (mut lo, mut hi) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        for c in (0..k).step_by(16) {
+            // SAFETY: the mask stops at the row's end (masked lanes load 0, inside the range).
+            let v = unsafe { _mm512_maskz_loadu_ps(mask(c), row.as_ptr().add(c)) };
+            lo = _mm512_min_ps(lo, v);
+            hi = _mm512_max_ps(hi, v);
+        }
+        let (s, z) = asym_params(_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi));
+        let inv = _mm512_set1_ps(1.0 / s);
+        let zv = _mm512_set1_epi32(z);
+        let (cmin, cmax) = (_mm512_set1_epi32(-128), _mm512_set1_epi32(127));
+        let flip = _mm_set1_epi8(-128);
+        for c in (0..k).step_by(16) {
+            let m = mask(c);
+            // SAFETY: masked to the row's end, in both `row` and the longer `q`.
+            unsafe {
+                let v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, row.as_ptr().add(c)), inv);
+                let i = _mm512_add_epi32(_mm512_cvtps_epi32(v), zv);
+                let i = _mm512_min_epi32(_mm512_max_epi32(i, cmin), cmax);
+                let codes = _mm512_cvtepi32_epi8(i);
+                _mm_mask_storeu_epi8(
+                    q.as_mut_ptr().add(c) as *mut _,
+                    m,
+                    _mm_xor_si128(codes, flip),
+                );
+            }
+        }
+        (s, z)
     }
 
     /// Every token against output rows `b · BAND_ROWS ..` (at most `n`), into `y` `[m, n]`.
@@ -188,13 +236,14 @@ mod avx512 {
                 break;
             }
             let mask: __mmask16 = crate::kernels::simd::lane_mask16(n - r0);
-            // SAFETY: the offsets cover whole tiles; the masked scale load and stores touch
+            // SAFETY: the row sums cover whole tiles; the masked scale load and stores touch
             // rows < n only, of rows tok..tok + T < m of y.
             unsafe {
-                let off = _mm512_loadu_si512(t.offset[r0..r0 + TILE_ROWS].as_ptr() as *const _);
+                let sums = _mm512_loadu_si512(t.row_sum[r0..r0 + TILE_ROWS].as_ptr() as *const _);
                 let sw = _mm512_maskz_loadu_ps(mask, scale.as_ptr().add(r0));
                 for (i, a) in acc.iter().enumerate() {
                     let s = _mm512_mul_ps(_mm512_set1_ps(x.scale[tok + i]), sw);
+                    let off = _mm512_mullo_epi32(_mm512_set1_epi32(128 + x.zero[tok + i]), sums);
                     let v = _mm512_cvtepi32_ps(_mm512_sub_epi32(a[h], off));
                     _mm512_mask_storeu_ps(y.add((tok + i) * n + r0), mask, _mm512_mul_ps(v, s));
                 }

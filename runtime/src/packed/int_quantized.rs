@@ -2,8 +2,9 @@
 //! what llm-compressor writes for W8A8): the codes are stored unpacked as an int8 `weight`
 //! tensor `[out, in]`, with `weight_scale` `[out, 1]` (one scale per output channel,
 //! symmetric, no zero point). The config group's `input_activations` says the inputs are
-//! quantized at run time: 8-bit, symmetric, one scale per token (`strategy: token`,
-//! `dynamic: true`); [`crate::kernels::int8`] does that and multiplies in integers.
+//! quantized at run time: 8-bit, one scale per token (`strategy: token`, `dynamic: true`),
+//! symmetric or, with `symmetric: false`, with a zero point per token as well
+//! ([`ActQuant`]); [`crate::kernels::int8`] does that and multiplies in integers.
 //!
 //! Dequantize (`forward.py::_dequantize`): `w = q · scale`.
 
@@ -12,6 +13,36 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 use super::PackError;
+
+/// How a W8A8 linear's inputs are quantized per token at run time: compressed-tensors'
+/// `input_activations.symmetric`. Symmetric codes (±127 around zero) waste half the range on
+/// a token whose values lean one way (one large outlier channel of one sign, common after
+/// a norm); a zero point per token (vLLM's `azp` path) spends all 256 codes on the token's
+/// own range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ActQuant {
+    /// `symmetric: true`: `scale = absmax / 127`, no zero point.
+    #[default]
+    Symmetric,
+    /// `symmetric: false`: `scale = (max − min) / 255` over the token's values and zero,
+    /// zero point `round(−128 − min / scale)`.
+    Asymmetric,
+}
+
+impl ActQuant {
+    /// The mode a config's `input_activations.symmetric` names.
+    pub fn from_symmetric(symmetric: bool) -> Self {
+        match symmetric {
+            true => Self::Symmetric,
+            false => Self::Asymmetric,
+        }
+    }
+
+    /// compressed-tensors' `symmetric` flag for this mode.
+    pub fn symmetric(self) -> bool {
+        self == Self::Symmetric
+    }
+}
 
 /// An int8 weight with per-output-channel scales, as the runtime keeps it.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,6 +53,9 @@ pub struct Int8Linear {
     pub codes: Vec<i8>,
     /// `[rows]` scales.
     pub scale: Vec<f32>,
+    /// How the inputs are quantized per token (the checkpoint config's; symmetric unless it
+    /// says otherwise).
+    pub activations: ActQuant,
     /// The codes rearranged for the VNNI kernel, built on first use (see [`Int8Tiles`]).
     tiles: TilesCache,
 }
@@ -42,9 +76,9 @@ pub struct TileLine(pub [i8; 64]);
 /// of rows `16·tile..16·tile + 16`, row-major (`line[4j + i] = codes[16·tile + j][4g + i]`),
 /// so one aligned load against four broadcast activation bytes gives 16 rows' partial
 /// sums with no horizontal reduction. Rows past `rows` (up to a whole band) and columns past
-/// `cols` (up to a multiple of 4) are zero, so they add nothing. `offset[o] = 128 · Σ_c
-/// codes[o][c]`: the kernel's unsigned activations are `code + 128`, and this is what that
-/// adds to row `o`'s sum. A runtime layout only: files keep the `[rows, cols]` codes.
+/// `cols` (up to a multiple of 4) are zero, so they add nothing. `row_sum[o] = Σ_c
+/// codes[o][c]`: the kernel's unsigned activations are `code + 128` and their zero point is
+/// `z`, so `(128 + z) · row_sum[o]` is what comes off row `o`'s sum. A runtime layout only: files keep the `[rows, cols]` codes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Int8Tiles {
     /// Column groups of 4 (`cols` rounded up to 4, divided by 4).
@@ -53,7 +87,7 @@ pub struct Int8Tiles {
     pub tiles: usize,
     pub lines: Vec<TileLine>,
     /// `[tiles · 16]`, zero for padding rows.
-    pub offset: Vec<i32>,
+    pub row_sum: Vec<i32>,
 }
 
 impl Int8Tiles {
@@ -62,19 +96,19 @@ impl Int8Tiles {
         let groups = w.cols.div_ceil(4);
         let tiles = w.rows.div_ceil(TILE_ROWS * BAND_TILES) * BAND_TILES;
         let mut lines = vec![TileLine([0; 64]); tiles * groups];
-        let mut offset = vec![0i32; tiles * TILE_ROWS];
+        let mut row_sum = vec![0i32; tiles * TILE_ROWS];
         lines
             .par_chunks_mut(groups.max(1))
-            .zip(offset.par_chunks_mut(TILE_ROWS))
+            .zip(row_sum.par_chunks_mut(TILE_ROWS))
             .enumerate()
-            .for_each(|(tile, (lines, offset))| {
-                for (j, off) in offset.iter_mut().enumerate() {
+            .for_each(|(tile, (lines, sums))| {
+                for (j, sum) in sums.iter_mut().enumerate() {
                     let o = tile * TILE_ROWS + j;
                     if o >= w.rows {
                         break;
                     }
                     let row = &w.codes[o * w.cols..(o + 1) * w.cols];
-                    *off = 128 * row.iter().map(|&c| i32::from(c)).sum::<i32>();
+                    *sum = row.iter().map(|&c| i32::from(c)).sum::<i32>();
                     for (c, &v) in row.iter().enumerate() {
                         lines[c / 4].0[4 * j + c % 4] = v;
                     }
@@ -84,7 +118,7 @@ impl Int8Tiles {
             groups,
             tiles,
             lines,
-            offset,
+            row_sum,
         }
     }
 
@@ -132,8 +166,15 @@ impl Int8Linear {
             cols,
             codes,
             scale,
+            activations: ActQuant::Symmetric,
             tiles: TilesCache::default(),
         })
+    }
+
+    /// The same weight with its inputs quantized per token as `activations` says.
+    pub fn with_activations(mut self, activations: ActQuant) -> Self {
+        self.activations = activations;
+        self
     }
 
     /// The codes in the VNNI kernel's layout, built (in parallel, once) on first use: the
@@ -201,7 +242,7 @@ mod tests {
                         .sum(),
                     false => 0,
                 };
-                assert_eq!(t.offset[o], 128 * sum);
+                assert_eq!(t.row_sum[o], sum);
             }
             let nonzero = t.lines.iter().flat_map(|l| l.0).filter(|&v| v != 0).count();
             let want = w.codes.iter().filter(|&&v| v != 0).count();

@@ -7,6 +7,6 @@ pub mod int_quantized;
 pub mod onebit;
 pub mod pack_quantized;
 
-pub use int_quantized::Int8Linear;
+pub use int_quantized::{ActQuant, Int8Linear};
 pub use onebit::OneBitLinear;
 pub use pack_quantized::{PackError, PackedLinear};

@@ -10,7 +10,7 @@ use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
 use super::{WeightError, WeightSource};
-use crate::packed::{Int8Linear, OneBitLinear, PackedLinear};
+use crate::packed::{ActQuant, Int8Linear, OneBitLinear, PackedLinear};
 
 struct Shard {
     path: PathBuf,
@@ -22,6 +22,8 @@ pub struct SafetensorsDir {
     shards: Vec<Shard>,
     /// Code widths of a compressed-tensors `pack-quantized` checkpoint (from config.json).
     packed_bits: PackedBits,
+    /// How each `int-quantized` (W8A8) group quantizes its inputs per token.
+    int8_activations: ByModule<ActQuant>,
     /// `quantization_config.output_norm` of a OneBit checkpoint (`quant_method: onebit`).
     onebit_output_norm: Option<bool>,
     /// Where every tensor lives, read from the headers once at open.
@@ -80,29 +82,91 @@ impl SafetensorsDir {
         }
         let quant = quantization_config(&dir.join("config.json"));
         let packed_bits = quant.as_ref().map(packed_bits).unwrap_or_default();
+        let int8_activations = quant.as_ref().map(int8_activations).unwrap_or_default();
         let onebit_output_norm = quant.as_ref().and_then(onebit_output_norm);
         Ok(Self {
             shards,
             packed_bits,
+            int8_activations,
             onebit_output_norm,
             index,
         })
     }
 }
 
-/// Code widths of a compressed-tensors `pack-quantized` config: per module named in a
-/// group's `targets`, and the first group's width for modules named by class (`Linear`), so
-/// a checkpoint may mix widths (4-bit layers, an 8-bit head).
-#[derive(Debug, Clone, Default)]
-struct PackedBits {
-    by_module: std::collections::HashMap<String, u8>,
-    default: Option<u8>,
+/// A per-group setting of a compressed-tensors config: per module named in a group's
+/// `targets`, and the first group's for modules named by class (`Linear`), so a checkpoint
+/// may mix them (4-bit layers, an 8-bit head).
+#[derive(Debug, Clone)]
+struct ByModule<T> {
+    by_module: std::collections::HashMap<String, T>,
+    default: Option<T>,
 }
 
-impl PackedBits {
-    fn of(&self, module: &str) -> Option<u8> {
+impl<T> Default for ByModule<T> {
+    fn default() -> Self {
+        Self {
+            by_module: Default::default(),
+            default: None,
+        }
+    }
+}
+
+impl<T: Copy> ByModule<T> {
+    fn of(&self, module: &str) -> Option<T> {
         self.by_module.get(module).copied().or(self.default)
     }
+
+    fn insert(&mut self, group: &serde_json::Value, value: T) {
+        for t in group
+            .get("targets")
+            .and_then(|t| t.as_array())
+            .into_iter()
+            .flatten()
+        {
+            match t.as_str() {
+                Some(m) if m.contains('.') && !m.starts_with("re:") => {
+                    self.by_module.insert(m.to_owned(), value);
+                }
+                _ => {
+                    self.default.get_or_insert(value);
+                }
+            }
+        }
+    }
+}
+
+/// Code widths of a compressed-tensors `pack-quantized` config.
+type PackedBits = ByModule<u8>;
+
+/// The config groups stored as `format` (each group's own, else the config's; a
+/// `mixed-precision` config names it per group).
+fn groups_of<'a>(
+    q: &'a serde_json::Value,
+    format: &'a str,
+) -> impl Iterator<Item = &'a serde_json::Value> + 'a {
+    let top = q.get("format").and_then(|f| f.as_str());
+    let known = matches!(top, Some(t) if t == format || t == "mixed-precision");
+    q.get("config_groups")
+        .and_then(|g| g.as_object())
+        .into_iter()
+        .flat_map(|o| o.values())
+        .filter(move |g| known && g.get("format").and_then(|f| f.as_str()).or(top) == Some(format))
+}
+
+/// Per-token activation quantization of the `int-quantized` (W8A8) groups: their
+/// `input_activations.symmetric` (absent: symmetric, vLLM's default W8A8).
+fn int8_activations(q: &serde_json::Value) -> ByModule<ActQuant> {
+    let mut modes = ByModule::default();
+    for g in groups_of(q, "int-quantized") {
+        let symmetric = g
+            .get("input_activations")
+            .and_then(|a| a.get("symmetric"))
+            .and_then(|s| s.as_bool())
+            .unwrap_or(true);
+        modes.insert(g, ActQuant::from_symmetric(symmetric));
+    }
+    modes
 }
 
 /// `config.json`'s `quantization_config`, if the file has one.
@@ -116,41 +180,13 @@ fn quantization_config(config: &Path) -> Option<serde_json::Value> {
 /// checkpoint (W8A8 `int-quantized` layers beside packed ones), each group's.
 fn packed_bits(q: &serde_json::Value) -> PackedBits {
     let mut bits = PackedBits::default();
-    let top = q.get("format").and_then(|f| f.as_str());
-    if !matches!(top, Some("pack-quantized" | "mixed-precision")) {
-        return bits;
-    }
-    for g in q
-        .get("config_groups")
-        .and_then(|g| g.as_object())
-        .into_iter()
-        .flat_map(|o| o.values())
-    {
-        let format = g.get("format").and_then(|f| f.as_str()).or(top);
-        if format != Some("pack-quantized") {
-            continue;
-        }
-        let Some(b) = g
+    for g in groups_of(q, "pack-quantized") {
+        if let Some(b) = g
             .get("weights")
             .and_then(|w| w.get("num_bits"))
             .and_then(|b| b.as_u64())
-        else {
-            continue;
-        };
-        for t in g
-            .get("targets")
-            .and_then(|t| t.as_array())
-            .into_iter()
-            .flatten()
         {
-            match t.as_str() {
-                Some(m) if m.contains('.') && !m.starts_with("re:") => {
-                    bits.by_module.insert(m.to_owned(), b as u8);
-                }
-                _ => {
-                    bits.default.get_or_insert(b as u8);
-                }
-            }
+            bits.insert(g, b as u8);
         }
     }
     bits
@@ -295,8 +331,9 @@ impl WeightSource for SafetensorsDir {
         let scale = self.load_f32(&scale_name)?;
         let codes = bytes.iter().map(|&b| b as i8).collect();
         self.release(&name);
+        let activations = self.int8_activations.of(prefix).unwrap_or_default();
         Int8Linear::new(rows, cols, codes, scale)
-            .map(Some)
+            .map(|w| Some(w.with_activations(activations)))
             .map_err(|e| bad(e.to_string()))
     }
 
@@ -480,5 +517,37 @@ mod packed_bits_tests {
         let b = bits_of(&cfg);
         assert_eq!(b.of("model.layers.0.mlp.up_proj"), Some(4));
         assert_eq!(b.of("model.layers.0.self_attn.q_proj"), None);
+    }
+
+    #[test]
+    fn int8_groups_say_how_their_activations_are_quantized() {
+        let q: serde_json::Value = serde_json::from_str(
+            r#"{"format": "mixed-precision", "config_groups": {
+                "group_0": {"format": "int-quantized", "targets": ["Linear"],
+                            "input_activations": {"num_bits": 8, "symmetric": false}},
+                "group_1": {"format": "int-quantized", "targets": ["model.layers.0.mlp.up_proj"],
+                            "input_activations": {"num_bits": 8, "symmetric": true}},
+                "group_2": {"format": "pack-quantized", "targets": ["model.layers.1.mlp.up_proj"],
+                            "input_activations": {"symmetric": true}}}}"#,
+        )
+        .unwrap();
+        let a = int8_activations(&q);
+        assert_eq!(
+            a.of("model.layers.0.mlp.up_proj"),
+            Some(ActQuant::Symmetric)
+        );
+        assert_eq!(
+            a.of("model.layers.3.mlp.down_proj"),
+            Some(ActQuant::Asymmetric)
+        );
+        // Without `input_activations` (and in a config that is not int-quantized at all).
+        let q: serde_json::Value = serde_json::from_str(
+            r#"{"format": "int-quantized", "config_groups": {"group_0": {"targets": ["Linear"]}}}"#,
+        )
+        .unwrap();
+        assert_eq!(int8_activations(&q).of("x.y"), Some(ActQuant::Symmetric));
+        let q: serde_json::Value =
+            serde_json::from_str(r#"{"format": "pack-quantized", "config_groups": {}}"#).unwrap();
+        assert_eq!(int8_activations(&q).of("x.y"), None);
     }
 }
