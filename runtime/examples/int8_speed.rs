@@ -1,8 +1,10 @@
 //! Prefill-shaped matmuls, f32 weights vs int8 weights with per-token int8 activations
 //! (W8A8), on SmolLM2's linear shapes: `cargo run --release -p lmq-runtime --example
 //! int8_speed [-- TOKENS]`. Both kernels side by side in one run, best of 5 alternating
-//! rounds (`LMQ_NO_AVX512=1`: the AVX2 int16 kernel instead of VNNI). `azp` is W8A8 with a
-//! zero point per token (`input_activations.symmetric: false`).
+//! rounds. Without AVX-512 VNNI (or with `LMQ_NO_AVX512=1`) the W8A8 kernel is the AVX2
+//! byte kernel, or with `LMQ_NO_AVX2_BYTES=1` as well the older AVX2 int16 one. `azp` is
+//! W8A8 with a zero point per token (`input_activations.symmetric: false`). The weight codes
+//! span the full int8 range, −128 included.
 
 use std::time::Instant;
 
@@ -38,7 +40,7 @@ fn main() {
             .map(|i| ((i * 104_729) % 2001) as f32 / 20000.0 - 0.05)
             .collect();
         let codes: Vec<i8> = (0..n * k)
-            .map(|i| ((i * 104_729) % 255) as i64 as i8)
+            .map(|i| ((i * 104_729) % 256) as i64 as i8)
             .collect();
         let w8 = Int8Linear::new(n, k, codes, vec![1e-3; n]).unwrap();
         let w8z = w8.clone().with_activations(ActQuant::Asymmetric);

@@ -10,18 +10,20 @@
 //! a token is `(codes, scale, z)` (z = 0 when symmetric) and the product sums `(q − z) · w`.
 //! The weights use compressed-tensors' full `[−128, 127]`.
 //!
-//! The AVX2 path works on int16 copies (the activations widened once per call, each
-//! band of weight rows once per band, into L1-resident scratch) and multiplies pairs with
-//! `vpmaddwd` (16 products summed into 8 int32 lanes per instruction), over tiles of
-//! 2 tokens × 4 output rows so each loaded vector feeds several products; bands of output
-//! rows are split across threads. Where AVX-512 VNNI is present, `vpdpbusd` on the codes as
-//! bytes does four times the products per instruction ([`super::int8_vnni`]). Every product and
+//! Where AVX-512 VNNI is present, `vpdpbusd` on the codes as bytes does 64 products per
+//! instruction ([`super::int8_vnni`]); on AVX2 the byte kernel ([`super::int8_avx2`]:
+//! `vpmaddubsw` with the sign trick, on the same tiled weight layout) does 32 per four
+//! instructions. The older AVX2 path below (`LMQ_NO_AVX2_BYTES=1`, for comparison) works on
+//! int16 copies (the activations widened once per call, each band of weight rows once per
+//! band, into L1-resident scratch) and multiplies pairs with `vpmaddwd` over tiles of 2
+//! tokens × 4 output rows; bands of output rows are split across threads. Every product and
 //! partial sum is an exact integer (|(q_x − z)·q_w| ≤ 255·128, and `cols` < 2³¹ / 32640 is
-//! asserted), so both fast paths equal the scalar reference bit for bit: the i32 sums are
+//! asserted), so every fast path equals the scalar reference bit for bit: the i32 sums are
 //! identical, and the float epilogue `acc · (s_x · s_w)` is computed the same way in all.
 
 use rayon::prelude::*;
 
+use super::int8_avx2;
 use super::int8_vnni::{self, OffsetActs};
 use crate::packed::{ActQuant, Int8Linear};
 
@@ -223,6 +225,11 @@ pub fn matmul_i8_nt(x: &[f32], w: &Int8Linear, m: usize) -> Vec<f32> {
         check_width(w);
         return int8_vnni::matmul(&quantize_per_token_offset(x, m, w.cols, w.activations), w);
     }
+    if int8_avx2::available() {
+        check_width(w);
+        let xq = int8_avx2::quantize_per_token_signed(x, m, w.cols, w.activations);
+        return int8_avx2::matmul(&xq, w);
+    }
     let xq = quantize_per_token(x, m, w.cols, w.activations);
     matmul_i8(&xq, w)
 }
@@ -242,6 +249,9 @@ pub fn matmul_i8(x: &QuantizedActs, w: &Int8Linear) -> Vec<f32> {
     check_width(w);
     if super::packed_vnni::available() {
         return int8_vnni::matmul(&offset_codes(x), w);
+    }
+    if int8_avx2::available() {
+        return int8_avx2::matmul(&int8_avx2::signed_codes(x), w);
     }
     let (m, n) = (x.rows, w.rows);
     let avx2 = has_avx2();

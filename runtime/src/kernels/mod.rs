@@ -8,6 +8,7 @@ pub mod block_codes;
 pub mod dense_f32;
 pub mod fast_exp;
 pub mod int8;
+pub mod int8_avx2;
 pub mod int8_vnni;
 pub mod onebit;
 pub mod packed_gemm_i16;
