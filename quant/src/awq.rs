@@ -50,6 +50,11 @@ pub struct AwqOptions {
     /// attention sink, where Qwen2.5 writes activations hundreds of times the others',
     /// which otherwise decide both the means and the squared errors.
     pub sink_tokens: usize,
+    /// Pass each layer's float outputs (scaled, before its weights are quantized) on as the
+    /// next layer's calibration inputs, as AutoAWQ and llm-compressor's AWQModifier do
+    /// (which run the whole calibration with quantization off), instead of its quantized
+    /// outputs.
+    pub float_inputs: bool,
 }
 
 impl Default for AwqOptions {
@@ -62,6 +67,7 @@ impl Default for AwqOptions {
             max_shrink: DEFAULT_MAX_SHRINK,
             search_tokens: DEFAULT_SEARCH_TOKENS,
             sink_tokens: 0,
+            float_inputs: false,
         }
     }
 }

@@ -302,3 +302,52 @@ fn awq_on_a_burn_device_matches_the_host_pipeline() {
         );
     }
 }
+
+/// `float_inputs: true` calibrates every layer on the float model's activations, as AutoAWQ
+/// and llm-compressor do: AWQ + RTN then searches exactly what AWQ alone (no quantizer, so
+/// nothing quantized is passed on) searches, layer for layer, and without it the layers
+/// after the first see different inputs.
+#[test]
+fn awq_float_inputs_calibrate_on_the_float_model() {
+    let c = tiny_config(Arch::Qwen2);
+    let src = MemorySource::random(&c, 13);
+    let awq = |extra: &str, rtn: bool| {
+        let quantizer = match rtn {
+            true => "\n      - rtn: {scheme: W4A16_ASYM, group_size: 16, ignore: [lm_head]}",
+            false => "",
+        };
+        let text = format!(
+            "calibration: {{source: tokens:x.i32, num_samples: 4, seqlen: 16}}\nstages:\n  - \
+             passes:\n      - awq: {{scheme: W4A16_ASYM, group_size: 16, clip: false{extra}}}\
+             {quantizer}\n"
+        );
+        let recipe = Recipe::parse(&text, Path::new("<test>.yaml")).unwrap();
+        let plan = QuantPlan::from_recipe(&recipe, &src, c.tie_word_embeddings).unwrap();
+        run(&c, &src, &plan)
+    };
+    let losses = |m: &pipeline::CalibratedModel| -> Vec<Vec<(Option<f32>, f64, f64)>> {
+        m.layers
+            .iter()
+            .filter_map(|l| l.awq.as_ref())
+            .map(|a| {
+                a.mappings
+                    .iter()
+                    .map(|m| (m.ratio, m.loss_rtn, m.loss_awq))
+                    .collect()
+            })
+            .collect()
+    };
+    let alone = losses(&awq("", false));
+    let float = losses(&awq(", float_inputs: true", true));
+    let quantized = losses(&awq("", true));
+    assert!(alone.len() >= 2 && alone[0].len() >= 2, "{alone:?}");
+    assert_eq!(float, alone, "float inputs: the float model's statistics");
+    assert_eq!(
+        quantized[0], alone[0],
+        "the first layer's inputs are the embeddings"
+    );
+    assert_ne!(
+        quantized[1], alone[1],
+        "later layers see the quantized layers' outputs"
+    );
+}

@@ -227,6 +227,12 @@ pub fn run(
             }
             None => None,
         };
+        // The scaled float layer, when the next layer is to be calibrated on its outputs.
+        let float_layer = plan
+            .awq
+            .as_ref()
+            .filter(|a| a.options.float_inputs)
+            .map(|_| layer.clone());
 
         stage("q/k/v");
         quantize_group(
@@ -290,13 +296,25 @@ pub fn run(
             },
         )?;
         stage("outputs");
-        for (wi, (xw, hw)) in x.iter_mut().zip(&h).enumerate() {
-            *xw = match acts.get(wi) {
-                Some(a) => layer.mlp_residual(hw, a),
-                None => layer.mlp_residual(hw, &layer.mlp_act(&layer.mlp_norm(&geom, hw))),
-            };
+        match &float_layer {
+            Some(fl) => {
+                drop(acts);
+                drop(h);
+                for xw in x.iter_mut() {
+                    *xw = fl.forward(&geom, xw);
+                }
+            }
+            None => {
+                for (wi, (xw, hw)) in x.iter_mut().zip(&h).enumerate() {
+                    *xw = match acts.get(wi) {
+                        Some(a) => layer.mlp_residual(hw, a),
+                        None => layer.mlp_residual(hw, &layer.mlp_act(&layer.mlp_norm(&geom, hw))),
+                    };
+                }
+                drop(acts);
+            }
         }
-        drop(acts);
+        drop(float_layer);
         for name in changed {
             if plan.method(&name).is_none() {
                 let v = layer

@@ -835,6 +835,11 @@ pub struct AwqArgs {
     /// out (the attention sink; 0, as llm-compressor and AutoAWQ, keeps them).
     #[serde(default)]
     pub sink_tokens: usize,
+    /// Calibrate every layer on the float model's activations (scaled, not quantized), as
+    /// AutoAWQ and llm-compressor's AWQModifier do, instead of the outputs of the quantized
+    /// layers before it (the pipeline's default, GPTQ's way).
+    #[serde(default)]
+    pub float_inputs: bool,
     #[serde(default = "default_targets")]
     pub targets: Vec<Pattern>,
     #[serde(default)]
@@ -874,6 +879,7 @@ impl AwqArgs {
             max_shrink: self.max_shrink.0,
             search_tokens: self.search_tokens.0,
             sink_tokens: self.sink_tokens,
+            float_inputs: self.float_inputs,
         }
     }
 }
