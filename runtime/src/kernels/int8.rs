@@ -450,9 +450,10 @@ mod avx2_kernel {
     }
 }
 
+/// Seeded weights and activations for the int8 kernels' tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(super) mod testing {
+    use crate::packed::{ActQuant, Int8Linear};
 
     fn lcg(seed: u64) -> impl FnMut() -> u64 {
         let mut s = seed;
@@ -464,21 +465,29 @@ mod tests {
         }
     }
 
-    fn weight(rows: usize, cols: usize, seed: u64) -> Int8Linear {
+    /// Codes over the full int8 range, −128 included.
+    pub fn weight(rows: usize, cols: usize, seed: u64) -> Int8Linear {
         let mut r = lcg(seed);
         let codes = (0..rows * cols).map(|_| (r() % 256) as i64 as i8).collect();
         let scale = (0..rows).map(|i| 0.01 + i as f32 * 1e-3).collect();
         Int8Linear::new(rows, cols, codes, scale).unwrap()
     }
 
-    fn acts(m: usize, k: usize, seed: u64) -> Vec<f32> {
+    /// Values in [−10, 10].
+    pub fn acts(m: usize, k: usize, seed: u64) -> Vec<f32> {
         let mut r = lcg(seed);
         (0..m * k)
             .map(|_| (r() % 20001) as f32 / 1000.0 - 10.0)
             .collect()
     }
 
-    const MODES: [ActQuant; 2] = [ActQuant::Symmetric, ActQuant::Asymmetric];
+    pub const MODES: [ActQuant; 2] = [ActQuant::Symmetric, ActQuant::Asymmetric];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{acts, weight, MODES};
+    use super::*;
 
     #[test]
     fn per_token_codes_use_absmax_over_127_and_round_half_even() {

@@ -26,7 +26,7 @@
 //! [`Int8Tiles`]: crate::packed::int_quantized::Int8Tiles
 
 use super::int8::{asym_params, QuantizedActs, ACT_QMAX};
-use super::int8_vnni::BAND_ROWS;
+use super::int8_vnni::{by_bands, BAND_ROWS};
 use super::team::{self, SendPtr};
 use crate::packed::{ActQuant, Int8Linear};
 
@@ -141,24 +141,17 @@ pub fn signed_codes(x: &QuantizedActs) -> SignedActs {
 pub fn matmul(x: &SignedActs, w: &Int8Linear) -> Vec<f32> {
     let tiles = w.tiles();
     assert_eq!(x.stride, tiles.groups * 4, "activation stride");
-    let (m, n) = (x.rows, w.rows);
-    let mut y = vec![0.0f32; m * n];
-    if m == 0 {
-        return y;
-    }
-    let out = SendPtr(y.as_mut_ptr());
-    team::global().run(n.div_ceil(BAND_ROWS), &|b| {
-        let p = out; // the whole wrapper, not its raw field, into the closure
+    let n = w.rows;
+    by_bands(x.rows, n, &|b, y| {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the caller checked AVX2 (`available`); band `b` writes only its own rows'
-        // columns of `y`, which outlives the loop.
+        // columns of `y` (see `by_bands`).
         unsafe {
-            avx2::band(x, tiles, &w.scale, n, b, p.0)
+            avx2::band(x, tiles, &w.scale, n, b, y)
         };
         #[cfg(not(target_arch = "x86_64"))]
-        unreachable!("the AVX2 kernel on a non-x86 CPU (band {b}, {:p})", p.0);
-    });
-    y
+        unreachable!("the AVX2 kernel on a non-x86 CPU (band {b}, {y:p})");
+    })
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -417,34 +410,8 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::int8::testing::{acts, weight, MODES};
     use crate::kernels::int8::{matmul_i8, matmul_i8_nt, matmul_i8_ref, quantize_per_token};
-
-    fn lcg(seed: u64) -> impl FnMut() -> u64 {
-        let mut s = seed;
-        move || {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            s >> 33
-        }
-    }
-
-    /// Codes over the full int8 range, −128 included.
-    fn weight(rows: usize, cols: usize, seed: u64) -> Int8Linear {
-        let mut r = lcg(seed);
-        let codes = (0..rows * cols).map(|_| (r() % 256) as i64 as i8).collect();
-        let scale = (0..rows).map(|i| 0.01 + i as f32 * 1e-3).collect();
-        Int8Linear::new(rows, cols, codes, scale).unwrap()
-    }
-
-    fn acts(m: usize, k: usize, seed: u64, shift: f32) -> Vec<f32> {
-        let mut r = lcg(seed);
-        (0..m * k)
-            .map(|_| (r() % 20001) as f32 / 1000.0 - 10.0 + shift)
-            .collect()
-    }
-
-    const MODES: [ActQuant; 2] = [ActQuant::Symmetric, ActQuant::Asymmetric];
 
     #[test]
     fn signed_quantization_equals_the_definition() {
@@ -455,7 +422,10 @@ mod tests {
         // tokens so the asymmetric zero points move.
         for k in [1, 3, 7, 8, 31, 32, 33, 64, 97, 576] {
             for (m, shift) in [(1, 0.0), (5, 4.0), (3, -7.0)] {
-                let x = acts(m, k, (m * k) as u64, shift);
+                let x = acts(m, k, (m * k) as u64)
+                    .iter()
+                    .map(|v| v + shift)
+                    .collect::<Vec<_>>();
                 for mode in MODES {
                     assert_eq!(
                         quantize_per_token_signed(&x, m, k, mode),
@@ -508,7 +478,7 @@ mod tests {
             (16, 16, 4),
         ] {
             for mode in MODES {
-                let x = acts(m, k, (m * k) as u64, 3.0);
+                let x: Vec<f32> = acts(m, k, (m * k) as u64).iter().map(|v| v + 3.0).collect();
                 let w = weight(n, k, (n + k) as u64).with_activations(mode);
                 let xq = quantize_per_token(&x, m, k, mode);
                 let want = matmul_i8_ref(&xq, &w);

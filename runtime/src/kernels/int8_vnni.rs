@@ -47,7 +47,24 @@ pub struct OffsetActs {
 pub fn matmul(x: &OffsetActs, w: &Int8Linear) -> Vec<f32> {
     let tiles = w.tiles();
     assert_eq!(x.stride, tiles.groups * 4, "activation stride");
-    let (m, n) = (x.rows, w.rows);
+    let n = w.rows;
+    by_bands(x.rows, n, &|b, y| {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the caller checked AVX-512 F/BW/VL/VNNI (`packed_vnni::available`); band
+        // `b` writes only its own rows' columns of `y` (see `by_bands`).
+        unsafe {
+            avx512::band(x, tiles, &w.scale, n, b, y)
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("the VNNI kernel on a non-x86 CPU (band {b}, {y:p})");
+    })
+}
+
+/// An `[m, n]` output filled by one team task per band of [`BAND_ROWS`] output rows:
+/// `band(b, y)` may write columns `b · BAND_ROWS ..` (below `n`) of every row of `y`, and
+/// nothing else. The integer kernels' driver: a band's weights stay in L1/L2 while every
+/// token streams past.
+pub(super) fn by_bands(m: usize, n: usize, band: &(dyn Fn(usize, *mut f32) + Sync)) -> Vec<f32> {
     let mut y = vec![0.0f32; m * n];
     if m == 0 {
         return y;
@@ -55,14 +72,7 @@ pub fn matmul(x: &OffsetActs, w: &Int8Linear) -> Vec<f32> {
     let out = SendPtr(y.as_mut_ptr());
     team::global().run(n.div_ceil(BAND_ROWS), &|b| {
         let p = out; // the whole wrapper, not its raw field, into the closure
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the caller checked AVX-512 F/BW/VL/VNNI (`packed_vnni::available`); band
-        // `b` writes only its own rows' columns of `y`, which outlives the loop.
-        unsafe {
-            avx512::band(x, tiles, &w.scale, n, b, p.0)
-        };
-        #[cfg(not(target_arch = "x86_64"))]
-        unreachable!("the VNNI kernel on a non-x86 CPU (band {b}, {:p})", p.0);
+        band(b, p.0)
     });
     y
 }
