@@ -121,6 +121,7 @@ fn shipped_recipes_mean_what_their_names_say() {
         ("awq-w3.yaml", s(3, Some(64), false)),
         ("awq-w3g128.yaml", s(3, Some(128), false)),
         ("awq-gptq-w4.yaml", s(4, Some(64), false)),
+        ("awq-gptq-w4g128.yaml", s(4, Some(128), false)),
     ] {
         let r = Recipe::from_file(&dir.join(f)).unwrap();
         let passes = &r.stages[0].passes;
