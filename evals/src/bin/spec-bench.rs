@@ -20,7 +20,7 @@ use lmq_runtime::model::Llama;
 use lmq_runtime::sampling::SamplingParams;
 use lmq_runtime::serve::chat::{chat_stop_ids, checkpoint_template, ChatMessage};
 use lmq_runtime::speculative::choose::{proposer_with, ProposerOptions, DEFAULT_DRAFT_P_MIN};
-use lmq_runtime::speculative::{generate_speculative, Proposer, SpecStats};
+use lmq_runtime::speculative::{generate_speculative, mt_bench, Proposer, SpecStats};
 use lmq_runtime::Cpu;
 use std::path::Path;
 
@@ -116,17 +116,19 @@ fn main() -> Result<()> {
     let tok = &ckpt.tokenizer;
     let template = checkpoint_template(&ckpt)?.context("the target has no chat template")?;
     let stop = chat_stop_ids(&ckpt);
-    let questions = std::fs::read_to_string(ensure(Asset::MtBench)?)?;
-    let mut by_cat: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for line in questions.lines().filter(|l| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line)?;
-        let cat = v["category"].as_str().unwrap_or("?").to_owned();
-        let turn = v["turns"][0].as_str().unwrap_or_default().to_owned();
-        let list = by_cat.entry(cat).or_default();
-        if list.len() < a.per_category {
-            list.push(turn);
-        }
+    let questions = mt_bench::read(&ensure(Asset::MtBench)?)?;
+    if a.per_category > mt_bench::BENCHMARK_PER_CATEGORY {
+        eprintln!(
+            "warning: questions past the first {} of a category are Medusa training prompts \
+             (medusa-train's MT-bench kind); heads trained by this tool have seen them",
+            mt_bench::BENCHMARK_PER_CATEGORY
+        );
     }
+    let (kept, _) = mt_bench::split(&questions, a.per_category);
+    let by_cat: BTreeMap<String, Vec<String>> = kept
+        .into_iter()
+        .map(|(c, qs)| (c, qs.into_iter().map(|q| q.turns[0].clone()).collect()))
+        .collect();
     let params = SamplingParams::default();
     println!(
         "target {}, greedy, batch 1, {} threads, k {}, draft p_min {}, {} new tokens max, {} question(s) per category",

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Parser;
-use lmq_quant::medusa_train::{train_for_checkpoint, MedusaTrainOptions};
+use lmq_quant::medusa_train::{train_for_checkpoint, MedusaTrainOptions, DEFAULT_HEAD_VOCAB};
 
 #[derive(Parser, Debug)]
 #[command(name = "medusa-train", version)]
@@ -30,6 +30,12 @@ struct Args {
     prompts: usize,
     #[arg(long, default_value_t = 96)]
     answer_tokens: usize,
+    /// Tokens the heads may guess: the most frequent in the answers (0: the whole vocabulary).
+    #[arg(long, default_value_t = DEFAULT_HEAD_VOCAB)]
+    vocab: usize,
+    /// Also answer the MT-bench questions `spec-bench` does not ask.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    mt_bench: bool,
     #[arg(long, default_value_t = 2)]
     threads: usize,
 }
@@ -53,6 +59,8 @@ fn run(a: Args) -> Result<()> {
         batch: a.batch,
         prompts: a.prompts,
         answer_tokens: a.answer_tokens,
+        vocab: a.vocab,
+        mt_bench: a.mt_bench,
         ..Default::default()
     };
     let out = a

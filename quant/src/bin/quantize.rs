@@ -239,6 +239,8 @@ fn medusa_stage(recipe: &Recipe, out: &std::path::Path) -> Result<()> {
         batch: m.batch.0,
         prompts: m.prompts.0,
         answer_tokens: m.answer_tokens.0,
+        vocab: m.vocab,
+        mt_bench: m.mt_bench,
         ..Default::default()
     };
     let dir = out.join("medusa");

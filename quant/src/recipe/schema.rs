@@ -1048,6 +1048,17 @@ pub struct MedusaSpec {
     /// Greedy tokens per answer.
     #[serde(default = "default_medusa_prompts")]
     pub answer_tokens: Positive,
+    /// The heads' shortlist: the most frequent answer tokens they may guess (0: the whole
+    /// vocabulary).
+    #[serde(default = "default_medusa_vocab")]
+    pub vocab: usize,
+    /// Also answer the MT-bench questions `spec-bench` does not ask.
+    #[serde(default = "default_true")]
+    pub mt_bench: bool,
+}
+
+fn default_medusa_vocab() -> usize {
+    crate::medusa_train::DEFAULT_HEAD_VOCAB
 }
 
 fn default_medusa_heads() -> Positive {

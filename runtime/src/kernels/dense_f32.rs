@@ -1,6 +1,7 @@
 //! `y = x · Wᵀ` for f32 weights stored `[out, in]` (the checkpoint layout).
 //! Few rows (decode, speculative verification): each thread streams a band of weight rows and
-//! dots every activation row with it while the weight row is in cache. Many rows (prefill):
+//! dots every activation row with it while the weight row is in cache (AVX2: the tiles of
+//! `gemv_f32_avx2`). Many rows (prefill):
 //! the `gemm` crate's blocked kernel, parallel over both cores.
 
 use rayon::prelude::*;
@@ -8,9 +9,16 @@ use rayon::prelude::*;
 use super::simd::{dot2_f32, dot_f32};
 use super::team::SendPtr;
 
-/// Up to this many activation rows, the streaming GEMV kernel beats blocked GEMM (the weight
-/// is read once either way; below this, GEMM's packing costs more than it saves).
+/// Up to this many activation rows, the streaming GEMV kernels beat blocked GEMM (the weight
+/// is read once either way; below this, GEMM's packing costs more than it saves); the
+/// packed and 1-bit kernels group rows by it.
 pub const GEMV_MAX_ROWS: usize = 8;
+
+/// The same bound for f32 weights with the AVX2 tile kernel: SmolLM2's whole pass over
+/// 12/16/24/32 rows took 41/48/63/79 ms against 52/66/74/89 ms through GEMM (`bench
+/// --prompt m`, 2 threads, Zen 3), and a speculative chain or Medusa tree of up to 32 rows
+/// stays bit-identical to decoding its rows one by one.
+pub const DENSE_GEMV_MAX_ROWS: usize = 32;
 
 /// Weight rows ahead of the one being multiplied whose bytes are prefetched.
 const PREFETCH_ROWS: usize = 2;
@@ -51,7 +59,12 @@ pub fn matmul_f32_nt_ref(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> 
 pub fn matmul_f32_nt(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     assert_eq!(x.len(), m * k, "activation shape");
     assert_eq!(w.len(), n * k, "weight shape");
-    if m <= GEMV_MAX_ROWS {
+    let gemv_rows_max = if super::gemv_f32_avx2::available() {
+        DENSE_GEMV_MAX_ROWS
+    } else {
+        GEMV_MAX_ROWS
+    };
+    if m <= gemv_rows_max {
         gemv_rows(x, w, m, k, n)
     } else {
         gemm_nt(x, w, m, k, n)
@@ -62,6 +75,13 @@ fn gemv_rows(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     // Output stored [n, m] while computing (each band writes contiguous memory), then
     // transposed: m is tiny so that costs nothing.
     let mut yt = vec![0.0f32; n * m];
+    if super::gemv_f32_avx2::available() {
+        super::team::for_each_row_band_mut(&mut yt, m, |first, ys| {
+            let rows = ys.len() / m;
+            super::gemv_f32_avx2::gemv_band(x, m, k, &w[first * k..(first + rows) * k], ys);
+        });
+        return from_row_major_out(yt, n, m);
+    }
     super::team::for_each_row_band_mut(&mut yt, m, |first, ys| {
         let ws = &w[first * k..];
         for (i, (yrow, wrow)) in ys.chunks_exact_mut(m).zip(ws.chunks_exact(k)).enumerate() {
@@ -348,8 +368,43 @@ mod tests {
 
     #[test]
     fn gemv_path_matches_reference() {
-        for (m, k, n) in [(1, 576, 192), (1, 33, 5), (3, 64, 1000), (8, 100, 17)] {
+        for (m, k, n) in [
+            (1, 576, 192),
+            (1, 33, 5),
+            (3, 64, 1000),
+            (8, 100, 17),
+            (17, 576, 37),
+            (DENSE_GEMV_MAX_ROWS, 64, 9),
+        ] {
             check(m, k, n);
+        }
+    }
+
+    /// A row's outputs are the same bits whatever rows share its pass (the speculative
+    /// verification's promise), on every thread count.
+    #[test]
+    fn gemv_rows_are_independent_of_their_neighbours() {
+        let (k, n) = (200, 75);
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 17 % 83) as f32 - 41.0) / 11.0)
+            .collect();
+        let x: Vec<f32> = (0..DENSE_GEMV_MAX_ROWS * k)
+            .map(|i| ((i * 31 % 97) as f32 - 48.0) / 13.0)
+            .collect();
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let all = matmul_f32_nt(&x, &w, DENSE_GEMV_MAX_ROWS, k, n);
+                for m in [1, 2, 5, 8, 13] {
+                    let some = matmul_f32_nt(&x[..m * k], &w, m, k, n);
+                    for (i, (a, b)) in some.iter().zip(&all).enumerate() {
+                        assert_eq!(a.to_bits(), b.to_bits(), "m={m} threads={threads} at {i}");
+                    }
+                }
+            });
         }
     }
 

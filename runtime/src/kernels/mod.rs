@@ -7,6 +7,7 @@ pub mod attention;
 pub mod block_codes;
 pub mod dense_f32;
 pub mod fast_exp;
+pub mod gemv_f32_avx2;
 pub mod int8;
 pub mod int8_avx2;
 pub mod int8_vnni;

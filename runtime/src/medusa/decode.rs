@@ -8,38 +8,12 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::heads::MedusaHeads;
+use super::projection::HeadProjection;
 use super::tree::{Tree, Typical};
 use crate::generate::{check_request, host_f32, GenerateError};
 use crate::model::{LinearBackend, Llama};
 use crate::sampling::{argmax, draw, filtered_distribution, SamplingParams};
 use crate::speculative::SpecStats;
-
-/// The `k` largest entries' indices, best first.
-fn top_k(row: &[f32], k: usize) -> Vec<u32> {
-    let mut idx: Vec<u32> = (0..row.len() as u32).collect();
-    let k = k.min(row.len());
-    idx.select_nth_unstable_by(k.saturating_sub(1), |&a, &b| {
-        row[b as usize].total_cmp(&row[a as usize])
-    });
-    idx.truncate(k);
-    idx.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
-    idx
-}
-
-/// Vocabulary logits `[heads, vocab]` of the first `heads` heads from the target's hidden
-/// state `h`: all heads through the model's lm_head at once.
-pub(crate) fn head_logits<B: LinearBackend>(
-    model: &Llama<B>,
-    heads: &MedusaHeads,
-    h: &[f32],
-    n: usize,
-) -> Vec<f32> {
-    let states: Vec<f32> = (0..n).flat_map(|k| heads.hidden(k, h)).collect();
-    host_f32(model.logits(Tensor::from_data(
-        TensorData::new(states, [1, n, model.config.hidden_size]),
-        &model.device(),
-    )))
-}
 
 /// How a Medusa step accepts tree candidates and picks the token after them.
 #[derive(Debug, Clone)]
@@ -135,11 +109,9 @@ pub fn generate_medusa_with<B: LinearBackend>(
     }
     let depths: Vec<usize> = tree.nodes.iter().map(|n| n.depth).collect();
     let mask = tree.attention_mask();
+    let projection = HeadProjection::new(model, heads);
     while out.len() < max_new && !stop_ids.contains(out.last().unwrap()) {
-        let head_logits = head_logits(model, heads, &h_last, depth);
-        let topk: Vec<Vec<u32>> = (0..depth)
-            .map(|k| top_k(&head_logits[k * vocab..][..vocab], need[k]))
-            .collect();
+        let topk = projection.top_tokens(model, heads, &h_last, &need);
         let tokens = tree.tokens(*out.last().unwrap(), &topk);
         let before = cache.len();
         let hidden = host_f32(model.forward_tree(&tokens, &depths, &mask, &mut cache));

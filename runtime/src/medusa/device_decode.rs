@@ -1,5 +1,5 @@
 //! Greedy Medusa decoding that keeps its state on the backend's device: the heads' ResBlocks,
-//! their vocabulary projection and top-k, the tree pass, the target's argmax per node and
+//! their vocabulary (or shortlist) projection and top-k, the tree pass, the target's argmax per node and
 //! the accepted path's KV rows all stay there, and only token ids cross to the host (the
 //! heads' top-k candidates and the target's argmax per tree node, a few dozen integers a
 //! step) for the pure acceptance functions of [`Tree`]. [`super::generate_medusa`] takes this
@@ -114,6 +114,26 @@ pub fn generate_medusa_on_device<B: LinearBackend>(
     let widest = need.iter().copied().max().unwrap_or(1).max(1);
     let depths: Vec<usize> = tree.nodes.iter().map(|n| n.depth).collect();
     let mask = tree.attention_mask();
+    // The heads' shortlist (if any) as a device matrix `[h, V']` (and bias `[1, V']`): their
+    // logits over it, then column indices mapped back to token ids on the host.
+    let shortlist = heads.vocab.as_ref().map(|ids| {
+        let (weight, bias) = match &model.lm_head {
+            Some(l) => (&l.weight, l.bias.as_ref()),
+            None => (&model.embed_tokens, None),
+        };
+        let rows = B::gather_rows(ids, weight, &device).transpose();
+        let bias = bias.map(|b| {
+            let cols = Tensor::<B, 1, Int>::from_data(
+                TensorData::new(
+                    ids.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+                    [ids.len()],
+                ),
+                &device,
+            );
+            b.clone().select(0, cols).reshape([1, ids.len()])
+        });
+        (rows, bias, ids)
+    });
     while out.len() < max_new && !stop_ids.contains(out.last().unwrap()) {
         // All heads' states, their logits and top-k on the device; `widest` ids per head back.
         let x = h_last.clone().reshape([1, d]);
@@ -121,10 +141,22 @@ pub fn generate_medusa_on_device<B: LinearBackend>(
             (0..depth).map(|k| on_device.hidden(k, x.clone())).collect(),
             0,
         );
-        let (_, idx) = model
-            .logits(states.reshape([1, depth, d]))
-            .topk_with_indices(widest, 2);
-        let idx = ids_of(idx);
+        let idx = match &shortlist {
+            None => ids_of(
+                model
+                    .logits(states.reshape([1, depth, d]))
+                    .topk_with_indices(widest, 2)
+                    .1,
+            ),
+            Some((rows, bias, ids)) => {
+                let mut scores = states.matmul(rows.clone());
+                if let Some(b) = bias {
+                    scores = scores + b.clone();
+                }
+                let (_, idx) = scores.topk_with_indices(widest, 1);
+                ids_of(idx).into_iter().map(|i| ids[i as usize]).collect()
+            }
+        };
         let topk: Vec<Vec<u32>> = (0..depth)
             .map(|k| idx[k * widest..][..need[k]].to_vec())
             .collect();

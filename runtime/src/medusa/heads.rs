@@ -33,6 +33,12 @@ pub struct ResBlock {
 pub struct MedusaHeads {
     pub config: MedusaConfig,
     pub blocks: Vec<Vec<ResBlock>>,
+    /// The tokens the heads may guess (their shortlist, most frequent first), or `None` for
+    /// the whole vocabulary. Scoring a head state against every row of a 49152-token lm_head
+    /// costs as much as the model's own head in every step; the answers heads learn from use
+    /// a few thousand tokens, and a guess outside them is rare enough not to matter (the
+    /// target still verifies against its full vocabulary, so output is unchanged).
+    pub vocab: Option<Vec<u32>>,
 }
 
 /// Why heads could not be read or written.
@@ -62,6 +68,7 @@ impl MedusaHeads {
         Self {
             config,
             blocks: vec![vec![block; config.num_layers]; config.num_heads],
+            vocab: None,
         }
     }
 
@@ -78,6 +85,9 @@ impl MedusaHeads {
         }
         y
     }
+
+    /// The tensor holding [`MedusaHeads::vocab`] (U32, absent for the whole vocabulary).
+    const VOCAB_TENSOR: &'static str = "medusa.vocab";
 
     fn name(head: usize, layer: usize, what: &str) -> String {
         format!("medusa.{head}.{layer}.{what}")
@@ -107,7 +117,7 @@ impl MedusaHeads {
                 ));
             }
         }
-        let views: Vec<(String, TensorView)> = bytes
+        let mut views: Vec<(String, TensorView)> = bytes
             .iter()
             .map(|(n, b, s)| {
                 (
@@ -116,6 +126,13 @@ impl MedusaHeads {
                 )
             })
             .collect();
+        let vocab_bytes: Option<&[u8]> = self.vocab.as_deref().map(bytemuck::cast_slice);
+        if let (Some(v), Some(b)) = (&self.vocab, vocab_bytes) {
+            views.push((
+                Self::VOCAB_TENSOR.to_owned(),
+                TensorView::new(Dtype::U32, vec![v.len()], b).expect("tensor view"),
+            ));
+        }
         let weights = dir.join(WEIGHTS_FILE);
         let tmp = dir.join(format!(".{WEIGHTS_FILE}.tmp"));
         safetensors::serialize_to_file(views, None, &tmp).map_err(|e| MedusaError::Format {
@@ -157,7 +174,23 @@ impl MedusaHeads {
         let st = safetensors::SafeTensors::deserialize(&data).map_err(|e| fmt(e.to_string()))?;
         let h = config.hidden_size;
         let mut tensors: HashMap<String, Vec<f32>> = HashMap::new();
+        let mut vocab = None;
         for (name, view) in st.tensors() {
+            if name == Self::VOCAB_TENSOR {
+                if view.dtype() != Dtype::U32 || view.shape().len() != 1 {
+                    return Err(fmt(format!(
+                        "{name}: dtype {:?} shape {:?}, expected a U32 vector",
+                        view.dtype(),
+                        view.shape()
+                    )));
+                }
+                let ids: Vec<u32> = bytemuck::pod_collect_to_vec(view.data());
+                if ids.is_empty() {
+                    return Err(fmt(format!("{name}: an empty shortlist")));
+                }
+                vocab = Some(ids);
+                continue;
+            }
             if view.dtype() != Dtype::F32 {
                 return Err(fmt(format!(
                     "{name}: dtype {:?}, expected F32",
@@ -186,7 +219,11 @@ impl MedusaHeads {
             }
             blocks.push(head);
         }
-        Ok(Self { config, blocks })
+        Ok(Self {
+            config,
+            blocks,
+            vocab,
+        })
     }
 }
 
@@ -208,6 +245,9 @@ mod tests {
         let y = m.hidden(1, &[1.0, -2.0, 3.0]);
         assert!((y[0] - (1.0 + silu(1.0))).abs() < 1e-6 && (y[2] - (3.0 + silu(0.5))).abs() < 1e-6);
         let dir = tempfile::tempdir().unwrap();
+        m.save(dir.path()).unwrap();
+        assert_eq!(MedusaHeads::load(dir.path()).unwrap(), m);
+        m.vocab = Some(vec![7, 3, 11]);
         m.save(dir.path()).unwrap();
         assert_eq!(MedusaHeads::load(dir.path()).unwrap(), m);
         std::fs::write(dir.path().join(WEIGHTS_FILE), b"junk").unwrap();

@@ -8,10 +8,12 @@ pub mod chain;
 pub mod decode;
 pub mod device_decode;
 pub mod heads;
+pub mod projection;
 pub mod tree;
 
 pub use chain::MedusaChain;
 pub use decode::{generate_medusa, generate_medusa_with, Acceptance};
 pub use device_decode::generate_medusa_on_device;
 pub use heads::{MedusaConfig, MedusaHeads};
+pub use projection::HeadProjection;
 pub use tree::{Tree, Typical};

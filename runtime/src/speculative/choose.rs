@@ -136,7 +136,9 @@ where
                 model: target.config.hidden_size,
             });
         }
-        return Ok(Some(Box::new(MedusaChain::new(target.clone(), heads))));
+        return Ok(Some(Box::new(
+            MedusaChain::new(target.clone(), heads).with_p_min(opts.draft_p_min),
+        )));
     }
     Err(ProposerError::Unknown(spec.into()))
 }

@@ -11,6 +11,7 @@ pub mod choose;
 pub mod decode;
 pub mod draft;
 pub mod lookup;
+pub mod mt_bench;
 pub mod verify;
 
 pub use decode::{generate_speculative, SpecStats};
