@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use lmq_runtime::config::ModelConfig;
 use lmq_runtime::kernels::attention::{attention_cached, CachedAttnShape};
-use lmq_runtime::kernels::matmul_f32_nt;
+use lmq_runtime::kernels::dense_f32::matmul_f32_nt_blocked;
 use lmq_runtime::model::host_ops::{add_in_place, silu_mul_in_place};
 use lmq_runtime::model::rope_tables;
 use lmq_runtime::weights::WeightSource;
@@ -69,7 +69,9 @@ impl HostLinear {
     pub fn apply(&self, x: &[f32], t: usize) -> Vec<f32> {
         let mut y = match &self.device {
             Some(d) => d.matmul_nt(x, &self.weight, t, self.inp, self.out),
-            None => matmul_f32_nt(x, &self.weight, t, self.inp, self.out),
+            // Blocked GEMM for any window length: the sums a device's matmul runs, so the
+            // host and device pipelines pick the same codes (tests/pipeline.rs).
+            None => matmul_f32_nt_blocked(x, &self.weight, t, self.inp, self.out),
         };
         if let Some(b) = &self.bias {
             for row in y.chunks_exact_mut(self.out) {

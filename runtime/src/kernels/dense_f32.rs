@@ -71,6 +71,16 @@ pub fn matmul_f32_nt(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<
     }
 }
 
+/// [`matmul_f32_nt`] through the blocked GEMM whatever the row count: for offline products
+/// (the quantization pipeline's layers on calibration windows), where a burn device's matmul
+/// runs the same kind of blocked sums and the host and device pipelines are compared code
+/// for code.
+pub fn matmul_f32_nt_blocked(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    assert_eq!(x.len(), m * k, "activation shape");
+    assert_eq!(w.len(), n * k, "weight shape");
+    gemm_nt(x, w, m, k, n)
+}
+
 fn gemv_rows(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     // Output stored [n, m] while computing (each band writes contiguous memory), then
     // transposed: m is tiny so that costs nothing.
@@ -464,6 +474,27 @@ mod tests {
                         "t={t} n={n} ({i},{j}): {a} vs {b}"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn blocked_path_matches_reference_for_few_rows_too() {
+        for (m, k, n) in [(1, 64, 33), (3, 576, 40), (24, 32, 48)] {
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 31 % 97) as f32 - 48.0) / 13.0)
+                .collect();
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 17 % 83) as f32 - 41.0) / 11.0)
+                .collect();
+            let want = matmul_f32_nt_ref(&x, &w, m, k, n);
+            let got = matmul_f32_nt_blocked(&x, &w, m, k, n);
+            let scale = want.iter().fold(1.0f32, |a, b| a.max(b.abs()));
+            for (a, b) in got.iter().zip(&want) {
+                assert!(
+                    (a - b).abs() / scale < DENSE_F32_REL_TOL,
+                    "m={m}: {a} vs {b}"
+                );
             }
         }
     }
