@@ -84,11 +84,10 @@ impl Default for MedusaTrainOptions {
 /// 49152-row lm_head (3000 training steps took 191 s on 2 cores).
 pub const DEFAULT_HEAD_VOCAB: usize = 8192;
 
-/// The `n` most frequent tokens of `seqs` past each one's prompt (ties: the lower id), or
-/// `None` when `n` is 0 or covers the vocabulary.
-pub fn shortlist(
-    seqs: &[Vec<u32>],
-    prompt_lens: &[usize],
+/// The `n` most frequent tokens of the sequences past each one's prompt (`(sequence, prompt
+/// length)` pairs; ties: the lower id), or `None` when `n` is 0 or covers the vocabulary.
+pub fn shortlist<'a>(
+    seqs: impl IntoIterator<Item = (&'a [u32], usize)>,
     n: usize,
     vocab: usize,
 ) -> Option<Vec<u32>> {
@@ -96,7 +95,7 @@ pub fn shortlist(
         return None;
     }
     let mut counts: HashMap<u32, usize> = HashMap::new();
-    for (s, &p) in seqs.iter().zip(prompt_lens) {
+    for (s, p) in seqs {
         for &t in &s[p.min(s.len())..] {
             *counts.entry(t).or_default() += 1;
         }
@@ -105,6 +104,11 @@ pub fn shortlist(
     by_count.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     by_count.truncate(n);
     Some(by_count.into_iter().map(|(t, _)| t).collect())
+}
+
+/// Whether sequence `i` is held out (every 10th) for the top-1 figures.
+fn held_out(i: usize) -> bool {
+    i % 10 == 9
 }
 
 /// Training cost and result, for the quantize report and the closing note.
@@ -292,7 +296,7 @@ pub fn train_medusa(
         for t in p.len() - 1..s.len().saturating_sub(k + 1) {
             let targets: Vec<u32> = (1..=k).map(|j| s[t + j + 1]).collect();
             let item = (hid[t * h..][..h].to_vec(), targets);
-            if i % 10 == 9 {
+            if held_out(i) {
                 held.push(item)
             } else {
                 train.push(item)
@@ -310,17 +314,14 @@ pub fn train_medusa(
         held.len()
     );
     let vocab = model.config.vocab_size;
-    // The shortlist comes from the training answers only (held-out ones are every 10th).
-    let is_train = |i: &usize| i % 10 != 9;
-    let train_seqs: Vec<Vec<u32>> = (0..seqs.len())
-        .filter(is_train)
-        .map(|i| seqs[i].clone())
-        .collect();
-    let train_lens: Vec<usize> = (0..seqs.len())
-        .filter(is_train)
-        .map(|i| prompts[i].len())
-        .collect();
-    let short = shortlist(&train_seqs, &train_lens, opts.vocab, vocab);
+    // The shortlist comes from the training answers only.
+    let train_seqs = seqs
+        .iter()
+        .zip(&prompts)
+        .enumerate()
+        .filter(|(i, _)| !held_out(*i))
+        .map(|(_, (s, p))| (&s[..], p.len()));
+    let short = shortlist(train_seqs, opts.vocab, vocab);
     // Column of each token in the heads' output (the shortlist's order), if it has one.
     let column: HashMap<u32, usize> = match &short {
         Some(ids) => ids.iter().enumerate().map(|(i, &t)| (t, i)).collect(),
@@ -519,11 +520,11 @@ mod tests {
     #[test]
     fn the_shortlist_counts_answers_only_and_ranks_by_frequency() {
         // Prompts (the first 2 tokens of each) do not count; ties go to the lower id.
-        let seqs = vec![vec![9, 9, 5, 7, 5], vec![9, 8, 7, 3, 3, 5]];
-        assert_eq!(shortlist(&seqs, &[2, 2], 3, 100), Some(vec![5, 3, 7]));
-        assert_eq!(shortlist(&seqs, &[2, 2], 10, 100), Some(vec![5, 3, 7]));
-        assert_eq!(shortlist(&seqs, &[2, 2], 0, 100), None);
-        assert_eq!(shortlist(&seqs, &[2, 2], 100, 100), None);
+        let seqs: [(&[u32], usize); 2] = [(&[9, 9, 5, 7, 5], 2), (&[9, 8, 7, 3, 3, 5], 2)];
+        assert_eq!(shortlist(seqs, 3, 100), Some(vec![5, 3, 7]));
+        assert_eq!(shortlist(seqs, 10, 100), Some(vec![5, 3, 7]));
+        assert_eq!(shortlist(seqs, 0, 100), None);
+        assert_eq!(shortlist(seqs, 100, 100), None);
     }
 
     #[test]

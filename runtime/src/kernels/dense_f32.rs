@@ -358,15 +358,24 @@ mod tests {
     /// f32 accumulation against the f64 reference, relative to the row's magnitude.
     const DENSE_F32_REL_TOL: f32 = 1e-5;
 
-    fn check(m: usize, k: usize, n: usize) {
-        let x: Vec<f32> = (0..m * k)
+    /// Deterministic `x` `[m, k]` and `w` `[n, k]`.
+    fn inputs(m: usize, k: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
+        let x = (0..m * k)
             .map(|i| ((i * 31 % 97) as f32 - 48.0) / 13.0)
             .collect();
-        let w: Vec<f32> = (0..n * k)
+        let w = (0..n * k)
             .map(|i| ((i * 17 % 83) as f32 - 41.0) / 11.0)
             .collect();
+        (x, w)
+    }
+
+    type Matmul = fn(&[f32], &[f32], usize, usize, usize) -> Vec<f32>;
+
+    /// `matmul` against the f64 reference.
+    fn check_with(matmul: Matmul, m: usize, k: usize, n: usize) {
+        let (x, w) = inputs(m, k, n);
         let want = matmul_f32_nt_ref(&x, &w, m, k, n);
-        let got = matmul_f32_nt(&x, &w, m, k, n);
+        let got = matmul(&x, &w, m, k, n);
         let scale = want.iter().fold(1.0f32, |a, b| a.max(b.abs()));
         for (i, (a, b)) in got.iter().zip(&want).enumerate() {
             assert!(
@@ -374,6 +383,10 @@ mod tests {
                 "m={m} k={k} n={n} at {i}: {a} vs {b}"
             );
         }
+    }
+
+    fn check(m: usize, k: usize, n: usize) {
+        check_with(matmul_f32_nt, m, k, n)
     }
 
     #[test]
@@ -395,12 +408,7 @@ mod tests {
     #[test]
     fn gemv_rows_are_independent_of_their_neighbours() {
         let (k, n) = (200, 75);
-        let w: Vec<f32> = (0..n * k)
-            .map(|i| ((i * 17 % 83) as f32 - 41.0) / 11.0)
-            .collect();
-        let x: Vec<f32> = (0..DENSE_GEMV_MAX_ROWS * k)
-            .map(|i| ((i * 31 % 97) as f32 - 48.0) / 13.0)
-            .collect();
+        let (x, w) = inputs(DENSE_GEMV_MAX_ROWS, k, n);
         for threads in [1, 2] {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
@@ -481,21 +489,7 @@ mod tests {
     #[test]
     fn blocked_path_matches_reference_for_few_rows_too() {
         for (m, k, n) in [(1, 64, 33), (3, 576, 40), (24, 32, 48)] {
-            let x: Vec<f32> = (0..m * k)
-                .map(|i| ((i * 31 % 97) as f32 - 48.0) / 13.0)
-                .collect();
-            let w: Vec<f32> = (0..n * k)
-                .map(|i| ((i * 17 % 83) as f32 - 41.0) / 11.0)
-                .collect();
-            let want = matmul_f32_nt_ref(&x, &w, m, k, n);
-            let got = matmul_f32_nt_blocked(&x, &w, m, k, n);
-            let scale = want.iter().fold(1.0f32, |a, b| a.max(b.abs()));
-            for (a, b) in got.iter().zip(&want) {
-                assert!(
-                    (a - b).abs() / scale < DENSE_F32_REL_TOL,
-                    "m={m}: {a} vs {b}"
-                );
-            }
+            check_with(matmul_f32_nt_blocked, m, k, n);
         }
     }
 

@@ -11,6 +11,7 @@ use burn::tensor::activation::silu;
 
 use super::decode::AcceptedStep;
 use super::heads::MedusaHeads;
+use super::projection::lm_head_parts;
 use super::tree::Tree;
 use crate::generate::{check_request, GenerateError};
 use crate::model::{LinearBackend, Llama};
@@ -117,10 +118,7 @@ pub fn generate_medusa_on_device<B: LinearBackend>(
     // The heads' shortlist (if any) as a device matrix `[h, V']` (and bias `[1, V']`): their
     // logits over it, then column indices mapped back to token ids on the host.
     let shortlist = heads.vocab.as_ref().map(|ids| {
-        let (weight, bias) = match &model.lm_head {
-            Some(l) => (&l.weight, l.bias.as_ref()),
-            None => (&model.embed_tokens, None),
-        };
+        let (weight, bias) = lm_head_parts(model);
         let rows = B::gather_rows(ids, weight, &device).transpose();
         let bias = bias.map(|b| {
             let cols = Tensor::<B, 1, Int>::from_data(

@@ -29,6 +29,16 @@ pub(crate) fn top_k(row: &[f32], k: usize) -> Vec<u32> {
     idx
 }
 
+/// The vocabulary projection's weight and bias: the separate lm_head, or the tied embedding.
+pub(crate) fn lm_head_parts<B: LinearBackend>(
+    model: &Llama<B>,
+) -> (&B::Weight, Option<&Tensor<B, 1>>) {
+    match &model.lm_head {
+        Some(l) => (&l.weight, l.bias.as_ref()),
+        None => (&model.embed_tokens, None),
+    }
+}
+
 /// The shortlist's token ids and their lm_head rows `[ids.len(), hidden]` (plus bias).
 struct Shortlist {
     ids: Vec<u32>,
@@ -47,10 +57,7 @@ impl HeadProjection {
     /// the whole lm_head.
     pub fn new<B: LinearBackend>(model: &Llama<B>, heads: &MedusaHeads) -> Self {
         let shortlist = heads.vocab.as_ref().map(|ids| {
-            let (weight, bias) = match &model.lm_head {
-                Some(l) => (&l.weight, l.bias.as_ref()),
-                None => (&model.embed_tokens, None),
-            };
+            let (weight, bias) = lm_head_parts(model);
             let rows = host_f32(B::gather_rows(ids, weight, &model.device()));
             let bias = bias.map(|b| {
                 let b = host_f32(b.clone());
