@@ -84,7 +84,7 @@ fn main() -> anyhow::Result<()> {
     let mut q8 = base.clone();
     q8.lm_head = Some(Linear {
         weight: HostWeight::Packed(Arc::new(int8_rows(
-            &embed.data,
+            &embed.to_row_major(),
             embed.out_features,
             embed.in_features,
         ))),

@@ -342,7 +342,7 @@ pub fn train_medusa(
         .map(|l| &l.weight)
         .unwrap_or(&model.embed_tokens)
     {
-        HostWeight::Dense(d) => d.data.to_vec(),
+        HostWeight::Dense(d) => d.to_row_major(),
         HostWeight::Packed(p) => p.dequantize_ref(),
         HostWeight::Int8(w) => w.dequantize_ref(),
         // OneBit keeps the vocabulary projection in full precision; a 1-bit one (with its

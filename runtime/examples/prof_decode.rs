@@ -76,6 +76,27 @@ fn main() {
             let _ = host_linear(x, w);
         }
     });
+    // Dense weights' kernels on the checkpoint's row-major layout, for comparison with the
+    // panel layout they are held in.
+    let row_major: Vec<Option<(Vec<f32>, usize, usize)>> = weights
+        .iter()
+        .map(|w| match w {
+            HostWeight::Dense(d) => Some((d.to_row_major(), d.out_features, d.in_features)),
+            _ => None,
+        })
+        .collect();
+    let kernels_rm = best(&mut || {
+        for ((w, x), rm) in weights.iter().zip(&hx).zip(&row_major) {
+            match rm {
+                Some((data, n, k)) => {
+                    let _ = lmq_runtime::kernels::matmul_f32_nt(x, data, 1, *k, *n);
+                }
+                None => {
+                    let _ = host_linear(x, w);
+                }
+            }
+        }
+    });
     let head = weights.last().unwrap();
     let head_t = best(&mut || {
         let _ = Cpu::apply_linear(xs.last().unwrap().clone(), head);
@@ -115,15 +136,16 @@ fn main() {
         head_t * 1e3
     );
     println!("same, kernels only  {:8.3} ms", kernels * 1e3);
+    println!("same, row-major f32 {:8.3} ms", kernels_rm * 1e3);
     println!("everything else     {:8.3} ms", (whole - linears) * 1e3);
 }
 
 fn host_linear(x: &[f32], w: &HostWeight) -> Vec<f32> {
     use lmq_runtime::kernels::{
-        int8::matmul_i8_nt, matmul_f32_nt, onebit::matmul_onebit_nt, packed_q::matmul_packed_nt,
+        int8::matmul_i8_nt, matmul_panel_nt, onebit::matmul_onebit_nt, packed_q::matmul_packed_nt,
     };
     match w {
-        HostWeight::Dense(d) => matmul_f32_nt(x, &d.data, 1, d.in_features, d.out_features),
+        HostWeight::Dense(d) => matmul_panel_nt(x, &d.panels, 1),
         HostWeight::Packed(p) => matmul_packed_nt(x, p, 1),
         HostWeight::Int8(w) => matmul_i8_nt(x, w, 1),
         HostWeight::OneBit(w) => matmul_onebit_nt(x, w, 1),

@@ -138,10 +138,7 @@ impl LinearBackend for Gpu {
 
     fn upload(w: HostWeight, device: &Self::Device) -> GpuWeight {
         match w {
-            HostWeight::Dense(d) => {
-                let data = Arc::try_unwrap(d.data).unwrap_or_else(|a| (*a).clone());
-                dense(data, d.out_features, d.in_features, device)
-            }
+            HostWeight::Dense(d) => dense(d.to_row_major(), d.out_features, d.in_features, device),
             // A layout the kernels do not read (act-order g_idx, 3-bit groups that split
             // words): the scalar reference's f32 values, multiplied densely.
             HostWeight::Packed(p) if !kernel_layout_ok(&p) => {

@@ -3,8 +3,6 @@
 //! query head; feeding it a growing cache means copying (and repeating) the whole cache every
 //! layer of every token, which dominated decode time. Here keys stay where they were written.
 
-use rayon::prelude::*;
-
 use super::dense_f32::gemm_serial;
 use super::fast_exp::exp_f32;
 use super::simd::dot_f32;
@@ -213,42 +211,116 @@ fn attention_rows(q: &[f32], k: &[f32], v: &[f32], s: CachedAttnShape) -> Vec<f3
     let scale = 1.0 / (d as f32).sqrt();
     // Rows in output order [queries, heads]: row r = i * heads + h.
     let mut out = vec![0.0f32; s.queries * s.heads * d];
-    let one_row = |r: usize, orow: &mut [f32], scores: &mut Vec<f32>| {
+    // A few heads × a few rows, each a short loop: the team runs them without a wake-up.
+    // (On rayon's pool, a verification pass's attention left the team's spinning worker
+    // contending with rayon's threads for the two cores: 11% of a 2-row pass.)
+    super::team::for_each_chunk_mut(&mut out, d, |r, orow| {
         let (i, h) = (r / s.heads, r % s.heads);
         let kvh = h / rep;
         let pos = s.len - s.queries + i;
         let qrow = &q[(h * s.queries + i) * d..][..d];
-        let kbase = &k[kvh * s.capacity * d..];
-        let vbase = &v[kvh * s.capacity * d..];
-        scores.clear();
-        let mut m = f32::NEG_INFINITY;
-        for j in 0..=pos {
-            let sc = dot_f32(qrow, &kbase[j * d..(j + 1) * d]) * scale;
-            m = m.max(sc);
-            scores.push(sc);
+        let head = kvh * s.capacity * d..(kvh * s.capacity + s.len) * d;
+        attend_row(qrow, &k[head.clone()], &v[head], pos + 1, &[], scale, orow);
+    });
+    out
+}
+
+/// One query row's attention over keys `0..prefix`, then the keys at `extra`, of one KV head
+/// (`k`, `v`: its `[positions, d]` rows): scores in key order, their softmax, and the values
+/// weighted and summed in key order into `orow`. A decode step, a chain being verified and
+/// a tree node all go through here, so a row gets the same bits in each.
+fn attend_row(
+    qrow: &[f32],
+    k: &[f32],
+    v: &[f32],
+    prefix: usize,
+    extra: &[usize],
+    scale: f32,
+    orow: &mut [f32],
+) {
+    let d = qrow.len();
+    let n = prefix + extra.len();
+    let mut scores = vec![0.0f32; n];
+    let fast = super::gemv_f32_avx2::available() && d.is_multiple_of(8);
+    if fast {
+        // Keys are weight rows to the few-row kernel: each score one FMA chain, 4 keys a tile.
+        super::gemv_f32_avx2::gemv_band(qrow, 1, d, &k[..prefix * d], &mut scores[..prefix]);
+        for (sc, &j) in scores[prefix..].iter_mut().zip(extra) {
+            super::gemv_f32_avx2::gemv_band(
+                qrow,
+                1,
+                d,
+                &k[j * d..(j + 1) * d],
+                std::slice::from_mut(sc),
+            );
         }
-        scores.iter_mut().for_each(|sc| *sc = exp_f32(*sc - m));
-        let z: f32 = scores.iter().sum();
-        let inv = 1.0 / z;
-        for (j, &p) in scores.iter().enumerate() {
-            let w = p * inv;
-            for (o, &x) in orow.iter_mut().zip(&vbase[j * d..(j + 1) * d]) {
-                *o += w * x;
+    } else {
+        for (sc, j) in scores
+            .iter_mut()
+            .zip((0..prefix).chain(extra.iter().copied()))
+        {
+            *sc = dot_f32(qrow, &k[j * d..(j + 1) * d]);
+        }
+    }
+    let mut m = f32::NEG_INFINITY;
+    for sc in scores.iter_mut() {
+        *sc *= scale;
+        m = m.max(*sc);
+    }
+    scores.iter_mut().for_each(|sc| *sc = exp_f32(*sc - m));
+    let inv = 1.0 / scores.iter().sum::<f32>();
+    scores.iter_mut().for_each(|p| *p *= inv);
+    #[cfg(target_arch = "x86_64")]
+    if fast {
+        // SAFETY: AVX2 + FMA present; every key index is below `n` rows of `v` (callers).
+        unsafe { weighted_rows_avx2(&scores, v, prefix, extra, orow) };
+        return;
+    }
+    for (&p, j) in scores.iter().zip((0..prefix).chain(extra.iter().copied())) {
+        for (o, &x) in orow.iter_mut().zip(&v[j * d..(j + 1) * d]) {
+            *o += p * x;
+        }
+    }
+}
+
+/// `orow += Σ_j p_j · v[key_j]` over keys `0..prefix` then `extra`, in that order, one
+/// fused multiply-add per element and key, the output held in registers 64 columns at a
+/// time (the scalar loop loaded and stored the row for every key).
+///
+/// # Safety
+/// AVX2 + FMA; `orow.len()` is a multiple of 8 and every key's row lies inside `v`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn weighted_rows_avx2(
+    p: &[f32],
+    v: &[f32],
+    prefix: usize,
+    extra: &[usize],
+    orow: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    const BLOCK: usize = 8;
+    let d = orow.len();
+    for c0 in (0..d).step_by(8 * BLOCK) {
+        let vecs = ((d - c0) / 8).min(BLOCK);
+        let mut acc = [_mm256_setzero_ps(); BLOCK];
+        // SAFETY: columns c0..c0 + 8 * vecs lie inside every row (d % 8 == 0).
+        unsafe {
+            for (b, a) in acc.iter_mut().enumerate().take(vecs) {
+                *a = _mm256_loadu_ps(orow.as_ptr().add(c0 + 8 * b));
+            }
+            for (&w, j) in p.iter().zip((0..prefix).chain(extra.iter().copied())) {
+                let wv = _mm256_set1_ps(w);
+                let row = v.as_ptr().add(j * d + c0);
+                for (b, a) in acc.iter_mut().enumerate().take(vecs) {
+                    *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(row.add(8 * b)), *a);
+                }
+            }
+            for (b, a) in acc.iter().enumerate().take(vecs) {
+                _mm256_storeu_ps(orow.as_mut_ptr().add(c0 + 8 * b), *a);
             }
         }
-    };
-    if s.queries == 1 {
-        // Decode: a few heads, each a short loop; the team runs them without a wake-up.
-        super::team::for_each_chunk_mut(&mut out, d, |r, orow| {
-            one_row(r, orow, &mut Vec::with_capacity(s.len))
-        });
-    } else {
-        out.par_chunks_mut(d).enumerate().for_each_init(
-            || Vec::with_capacity(s.len),
-            |scores, (r, orow)| one_row(r, orow, scores),
-        );
     }
-    out
 }
 
 /// Tree attention (Medusa verification): the last `s.queries` cache rows are tree nodes;
@@ -268,28 +340,25 @@ pub fn attention_tree(
     let prefix = s.len - n;
     let scale = 1.0 / (d as f32).sqrt();
     let mut out = vec![0.0f32; n * s.heads * d];
-    out.par_chunks_mut(d).enumerate().for_each(|(r, orow)| {
+    // On the team, as `attention_rows` (a tree is a verification pass too).
+    super::team::for_each_chunk_mut(&mut out, d, |r, orow| {
         let (i, h) = (r / s.heads, r % s.heads);
         let kvh = h / rep;
         let qrow = &q[(h * n + i) * d..][..d];
-        let kbase = &k[kvh * s.capacity * d..];
-        let vbase = &v[kvh * s.capacity * d..];
-        let seen: Vec<usize> = (0..prefix)
-            .chain((0..n).filter(|&j| mask[i * n + j]).map(|j| prefix + j))
+        let head = kvh * s.capacity * d..(kvh * s.capacity + s.len) * d;
+        let nodes: Vec<usize> = (0..n)
+            .filter(|&j| mask[i * n + j])
+            .map(|j| prefix + j)
             .collect();
-        let scores: Vec<f32> = seen
-            .iter()
-            .map(|&j| dot_f32(qrow, &kbase[j * d..(j + 1) * d]) * scale)
-            .collect();
-        let m = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let e: Vec<f32> = scores.iter().map(|&x| exp_f32(x - m)).collect();
-        let inv = 1.0 / e.iter().sum::<f32>();
-        for (&j, &p) in seen.iter().zip(&e) {
-            let w = p * inv;
-            for (o, &x) in orow.iter_mut().zip(&vbase[j * d..(j + 1) * d]) {
-                *o += w * x;
-            }
-        }
+        attend_row(
+            qrow,
+            &k[head.clone()],
+            &v[head],
+            prefix,
+            &nodes,
+            scale,
+            orow,
+        );
     });
     out
 }
@@ -344,7 +413,8 @@ mod tests {
         let causal: Vec<bool> = (0..n * n).map(|x| x % n <= x / n).collect();
         let a = attention_tree(&q, &k, &v, s, &causal);
         let b = attention_cached(&q, &k, &v, s);
-        assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-6));
+        // Bit for bit: tree nodes and chain rows share one per-row computation.
+        assert_eq!(a, b);
         // A node that sees only itself and the prefix differs from the causal answer.
         let diag: Vec<bool> = (0..n * n).map(|x| x % n == x / n).collect();
         let c = attention_tree(&q, &k, &v, s, &diag);
@@ -374,31 +444,68 @@ mod tests {
             (9, 3, 20, 23),
             (2, 1, 300, 310),
         ] {
-            let (d, capacity) = (16, 320);
-            let s = CachedAttnShape {
-                heads,
-                kv_heads,
-                head_dim: d,
-                queries,
-                len,
-                capacity,
-            };
-            let gen = |n: usize, m: usize| -> Vec<f32> {
-                (0..n)
-                    .map(|i| ((i * m % 61) as f32 - 30.0) / 17.0)
-                    .collect()
-            };
-            let q = gen(heads * queries * d, 7);
-            let k = gen(kv_heads * capacity * d, 11);
-            let v = gen(kv_heads * capacity * d, 13);
-            let want = attention_cached_ref(&q, &k, &v, s);
-            let got = attention_cached(&q, &k, &v, s);
-            let err = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f32::max);
-            assert!(err < ATTN_ABS_TOL, "{s:?}: {err}");
+            for d in [16, 64, 72, 12] {
+                let capacity = 320;
+                let s = CachedAttnShape {
+                    heads,
+                    kv_heads,
+                    head_dim: d,
+                    queries,
+                    len,
+                    capacity,
+                };
+                let gen = |n: usize, m: usize| -> Vec<f32> {
+                    (0..n)
+                        .map(|i| ((i * m % 61) as f32 - 30.0) / 17.0)
+                        .collect()
+                };
+                let q = gen(heads * queries * d, 7);
+                let k = gen(kv_heads * capacity * d, 11);
+                let v = gen(kv_heads * capacity * d, 13);
+                let want = attention_cached_ref(&q, &k, &v, s);
+                let got = attention_cached(&q, &k, &v, s);
+                let err = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f32::max);
+                assert!(err < ATTN_ABS_TOL, "{s:?}: {err}");
+            }
+        }
+    }
+
+    /// A query row verified among others gets the bits it gets decoded alone (the cache
+    /// holding the same keys up to its position).
+    #[test]
+    fn a_row_gets_the_same_bits_alone_and_among_others() {
+        let (heads, kv_heads, d, capacity) = (9, 3, 64, 40);
+        let gen = |n: usize, m: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| ((i * m % 59) as f32 - 29.0) / 19.0)
+                .collect()
+        };
+        let (k, v) = (
+            gen(kv_heads * capacity * d, 3),
+            gen(kv_heads * capacity * d, 5),
+        );
+        let (queries, len) = (5, 30);
+        let q = gen(heads * queries * d, 7);
+        let shape = |queries, len| CachedAttnShape {
+            heads,
+            kv_heads,
+            head_dim: d,
+            queries,
+            len,
+            capacity,
+        };
+        let all = attention_cached(&q, &k, &v, shape(queries, len));
+        for i in 0..queries {
+            // Row i alone: its query, the cache up to its position.
+            let qi: Vec<f32> = (0..heads)
+                .flat_map(|h| q[(h * queries + i) * d..][..d].to_vec())
+                .collect();
+            let one = attention_cached(&qi, &k, &v, shape(1, len - queries + i + 1));
+            assert_eq!(one, all[i * heads * d..][..heads * d], "row {i}");
         }
     }
 }

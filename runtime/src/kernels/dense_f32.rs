@@ -1,4 +1,5 @@
-//! `y = x · Wᵀ` for f32 weights stored `[out, in]` (the checkpoint layout).
+//! `y = x · Wᵀ` for f32 weights, stored `[out, in]` (the checkpoint layout, for offline
+//! products) or as row panels (`panel_f32`, how the model holds them).
 //! Few rows (decode, speculative verification): each thread streams a band of weight rows and
 //! dots every activation row with it while the weight row is in cache (AVX2: the tiles of
 //! `gemv_f32_avx2`). Many rows (prefill):
@@ -6,6 +7,7 @@
 
 use rayon::prelude::*;
 
+use super::panel_f32::{PanelF32, PANEL_ROWS};
 use super::simd::{dot2_f32, dot_f32};
 use super::team::SendPtr;
 
@@ -93,29 +95,82 @@ fn gemv_rows(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
         return from_row_major_out(yt, n, m);
     }
     super::team::for_each_row_band_mut(&mut yt, m, |first, ys| {
-        let ws = &w[first * k..];
-        for (i, (yrow, wrow)) in ys.chunks_exact_mut(m).zip(ws.chunks_exact(k)).enumerate() {
-            if let Some(ahead) = ws.get((i + PREFETCH_ROWS) * k..(i + PREFETCH_ROWS + 1) * k) {
-                super::simd::prefetch(ahead);
-            }
-            // Rows in pairs share each weight load (same sums as one row at a time).
-            let mut r = 0;
-            while r + 2 <= m {
-                let [a, b] = dot2_f32(wrow, &x[r * k..(r + 1) * k], &x[(r + 1) * k..(r + 2) * k]);
-                yrow[r] = a;
-                yrow[r + 1] = b;
-                r += 2;
-            }
-            if r < m {
-                yrow[r] = dot_f32(&x[r * k..(r + 1) * k], wrow);
-            }
-        }
+        let rows = ys.len() / m;
+        gemv_band_portable(x, m, k, &w[first * k..(first + rows) * k], ys);
     });
     from_row_major_out(yt, n, m)
 }
 
+/// One thread's band of [`gemv_rows`] without the AVX2 tile kernel: `ys` `[rows, m]` for the
+/// weight rows `ws` `[rows, k]`.
+fn gemv_band_portable(x: &[f32], m: usize, k: usize, ws: &[f32], ys: &mut [f32]) {
+    for (i, (yrow, wrow)) in ys.chunks_exact_mut(m).zip(ws.chunks_exact(k)).enumerate() {
+        if let Some(ahead) = ws.get((i + PREFETCH_ROWS) * k..(i + PREFETCH_ROWS + 1) * k) {
+            super::simd::prefetch(ahead);
+        }
+        // Rows in pairs share each weight load (same sums as one row at a time).
+        let mut r = 0;
+        while r + 2 <= m {
+            let [a, b] = dot2_f32(wrow, &x[r * k..(r + 1) * k], &x[(r + 1) * k..(r + 2) * k]);
+            yrow[r] = a;
+            yrow[r + 1] = b;
+            r += 2;
+        }
+        if r < m {
+            yrow[r] = dot_f32(&x[r * k..(r + 1) * k], wrow);
+        }
+    }
+}
+
 fn gemm_nt(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     gemm_nt_bands(x, m, k, n, &DenseRows { w, k })
+}
+
+/// `x · Wᵀ` for `x` `[m, k]` and a panel-layout `W` `[n, k]`; returns `[m, n]`. Few rows:
+/// the tile kernel reads each thread's band of panel blocks as one stream, with the same
+/// sums, bit for bit, as [`matmul_f32_nt`] on the row-major matrix. Many rows: GEMM over
+/// bands unpacked to row-major scratch.
+pub fn matmul_panel_nt(x: &[f32], w: &PanelF32, m: usize) -> Vec<f32> {
+    let (n, k) = w.dims();
+    assert_eq!(x.len(), m * k, "activation shape");
+    if m > DENSE_GEMV_MAX_ROWS || !super::gemv_f32_avx2::available() {
+        // Without AVX2 the row-major fallback GEMV runs on unpacked bands too.
+        if m <= GEMV_MAX_ROWS {
+            return gemv_panel_fallback(x, w, m);
+        }
+        return gemm_nt_bands(x, m, k, n, &PanelRows(w));
+    }
+    let mut yt = vec![0.0f32; n * m];
+    super::team::for_each_row_band_mut_aligned(&mut yt, m, PANEL_ROWS, |first, ys| {
+        super::gemv_f32_avx2::gemv_panel_band(x, m, w, first, ys);
+    });
+    from_row_major_out(yt, n, m)
+}
+
+/// [`matmul_panel_nt`]'s few-row path where the tile kernel does not run: each band's rows
+/// unpacked, then the row-major GEMV.
+fn gemv_panel_fallback(x: &[f32], w: &PanelF32, m: usize) -> Vec<f32> {
+    let (n, k) = w.dims();
+    let mut yt = vec![0.0f32; n * m];
+    super::team::for_each_row_band_mut_aligned(&mut yt, m, PANEL_ROWS, |first, ys| {
+        let rows = ys.len() / m;
+        let mut band = vec![0.0f32; rows * k];
+        w.rows_into(first, rows, &mut band);
+        gemv_band_portable(x, m, k, &band, ys);
+    });
+    from_row_major_out(yt, n, m)
+}
+
+/// A panel matrix's rows for the GEMM, unpacked one band at a time into the thread's scratch.
+struct PanelRows<'a>(&'a PanelF32);
+
+impl WeightBands for PanelRows<'_> {
+    fn band<'s>(&'s self, o0: usize, rows: usize, scratch: &'s mut Vec<f32>) -> &'s [f32] {
+        let k = self.0.dims().1;
+        scratch.resize(rows * k, 0.0);
+        self.0.rows_into(o0, rows, &mut scratch[..rows * k]);
+        &scratch[..rows * k]
+    }
 }
 
 /// Weight rows of a prompt-sized GEMM, one band at a time: borrowed from dense weights, or
@@ -422,6 +477,36 @@ mod tests {
                         assert_eq!(a.to_bits(), b.to_bits(), "m={m} threads={threads} at {i}");
                     }
                 }
+            });
+        }
+    }
+
+    /// Panel weights: the same bits as the row-major matrix through the few-row path on
+    /// any thread count (bands split on panel blocks), and the f64 reference's values
+    /// through the GEMM path (bands unpacked).
+    #[test]
+    fn panel_weights_give_the_row_major_results() {
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                for (m, k, n) in [(1, 576, 192), (2, 17, 37), (5, 64, 101), (32, 8, 6)] {
+                    let (x, w) = inputs(m, k, n);
+                    let p = PanelF32::from_row_major(&w, n, k);
+                    let got = matmul_panel_nt(&x, &p, m);
+                    let want = matmul_f32_nt(&x, &w, m, k, n);
+                    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                        assert_eq!(a.to_bits(), b.to_bits(), "m={m} k={k} n={n} at {i}");
+                    }
+                }
+                check_with(
+                    |x, w, m, k, n| matmul_panel_nt(x, &PanelF32::from_row_major(w, n, k), m),
+                    DENSE_GEMV_MAX_ROWS + 7,
+                    96,
+                    77,
+                );
             });
         }
     }

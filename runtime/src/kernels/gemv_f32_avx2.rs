@@ -1,8 +1,8 @@
 //! Few-row f32 products `y = x · Wᵀ` on AVX2 + FMA: a decode step (one row), a speculative
-//! chain or a Medusa tree (a few to a few dozen rows). Tiles of 4 weight rows × 2 activation
-//! rows keep 8 independent FMA chains in registers and load 6 vectors per 8 FMAs; the
-//! pairwise dot products it replaced loaded 3 per 2, which left a verification row costing
-//! as much as a tenth of a decode step in loads alone.
+//! chain or a Medusa tree (a few to a few dozen rows). Tiles of 4 weight rows × 3 activation
+//! rows keep 12 independent FMA chains in registers and load 7 vectors per 12 FMAs (× 2: 6
+//! per 8); the pairwise dot products they replaced loaded 3 per 2, which left a verification
+//! row costing as much as a tenth of a decode step in loads alone.
 //!
 //! Every output is one FMA chain over the 8-lane chunks of its dot product, then the same
 //! horizontal sum, then the scalar tail, in whichever tile it falls: a row's results are the
@@ -12,10 +12,13 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-/// Weight rows per tile.
-const TILE_W: usize = 4;
-/// Activation rows per tile.
-const TILE_X: usize = 2;
+use super::panel_f32::{PanelF32, TileLayout, PANEL_ROWS};
+
+/// Weight rows per tile: a panel block.
+const TILE_W: usize = PANEL_ROWS;
+/// Activation rows per tile, at most (then 2, then 1 for the rest): 12 accumulators, 3
+/// activations and a weight vector fill the 16 registers.
+const TILE_X: usize = 3;
 
 /// Whether this CPU runs the kernel (AVX2 and FMA).
 pub fn available() -> bool {
@@ -59,37 +62,92 @@ pub fn gemv_band(x: &[f32], m: usize, k: usize, w: &[f32], yt: &mut [f32]) {
     let rows = w.len().checked_div(k).unwrap_or(0);
     assert_eq!(yt.len(), rows * m, "output band shape");
     assert!(available(), "gemv_f32_avx2 needs AVX2 and FMA");
+    let tiles = |o: usize| (TileLayout::row_major(o, k), TILE_W.min(rows - o));
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX2 and FMA are present (asserted); shapes are checked above.
+    // SAFETY: AVX2 and FMA are present (asserted); shapes are checked above, and every
+    // row-major tile lies inside `w`.
     unsafe {
-        band(x, m, k, w, rows, yt)
+        band(x, m, k, w, rows, &tiles, yt)
     }
 }
 
+/// [`gemv_band`] for rows `first..first + yt.len() / m` of a panel matrix `w`; `first` must
+/// begin a panel block (or lie past the full blocks), as thread bands of
+/// [`PANEL_ROWS`]-multiples do.
+pub fn gemv_panel_band(x: &[f32], m: usize, w: &PanelF32, first: usize, yt: &mut [f32]) {
+    let (n, k) = w.dims();
+    assert_eq!(x.len(), m * k, "activation shape");
+    assert_eq!(yt.len() % m.max(1), 0, "output band shape");
+    let rows = yt.len().checked_div(m).unwrap_or(0);
+    assert!(first + rows <= n, "band outside the matrix");
+    assert!(
+        first.is_multiple_of(PANEL_ROWS) || first >= w.full_block_rows(),
+        "band starts inside a panel block"
+    );
+    assert!(available(), "gemv_f32_avx2 needs AVX2 and FMA");
+    let full = w.full_block_rows();
+    let tiles = |o: usize| {
+        let row = first + o;
+        let count = if row < full && o + PANEL_ROWS <= rows {
+            PANEL_ROWS
+        } else {
+            1
+        };
+        (w.tile_layout(row), count)
+    };
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX2 and FMA are present (asserted); the panel layout's tiles lie inside its
+    // storage.
+    unsafe {
+        band(x, m, k, w.data(), rows, &tiles, yt)
+    }
+}
+
+/// The band's tiles in order: `tiles(o)` says where the tile of band rows from `o` sits and
+/// how many rows (`TILE_W`, or fewer) it holds.
+///
+/// # Safety
+/// AVX2 + FMA; every tile `tiles` describes lies inside `w`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn band(x: &[f32], m: usize, k: usize, w: &[f32], rows: usize, yt: &mut [f32]) {
+unsafe fn band(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    rows: usize,
+    tiles: &dyn Fn(usize) -> (TileLayout, usize),
+    yt: &mut [f32],
+) {
     // No software prefetch: the weight band streams in order, and prefetching 8–32 rows
     // ahead measured 2–7% slower than the hardware prefetcher alone.
     let mut o = 0;
     while o < rows {
-        let nw = TILE_W.min(rows - o);
+        let (t, nw) = tiles(o);
+        let nw = nw.min(rows - o);
         let mut r = 0;
         while r < m {
             let nx = TILE_X.min(m - r);
-            // SAFETY: rows o..o + nw of w and r..r + nx of x exist (loop bounds).
+            // SAFETY: rows r..r + nx of x exist (loop bounds); the caller vouches for the
+            // tile and its rows single tiles cover.
             unsafe {
                 match (nw, nx) {
-                    (4, 2) => tile::<4, 2>(x, r, k, w, o, m, yt),
-                    (4, _) => tile::<4, 1>(x, r, k, w, o, m, yt),
+                    (4, 3) => tile::<4, 3>(x, r, k, w, t, o, m, yt),
+                    (4, 2) => tile::<4, 2>(x, r, k, w, t, o, m, yt),
+                    (4, _) => tile::<4, 1>(x, r, k, w, t, o, m, yt),
+                    (_, 3) => {
+                        for j in 0..nw {
+                            tile::<1, 3>(x, r, k, w, tiles(o + j).0, o + j, m, yt)
+                        }
+                    }
                     (_, 2) => {
                         for j in 0..nw {
-                            tile::<1, 2>(x, r, k, w, o + j, m, yt)
+                            tile::<1, 2>(x, r, k, w, tiles(o + j).0, o + j, m, yt)
                         }
                     }
                     _ => {
                         for j in 0..nw {
-                            tile::<1, 1>(x, r, k, w, o + j, m, yt)
+                            tile::<1, 1>(x, r, k, w, tiles(o + j).0, o + j, m, yt)
                         }
                     }
                 }
@@ -100,11 +158,11 @@ unsafe fn band(x: &[f32], m: usize, k: usize, w: &[f32], rows: usize, yt: &mut [
     }
 }
 
-/// Outputs `(o + a, r + b)` for `a < R`, `b < C`.
+/// Outputs `(o + a, r + b)` for `a < R`, `b < C`, the weight rows where `t` puts them.
 ///
 /// # Safety
-/// AVX2 + FMA; `w` holds rows `o..o + R` and `x` rows `r..r + C` of length `k`; `yt` is
-/// `[.., m]` with rows `o..o + R`.
+/// AVX2 + FMA; `t` addresses `R` rows of `k` values inside `w`; `x` holds rows `r..r + C` of
+/// length `k`; `yt` is `[.., m]` with rows `o..o + R`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
@@ -113,20 +171,25 @@ unsafe fn tile<const R: usize, const C: usize>(
     r: usize,
     k: usize,
     w: &[f32],
+    t: TileLayout,
     o: usize,
     m: usize,
     yt: &mut [f32],
 ) {
-    let wp: [*const f32; R] = std::array::from_fn(|a| w[(o + a) * k..].as_ptr());
+    let base = w.as_ptr();
+    // SAFETY: the tile's rows start inside `w` (caller).
+    let wp: [*const f32; R] =
+        std::array::from_fn(|a| unsafe { base.add(t.start + a * t.row_stride) });
     let xp: [*const f32; C] = std::array::from_fn(|b| x[(r + b) * k..].as_ptr());
     let mut acc = [[_mm256_setzero_ps(); C]; R];
     let chunks = k / 8;
     for c in 0..chunks {
-        // SAFETY: 8c + 8 <= k for every row pointer.
+        // SAFETY: chunk c of every tile row lies inside `w` (caller), and 8c + 8 <= k for
+        // every activation row.
         unsafe {
             let xv: [__m256; C] = std::array::from_fn(|b| _mm256_loadu_ps(xp[b].add(c * 8)));
             for a in 0..R {
-                let wv = _mm256_loadu_ps(wp[a].add(c * 8));
+                let wv = _mm256_loadu_ps(wp[a].add(c * t.chunk_stride));
                 for b in 0..C {
                     acc[a][b] = _mm256_fmadd_ps(wv, xv[b], acc[a][b]);
                 }
@@ -134,10 +197,11 @@ unsafe fn tile<const R: usize, const C: usize>(
         }
     }
     for a in 0..R {
+        let tail = &w[t.tail + a * t.tail_stride..][..k - chunks * 8];
         for b in 0..C {
             let mut total = hsum(acc[a][b]);
-            for i in chunks * 8..k {
-                total += w[(o + a) * k + i] * x[(r + b) * k + i];
+            for (i, wv) in tail.iter().enumerate() {
+                total += wv * x[(r + b) * k + chunks * 8 + i];
             }
             yt[(o + a) * m + r + b] = total;
         }
@@ -196,6 +260,35 @@ mod tests {
                         want.to_bits(),
                         "rows {rows} m {m} k {k}: output ({o}, {r})"
                     );
+                }
+            }
+        }
+    }
+
+    /// The panel layout's tiles (whole blocks, the rows after them, tails) give the
+    /// definition's bits too, for bands starting at any block.
+    #[test]
+    fn panel_bands_give_the_definitions_bits() {
+        if !available() {
+            eprintln!("skipped: no AVX2 + FMA here");
+            return;
+        }
+        for &(n, m, k) in &[(4, 1, 8), (7, 2, 576), (13, 3, 17), (9, 5, 3), (16, 2, 64)] {
+            let (x, w) = (data(m * k, 5), data(n * k, 6));
+            let p = PanelF32::from_row_major(&w, n, k);
+            for first in (0..n).step_by(PANEL_ROWS) {
+                let rows = n - first;
+                let mut yt = vec![0.0f32; rows * m];
+                gemv_panel_band(&x, m, &p, first, &mut yt);
+                for o in 0..rows {
+                    for r in 0..m {
+                        let want = dot_ref(&x[r * k..][..k], &w[(first + o) * k..][..k]);
+                        assert_eq!(
+                            yt[o * m + r].to_bits(),
+                            want.to_bits(),
+                            "n {n} m {m} k {k} band from {first}: output ({o}, {r})"
+                        );
+                    }
                 }
             }
         }

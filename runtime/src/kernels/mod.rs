@@ -16,7 +16,9 @@ pub mod packed_gemm_i16;
 pub mod packed_i16;
 pub mod packed_q;
 pub mod packed_vnni;
+pub mod panel_f32;
 pub mod simd;
 pub mod team;
 
-pub use dense_f32::{matmul_f32_nt, matmul_f32_nt_ref};
+pub use dense_f32::{matmul_f32_nt, matmul_f32_nt_ref, matmul_panel_nt};
+pub use panel_f32::PanelF32;

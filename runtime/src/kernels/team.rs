@@ -220,6 +220,23 @@ pub fn for_each_row_band_mut<T: Send>(
     for_each_chunk_mut(out, band * row_len, |i, part| f(i * band, part));
 }
 
+/// [`for_each_row_band_mut`] with every band but the last a multiple of `align` rows: bands
+/// that begin on a panel block.
+pub fn for_each_row_band_mut_aligned<T: Send>(
+    out: &mut [T],
+    row_len: usize,
+    align: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
+    assert!(row_len > 0 && align > 0, "row length and alignment");
+    let band = (out.len() / row_len)
+        .div_ceil(global().threads())
+        .div_ceil(align)
+        .max(1)
+        * align;
+    for_each_chunk_mut(out, band * row_len, |i, part| f(i * band, part));
+}
+
 /// Splits `out` into chunks of `chunk` elements and calls `f(index, chunk)` for each, on the
 /// global team: the decode GEMVs' "bands of output rows".
 pub fn for_each_chunk_mut<T: Send>(

@@ -10,10 +10,10 @@ use burn::backend::Flex;
 use burn::prelude::*;
 
 use crate::kernels::int8::matmul_i8_nt;
-use crate::kernels::matmul_f32_nt;
 use crate::kernels::onebit::matmul_onebit_nt;
 use crate::kernels::packed_q::matmul_packed_nt;
 use crate::kernels::packed_vnni::{gemv_packed_vnni_many, runtime_act_codes};
+use crate::kernels::{matmul_panel_nt, PanelF32};
 use crate::packed::{Int8Linear, OneBitLinear, PackedLinear};
 
 use super::host_step::RowLayout;
@@ -21,23 +21,29 @@ use super::kv_cache::KvCache;
 use super::llama::Llama;
 use super::rope::Rope;
 
-/// A weight matrix as loaded: rows of `in_features` f32 values, one per output feature.
+/// A weight matrix as loaded: `out_features` rows of `in_features` f32 values, held in
+/// panel layout ([`PanelF32`]) so that decode GEMVs stream each block of rows in order.
 #[derive(Debug, Clone)]
 pub struct DenseWeight {
-    pub data: Arc<Vec<f32>>,
+    pub panels: Arc<PanelF32>,
     pub out_features: usize,
     pub in_features: usize,
 }
 
 impl DenseWeight {
-    /// Wraps `[out, in]` row-major data.
+    /// Packs `[out, in]` row-major data.
     pub fn new(data: Vec<f32>, out_features: usize, in_features: usize) -> Self {
         assert_eq!(data.len(), out_features * in_features, "weight shape");
         Self {
-            data: Arc::new(data),
+            panels: Arc::new(PanelF32::from_row_major(&data, out_features, in_features)),
             out_features,
             in_features,
         }
+    }
+
+    /// The checkpoint's `[out, in]` row-major layout (a copy).
+    pub fn to_row_major(&self) -> Vec<f32> {
+        self.panels.to_row_major()
     }
 }
 
@@ -74,7 +80,7 @@ impl HostWeight {
             let id = id as usize;
             assert!(id < rows, "token id {id} outside the vocabulary of {rows}");
             match self {
-                HostWeight::Dense(w) => dst.copy_from_slice(&w.data[id * d..(id + 1) * d]),
+                HostWeight::Dense(w) => w.panels.row_into(id, dst),
                 HostWeight::Packed(p) => p.dequantize_rows_into(id, dst),
                 HostWeight::Int8(w) => w.dequantize_rows_into(id, dst),
                 HostWeight::OneBit(w) => w.dequantize_rows_into(id, dst),
@@ -208,7 +214,7 @@ impl LinearBackend for Flex {
 /// `x · Wᵀ` on the host for `x` `[m, in]` (row-major), through the weight format's kernel.
 pub fn host_matmul(x: &[f32], w: &HostWeight, m: usize) -> Vec<f32> {
     match w {
-        HostWeight::Dense(d) => matmul_f32_nt(x, &d.data, m, d.in_features, d.out_features),
+        HostWeight::Dense(d) => matmul_panel_nt(x, &d.panels, m),
         HostWeight::Packed(p) => matmul_packed_nt(x, p, m),
         HostWeight::Int8(w) => matmul_i8_nt(x, w, m),
         HostWeight::OneBit(w) => matmul_onebit_nt(x, w, m),
