@@ -429,6 +429,13 @@ mod tests {
         );
     }
 
+    /// Deterministic values in about ±1.8, varied by `m`.
+    fn gen(n: usize, m: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * m % 61) as f32 - 30.0) / 17.0)
+            .collect()
+    }
+
     /// f32 scores and softmax against the f64 definition.
     const ATTN_ABS_TOL: f32 = 1e-5;
 
@@ -454,11 +461,6 @@ mod tests {
                     len,
                     capacity,
                 };
-                let gen = |n: usize, m: usize| -> Vec<f32> {
-                    (0..n)
-                        .map(|i| ((i * m % 61) as f32 - 30.0) / 17.0)
-                        .collect()
-                };
                 let q = gen(heads * queries * d, 7);
                 let k = gen(kv_heads * capacity * d, 11);
                 let v = gen(kv_heads * capacity * d, 13);
@@ -479,11 +481,6 @@ mod tests {
     #[test]
     fn a_row_gets_the_same_bits_alone_and_among_others() {
         let (heads, kv_heads, d, capacity) = (9, 3, 64, 40);
-        let gen = |n: usize, m: usize| -> Vec<f32> {
-            (0..n)
-                .map(|i| ((i * m % 59) as f32 - 29.0) / 19.0)
-                .collect()
-        };
         let (k, v) = (
             gen(kv_heads * capacity * d, 3),
             gen(kv_heads * capacity * d, 5),

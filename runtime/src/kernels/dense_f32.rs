@@ -61,15 +61,19 @@ pub fn matmul_f32_nt_ref(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> 
 pub fn matmul_f32_nt(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     assert_eq!(x.len(), m * k, "activation shape");
     assert_eq!(w.len(), n * k, "weight shape");
-    let gemv_rows_max = if super::gemv_f32_avx2::available() {
-        DENSE_GEMV_MAX_ROWS
-    } else {
-        GEMV_MAX_ROWS
-    };
-    if m <= gemv_rows_max {
+    if m <= gemv_max_rows() {
         gemv_rows(x, w, m, k, n)
     } else {
         gemm_nt(x, w, m, k, n)
+    }
+}
+
+/// Most activation rows the f32 GEMV takes before GEMM does, for either weight layout.
+fn gemv_max_rows() -> usize {
+    if super::gemv_f32_avx2::available() {
+        DENSE_GEMV_MAX_ROWS
+    } else {
+        GEMV_MAX_ROWS
     }
 }
 
@@ -133,12 +137,11 @@ fn gemm_nt(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
 pub fn matmul_panel_nt(x: &[f32], w: &PanelF32, m: usize) -> Vec<f32> {
     let (n, k) = w.dims();
     assert_eq!(x.len(), m * k, "activation shape");
-    if m > DENSE_GEMV_MAX_ROWS || !super::gemv_f32_avx2::available() {
-        // Without AVX2 the row-major fallback GEMV runs on unpacked bands too.
-        if m <= GEMV_MAX_ROWS {
-            return gemv_panel_fallback(x, w, m);
-        }
+    if m > gemv_max_rows() {
         return gemm_nt_bands(x, m, k, n, &PanelRows(w));
+    }
+    if !super::gemv_f32_avx2::available() {
+        return gemv_panel_fallback(x, w, m);
     }
     let mut yt = vec![0.0f32; n * m];
     super::team::for_each_row_band_mut_aligned(&mut yt, m, PANEL_ROWS, |first, ys| {
@@ -424,6 +427,15 @@ mod tests {
         (x, w)
     }
 
+    /// Runs `f` inside a rayon pool of `threads` threads.
+    fn on_threads(threads: usize, f: impl FnOnce() + Send) {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(f)
+    }
+
     type Matmul = fn(&[f32], &[f32], usize, usize, usize) -> Vec<f32>;
 
     /// `matmul` against the f64 reference.
@@ -465,11 +477,7 @@ mod tests {
         let (k, n) = (200, 75);
         let (x, w) = inputs(DENSE_GEMV_MAX_ROWS, k, n);
         for threads in [1, 2] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
+            on_threads(threads, || {
                 let all = matmul_f32_nt(&x, &w, DENSE_GEMV_MAX_ROWS, k, n);
                 for m in [1, 2, 5, 8, 13] {
                     let some = matmul_f32_nt(&x[..m * k], &w, m, k, n);
@@ -487,11 +495,7 @@ mod tests {
     #[test]
     fn panel_weights_give_the_row_major_results() {
         for threads in [1, 2, 3] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
+            on_threads(threads, || {
                 for (m, k, n) in [(1, 576, 192), (2, 17, 37), (5, 64, 101), (32, 8, 6)] {
                     let (x, w) = inputs(m, k, n);
                     let p = PanelF32::from_row_major(&w, n, k);
@@ -516,11 +520,7 @@ mod tests {
     #[test]
     fn gemm_bands_match_reference_on_any_thread_count() {
         for threads in [1, 2, 3] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
+            on_threads(threads, || {
                 for (m, k, n) in [(9, 64, 100), (33, 17, 37), (64, 576, 192), (12, 8, 5)] {
                     check(m, k, n);
                 }

@@ -252,15 +252,21 @@ mod tests {
             let (x, w) = (data(m * k, 1), data(rows * k, 2));
             let mut yt = vec![0.0f32; rows * m];
             gemv_band(&x, m, k, &w, &mut yt);
-            for o in 0..rows {
-                for r in 0..m {
-                    let want = dot_ref(&x[r * k..][..k], &w[o * k..][..k]);
-                    assert_eq!(
-                        yt[o * m + r].to_bits(),
-                        want.to_bits(),
-                        "rows {rows} m {m} k {k}: output ({o}, {r})"
-                    );
-                }
+            assert_definition_bits(&x, m, k, &w, &yt, &format!("rows {rows} m {m} k {k}"));
+        }
+    }
+
+    /// `yt` (`[rows, m]`) holds, bit for bit, `dot_ref` of every activation row of `x` with
+    /// every weight row of `w` (row-major `[rows, k]`).
+    fn assert_definition_bits(x: &[f32], m: usize, k: usize, w: &[f32], yt: &[f32], what: &str) {
+        for (o, wrow) in w.chunks_exact(k).enumerate() {
+            for r in 0..m {
+                let want = dot_ref(&x[r * k..][..k], wrow);
+                assert_eq!(
+                    yt[o * m + r].to_bits(),
+                    want.to_bits(),
+                    "{what}: output ({o}, {r})"
+                );
             }
         }
     }
@@ -280,16 +286,8 @@ mod tests {
                 let rows = n - first;
                 let mut yt = vec![0.0f32; rows * m];
                 gemv_panel_band(&x, m, &p, first, &mut yt);
-                for o in 0..rows {
-                    for r in 0..m {
-                        let want = dot_ref(&x[r * k..][..k], &w[(first + o) * k..][..k]);
-                        assert_eq!(
-                            yt[o * m + r].to_bits(),
-                            want.to_bits(),
-                            "n {n} m {m} k {k} band from {first}: output ({o}, {r})"
-                        );
-                    }
-                }
+                let what = format!("n {n} m {m} k {k} band from {first}");
+                assert_definition_bits(&x, m, k, &w[first * k..], &yt, &what);
             }
         }
     }
