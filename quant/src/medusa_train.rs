@@ -4,11 +4,12 @@
 //! problems, SciQ and PIQA questions; never the MT-bench questions the speculative
 //! benchmark uses) with greedy decoding, so every token after a prompt is the
 //! model's own argmax; head k learns the token k + 1 positions after each such position from
-//! the frozen final hidden state. Only the heads' ResBlocks train (burn autodiff, Adam); the
-//! lm_head is the model's own and stays frozen.
+//! the frozen final hidden state (and, for token-aware heads, the embedding of the token the
+//! model chose from it). Only the heads' ResBlocks (and token matrices) train (burn autodiff,
+//! Adam); the lm_head and the embedding are the model's own and stay frozen.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -35,8 +36,13 @@ use serde::Serialize;
 
 type Train = Autodiff<Cpu>;
 
-/// A final hidden state and the tokens 2…K+1 positions after it.
-type Sample = (Vec<f32>, Vec<u32>);
+/// One training position: the final hidden state at t, the token chosen from it (t + 1), and
+/// the tokens t + 2 … t + K + 1 the heads learn.
+struct Sample {
+    hidden: Vec<f32>,
+    chosen: u32,
+    targets: Vec<u32>,
+}
 
 /// What to train and on how much data.
 #[derive(Debug, Clone)]
@@ -59,6 +65,12 @@ pub struct MedusaTrainOptions {
     pub vocab: usize,
     /// Also answer the MT-bench questions the speculative benchmark leaves out.
     pub mt_bench: bool,
+    /// Token-aware heads ([`MedusaConfig::token_input`]).
+    pub token_input: bool,
+    /// The distillation answers' file: read when it exists (it must hold the same prompts),
+    /// written after generating them otherwise, so several head settings can train against
+    /// one model without answering the prompts again.
+    pub answers_file: Option<PathBuf>,
 }
 
 impl Default for MedusaTrainOptions {
@@ -74,6 +86,8 @@ impl Default for MedusaTrainOptions {
             decay: 0.8,
             vocab: DEFAULT_HEAD_VOCAB,
             mt_bench: true,
+            token_input: true,
+            answers_file: None,
         }
     }
 }
@@ -130,18 +144,26 @@ pub struct MedusaTrainReport {
 }
 
 /// The heads' trainable parameters: block `k * layers + l` is head k's l-th ResBlock;
-/// `w` `[K·L, h, h]` (out × in), `b` `[K·L, h]`.
+/// `w` `[K·L, h, h]` (out × in), `b` `[K·L, h]`; `u` `[K, h, h]` the token matrices (unused
+/// unless `token_input`).
 #[derive(Module, Debug)]
 struct HeadParams<B: Backend> {
     w: Param<Tensor<B, 3>>,
     b: Param<Tensor<B, 2>>,
+    u: Param<Tensor<B, 3>>,
     layers: usize,
+    token_input: bool,
 }
 
 impl<B: Backend> HeadParams<B> {
-    /// Head `k`'s hidden states for `x` `[n, h]`.
-    fn head(&self, k: usize, mut x: Tensor<B, 2>) -> Tensor<B, 2> {
+    /// Head `k`'s hidden states for `x` `[n, h]` and the embeddings `e` `[n, h]` of the tokens
+    /// chosen from them.
+    fn head(&self, k: usize, mut x: Tensor<B, 2>, e: &Tensor<B, 2>) -> Tensor<B, 2> {
         let [_, _, h] = self.w.dims();
+        if self.token_input {
+            let u = self.u.val().slice([k..k + 1, 0..h, 0..h]).reshape([h, h]);
+            x = x + e.clone().matmul(u.transpose());
+        }
         for l in 0..self.layers {
             let i = k * self.layers + l;
             let w = self.w.val().slice([i..i + 1, 0..h, 0..h]).reshape([h, h]);
@@ -149,6 +171,56 @@ impl<B: Backend> HeadParams<B> {
             x = x.clone() + silu(x.matmul(w.transpose()) + b);
         }
         x
+    }
+}
+
+impl<B: Backend> HeadParams<B> {
+    /// The trained parameters as the heads decoding reads, guessing among `vocab`.
+    fn to_heads(&self, vocab: Option<Vec<u32>>) -> MedusaHeads {
+        let values = |p: &Param<Tensor<B, 3>>| -> Vec<f32> {
+            p.val()
+                .into_data()
+                .convert::<f32>()
+                .into_vec()
+                .expect("f32")
+        };
+        let (w, u) = (values(&self.w), values(&self.u));
+        let b: Vec<f32> = self
+            .b
+            .val()
+            .into_data()
+            .convert::<f32>()
+            .into_vec()
+            .expect("f32");
+        let [kl, h, _] = self.w.dims();
+        let (k, layers) = (kl / self.layers, self.layers);
+        MedusaHeads {
+            config: MedusaConfig {
+                num_heads: k,
+                num_layers: layers,
+                hidden_size: h,
+                token_input: self.token_input,
+            },
+            blocks: (0..k)
+                .map(|j| {
+                    (0..layers)
+                        .map(|l| {
+                            let i = j * layers + l;
+                            ResBlock {
+                                weight: w[i * h * h..][..h * h].to_vec(),
+                                bias: b[i * h..][..h].to_vec(),
+                            }
+                        })
+                        .collect()
+                })
+                .collect(),
+            token_mix: if self.token_input {
+                u.chunks_exact(h * h).map(<[f32]>::to_vec).collect()
+            } else {
+                vec![]
+            },
+            vocab,
+        }
     }
 }
 
@@ -232,6 +304,41 @@ fn mt_bench_prompts(template: &ChatTemplate, tok: &Tokenizer) -> Result<Vec<Vec<
         .collect()
 }
 
+/// The answers in `file` when it exists and holds these prompts, else [`answers`] (written
+/// to `file`, under a temporary name first).
+fn cached_answers(
+    model: &Llama<Cpu>,
+    prompts: &[Vec<u32>],
+    n_new: usize,
+    stop: &[u32],
+    file: Option<&Path>,
+) -> Result<Vec<Vec<u32>>> {
+    let Some(file) = file else {
+        return answers(model, prompts, n_new, stop);
+    };
+    if file.exists() {
+        let seqs: Vec<Vec<u32>> = serde_json::from_slice(
+            &std::fs::read(file).with_context(|| format!("reading {}", file.display()))?,
+        )
+        .with_context(|| format!("{}: not a list of token sequences", file.display()))?;
+        anyhow::ensure!(
+            seqs.len() == prompts.len() && seqs.iter().zip(prompts).all(|(s, p)| s.starts_with(p)),
+            "{}: its {} sequences do not start with these {} prompts (other prompt options?)",
+            file.display(),
+            seqs.len(),
+            prompts.len()
+        );
+        eprintln!("medusa: answers read from {}", file.display());
+        return Ok(seqs);
+    }
+    let seqs = answers(model, prompts, n_new, stop)?;
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(&seqs)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, file).with_context(|| format!("renaming to {}", file.display()))?;
+    Ok(seqs)
+}
+
 /// Each prompt followed by the model's greedy answer (up to `n_new` tokens, ending at a stop
 /// token), one sequence at a time through the fused single-sequence decode: on the CPU that
 /// outruns batched decoding through the generic layer-by-layer path, and a progress bar
@@ -281,7 +388,13 @@ pub fn train_medusa(
         prompts.len(),
         opts.answer_tokens
     );
-    let seqs = answers(model, &prompts, opts.answer_tokens, stop)?;
+    let seqs = cached_answers(
+        model,
+        &prompts,
+        opts.answer_tokens,
+        stop,
+        opts.answers_file.as_deref(),
+    )?;
     // Final hidden states and targets: positions from the last prompt token on.
     let (mut train, mut held): (Vec<Sample>, Vec<Sample>) = (vec![], vec![]);
     let device = model.device();
@@ -294,8 +407,11 @@ pub fn train_medusa(
             .into_vec::<f32>()
             .expect("f32 hidden");
         for t in p.len() - 1..s.len().saturating_sub(k + 1) {
-            let targets: Vec<u32> = (1..=k).map(|j| s[t + j + 1]).collect();
-            let item = (hid[t * h..][..h].to_vec(), targets);
+            let item = Sample {
+                hidden: hid[t * h..][..h].to_vec(),
+                chosen: s[t + 1],
+                targets: (1..=k).map(|j| s[t + j + 1]).collect(),
+            };
             if held_out(i) {
                 held.push(item)
             } else {
@@ -336,18 +452,23 @@ pub fn train_medusa(
         }
     };
     // The frozen lm_head: the tied embedding or the separate head, as f32.
-    let head_w: Vec<f32> = match model
-        .lm_head
-        .as_ref()
-        .map(|l| &l.weight)
-        .unwrap_or(&model.embed_tokens)
-    {
-        HostWeight::Dense(d) => d.to_row_major(),
-        HostWeight::Packed(p) => p.dequantize_ref(),
-        HostWeight::Int8(w) => w.dequantize_ref(),
-        // OneBit keeps the vocabulary projection in full precision; a 1-bit one (with its
-        // output norm) is not a matrix the heads could share.
-        HostWeight::OneBit(_) => anyhow::bail!("medusa: the lm_head is a 1-bit linear"),
+    let head_w = host_matrix(
+        model
+            .lm_head
+            .as_ref()
+            .map(|l| &l.weight)
+            .unwrap_or(&model.embed_tokens),
+        "lm_head",
+    )?;
+    // The embedding rows token-aware heads read (of the tokens that occur).
+    let embed: HashMap<u32, Vec<f32>> = if opts.token_input {
+        train
+            .iter()
+            .chain(&held)
+            .map(|s| (s.chosen, model.embed_tokens.rows(&[s.chosen])))
+            .collect()
+    } else {
+        HashMap::new()
     };
     let dev = Default::default();
     // Only the shortlist's rows: training costs scale with them too.
@@ -366,7 +487,9 @@ pub fn train_medusa(
     let mut params = HeadParams::<Train> {
         w: Param::from_tensor(Tensor::zeros([k * layers, h, h], &dev)),
         b: Param::from_tensor(Tensor::zeros([k * layers, h], &dev)),
+        u: Param::from_tensor(Tensor::zeros([k, h, h], &dev)),
         layers,
+        token_input: opts.token_input,
     };
     let mut optim = AdamConfig::new().init();
     let bar = ProgressBar::new(opts.steps as u64);
@@ -383,15 +506,30 @@ pub fn train_medusa(
         let n = rows.len();
         let x = Tensor::<Train, 2>::from_data(
             TensorData::new(
-                rows.iter().flat_map(|r| r.0.clone()).collect::<Vec<f32>>(),
+                rows.iter()
+                    .flat_map(|r| r.hidden.iter().copied())
+                    .collect::<Vec<f32>>(),
                 [n, h],
             ),
             &dev,
         );
+        let e = if opts.token_input {
+            Tensor::<Train, 2>::from_data(
+                TensorData::new(
+                    rows.iter()
+                        .flat_map(|r| embed[&r.chosen].iter().copied())
+                        .collect::<Vec<f32>>(),
+                    [n, h],
+                ),
+                &dev,
+            )
+        } else {
+            Tensor::zeros([n, h], &dev)
+        };
         let mut loss = Tensor::<Train, 1>::zeros([1], &dev);
         for j in 0..k {
             // A target outside the shortlist is no head's to guess: it weighs nothing.
-            let cols: Vec<Option<usize>> = rows.iter().map(|r| col(r.1[j])).collect();
+            let cols: Vec<Option<usize>> = rows.iter().map(|r| col(r.targets[j])).collect();
             let inside = cols.iter().filter(|c| c.is_some()).count();
             if inside == 0 {
                 continue;
@@ -409,7 +547,7 @@ pub fn train_medusa(
                 .collect();
             let t = Tensor::<Train, 2, Int>::from_data(TensorData::new(targets, [n, 1]), &dev);
             let wt = Tensor::<Train, 2>::from_data(TensorData::new(weights, [n, 1]), &dev);
-            let logp = log_softmax(params.head(j, x.clone()).matmul(emb_t.clone()), 1);
+            let logp = log_softmax(params.head(j, x.clone(), &e).matmul(emb_t.clone()), 1);
             let nll = (logp.gather(1, t) * wt).sum().neg();
             loss = loss + nll.mul_scalar(opts.decay.powi(j as i32 + 1));
         }
@@ -421,47 +559,18 @@ pub fn train_medusa(
     }
     bar.finish();
     let train_seconds = t1.elapsed().as_secs_f64();
-    let w = params
-        .w
-        .val()
-        .into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .expect("f32");
-    let b = params
-        .b
-        .val()
-        .into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .expect("f32");
-    let heads = MedusaHeads {
-        config: MedusaConfig {
-            num_heads: k,
-            num_layers: 1,
-            hidden_size: h,
-        },
-        blocks: (0..k)
-            .map(|j| {
-                vec![ResBlock {
-                    weight: w[j * h * h..][..h * h].to_vec(),
-                    bias: b[j * h..][..h].to_vec(),
-                }]
-            })
-            .collect(),
-        vocab: short,
-    };
+    let heads = params.to_heads(short);
     // Held-out top-1 per head, scored as decoding scores it (shortlist and all).
     let projection = HeadProjection::new(model, &heads);
     let mut heldout_top1 = vec![0.0; if held.is_empty() { 0 } else { k }];
     let mut covered = 0usize;
-    for (x, targets) in &held {
-        let best = projection.top_tokens(model, &heads, x, &vec![1; k]);
+    for s in &held {
+        let best = projection.top_tokens(model, &heads, &s.hidden, s.chosen, &vec![1; k]);
         for j in 0..k {
-            if best[j][0] == targets[j] {
+            if best[j][0] == s.targets[j] {
                 heldout_top1[j] += 1.0 / held.len() as f64;
             }
-            covered += col(targets[j]).is_some() as usize;
+            covered += col(s.targets[j]).is_some() as usize;
         }
     }
     let heldout_coverage = covered as f64 / (held.len() * k).max(1) as f64;
@@ -477,6 +586,18 @@ pub fn train_medusa(
         heldout_top1,
     };
     Ok((heads, report))
+}
+
+/// A frozen matrix the heads read (`what`: for the error), as row-major f32.
+fn host_matrix(w: &HostWeight, what: &str) -> Result<Vec<f32>> {
+    Ok(match w {
+        HostWeight::Dense(d) => d.to_row_major(),
+        HostWeight::Packed(p) => p.dequantize_ref(),
+        HostWeight::Int8(w) => w.dequantize_ref(),
+        // OneBit keeps the vocabulary projection in full precision; a 1-bit one (with its
+        // output norm) is not a matrix the heads could share.
+        HostWeight::OneBit(_) => anyhow::bail!("medusa: the {what} is a 1-bit linear"),
+    })
 }
 
 /// Trains heads for the checkpoint `model` (anything `Checkpoint::open` takes; give the
@@ -525,6 +646,100 @@ mod tests {
         assert_eq!(shortlist(seqs, 10, 100), Some(vec![5, 3, 7]));
         assert_eq!(shortlist(seqs, 0, 100), None);
         assert_eq!(shortlist(seqs, 100, 100), None);
+    }
+
+    /// Training (burn) and decoding (host loops) compute a head's state in other orders.
+    const HEAD_STATE_TOL: f32 = 1e-5;
+
+    fn noise(n: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.6
+            })
+            .collect()
+    }
+
+    #[test]
+    fn trained_parameters_decode_as_the_heads_they_become() {
+        // 3 heads × 2 layers, token-aware and not: the state training computes is the one
+        // `MedusaHeads::hidden` computes from the saved parameters.
+        let (k, layers, h, n) = (3, 2, 8, 4);
+        let dev = Default::default();
+        let t3 =
+            |v: Vec<f32>, d: [usize; 3]| Tensor::<Cpu, 3>::from_data(TensorData::new(v, d), &dev);
+        for token_input in [false, true] {
+            let params = HeadParams::<Cpu> {
+                w: Param::from_tensor(t3(noise(k * layers * h * h, 1), [k * layers, h, h])),
+                b: Param::from_tensor(Tensor::from_data(
+                    TensorData::new(noise(k * layers * h, 2), [k * layers, h]),
+                    &dev,
+                )),
+                u: Param::from_tensor(t3(noise(k * h * h, 3), [k, h, h])),
+                layers,
+                token_input,
+            };
+            let heads = params.to_heads(None);
+            assert_eq!(heads.config.num_layers, layers);
+            assert_eq!(heads.token_mix.len(), if token_input { k } else { 0 });
+            let (x, e) = (noise(n * h, 4), noise(n * h, 5));
+            let xt = Tensor::<Cpu, 2>::from_data(TensorData::new(x.clone(), [n, h]), &dev);
+            let et = Tensor::<Cpu, 2>::from_data(TensorData::new(e.clone(), [n, h]), &dev);
+            for j in 0..k {
+                let trained: Vec<f32> = params
+                    .head(j, xt.clone(), &et)
+                    .into_data()
+                    .into_vec()
+                    .unwrap();
+                for r in 0..n {
+                    let served = heads.hidden(j, &x[r * h..][..h], &e[r * h..][..h]);
+                    for (a, b) in trained[r * h..][..h].iter().zip(&served) {
+                        assert!(
+                            (a - b).abs() <= HEAD_STATE_TOL,
+                            "token_input {token_input} head {j} row {r}: {a} vs {b}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn answers_come_from_a_file_only_when_it_holds_these_prompts() {
+        use lmq_runtime::config::Arch;
+        use lmq_runtime::weights::{tiny_config, MemorySource};
+        let c = tiny_config(Arch::Llama);
+        let model = Llama::<Cpu>::load(
+            &c,
+            &MemorySource::random(&c, 3),
+            Path::new("<tiny>"),
+            &Default::default(),
+        )
+        .unwrap();
+        let prompts = vec![vec![1u32, 2, 3], vec![4, 5]];
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("answers.json");
+        // Generated once and written…
+        let first = cached_answers(&model, &prompts, 4, &[], Some(&file)).unwrap();
+        assert!(first
+            .iter()
+            .zip(&prompts)
+            .all(|(s, p)| s.starts_with(p) && s.len() > p.len()));
+        // …then read back (a hand-edited answer shows it was not generated again).
+        let mut edited = first.clone();
+        edited[1].push(7);
+        std::fs::write(&file, serde_json::to_vec(&edited).unwrap()).unwrap();
+        assert_eq!(
+            cached_answers(&model, &prompts, 4, &[], Some(&file)).unwrap(),
+            edited
+        );
+        // Other prompts: an error naming the file, not answers to the wrong questions.
+        let other = vec![vec![9u32, 9], vec![4, 5]];
+        let e = cached_answers(&model, &other, 4, &[], Some(&file)).unwrap_err();
+        assert!(format!("{e:#}").contains("answers.json"), "{e:#}");
     }
 
     #[test]

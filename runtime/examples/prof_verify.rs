@@ -100,7 +100,7 @@ fn main() {
     }
     for k in 1..=heads.config.num_heads {
         let t = best(&mut || {
-            std::hint::black_box(projection.best_with_prob(&m, &heads, &h0, k));
+            std::hint::black_box(projection.best_with_prob(&m, &heads, &h0, 0, k));
         });
         println!(
             "heads' guesses, k {k}: {:7.3} ms = {:.3} steps",

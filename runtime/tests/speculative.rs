@@ -76,7 +76,34 @@ fn zero_heads(hidden_size: usize) -> MedusaHeads {
         num_heads: 4,
         num_layers: 1,
         hidden_size,
+        token_input: false,
     })
+}
+
+/// Token-aware heads whose `U` is `scale · I` plus small noise: each head's state leans
+/// toward the embedding of the token chosen last, so what they guess depends on it.
+fn token_aware_heads(hidden_size: usize, scale: f32) -> MedusaHeads {
+    let mut heads = MedusaHeads::zeros(MedusaConfig {
+        num_heads: 4,
+        num_layers: 1,
+        hidden_size,
+        token_input: true,
+    });
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for (k, u) in heads.token_mix.iter_mut().enumerate() {
+        for (i, w) in u.iter_mut().enumerate() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let diag = if i % (hidden_size + 1) == 0 {
+                scale / (k + 1) as f32
+            } else {
+                0.0
+            };
+            *w = diag + ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.02;
+        }
+    }
+    heads
 }
 
 #[test]
@@ -161,6 +188,27 @@ fn medusa_chain_proposals_are_exactly_greedy() {
     // Every step after a prompt's first gets the target's hidden state and proposes.
     assert!(s.proposed >= 2 * (s.steps - 2 * PROMPTS.len()), "{s:?}");
     eprintln!("medusa chain (zero heads): {s:?}");
+    // Token-aware heads read the context's last token: still plain greedy, other guesses.
+    let aware = token_aware_heads(f.model.config.hidden_size, 0.5);
+    let a = same_as_greedy(&mut MedusaChain::new(f.model.clone(), aware));
+    assert!(a.proposed >= 2 * (a.steps - 2 * PROMPTS.len()), "{a:?}");
+    // The same state with another last token: other guesses (U leans on the token hard).
+    let h = vec![0.05f32; f.model.config.hidden_size];
+    let mut chain = MedusaChain::new(
+        f.model.clone(),
+        token_aware_heads(f.model.config.hidden_size, 4.0),
+    );
+    let mut guesses = |last: u32| -> Vec<u32> {
+        chain.observe_hidden(3, &h);
+        chain
+            .propose(&[1, 2, last], 4, &SamplingParams::default())
+            .into_iter()
+            .map(|p| p.0)
+            .collect()
+    };
+    let (g1, g2) = (guesses(1000), guesses(2000));
+    assert_eq!(g1.len(), 4);
+    assert_ne!(g1, g2, "the token the heads read changed no guess");
 }
 
 #[test]
@@ -218,8 +266,17 @@ fn device_resident_medusa_loop_is_exactly_greedy_and_agrees_with_the_host_loop()
         }
     }
     let tree = Tree::from_choices(SMALL_CHOICES, 4).unwrap();
+    // The same blocks made token-aware: both loops must hand the heads the same token.
+    let mut aware = token_aware_heads(c.hidden_size, 0.5);
+    aware.blocks = heads.blocks.clone();
+    let plain_heads = heads;
     let mut total = SpecStats::default();
     for (i, p) in PROMPTS[..6].iter().enumerate() {
+        let mut heads = if i < 3 {
+            plain_heads.clone()
+        } else {
+            aware.clone()
+        };
         // Every other prompt with a shortlist: the heads' scores over 8192 gathered rows.
         heads.vocab = (i % 2 == 1).then(|| (0..8192).collect());
         let ids = f.ckpt.tokenizer.encode(p, true).unwrap();

@@ -36,6 +36,14 @@ struct Args {
     /// Also answer the MT-bench questions `spec-bench` does not ask.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     mt_bench: bool,
+    /// Token-aware heads: each also reads the embedding of the token the model chose from the
+    /// hidden state (false: Medusa-1 heads).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    token_input: bool,
+    /// Reuse the distillation answers in FILE (written there the first time), to train
+    /// several head settings against one model without answering the prompts again.
+    #[arg(long, value_name = "FILE")]
+    answers: Option<PathBuf>,
     #[arg(long, default_value_t = 2)]
     threads: usize,
 }
@@ -61,6 +69,8 @@ fn run(a: Args) -> Result<()> {
         answer_tokens: a.answer_tokens,
         vocab: a.vocab,
         mt_bench: a.mt_bench,
+        token_input: a.token_input,
+        answers_file: a.answers,
         ..Default::default()
     };
     let out = a

@@ -241,6 +241,7 @@ fn medusa_stage(recipe: &Recipe, out: &std::path::Path) -> Result<()> {
         answer_tokens: m.answer_tokens.0,
         vocab: m.vocab,
         mt_bench: m.mt_bench,
+        token_input: m.token_input,
         ..Default::default()
     };
     let dir = out.join("medusa");

@@ -1055,6 +1055,9 @@ pub struct MedusaSpec {
     /// Also answer the MT-bench questions `spec-bench` does not ask.
     #[serde(default = "default_true")]
     pub mt_bench: bool,
+    /// Token-aware heads (each also reads the embedding of the token the model chose).
+    #[serde(default = "default_true")]
+    pub token_input: bool,
 }
 
 fn default_medusa_vocab() -> usize {

@@ -61,10 +61,12 @@ impl<B: LinearBackend> Proposer for MedusaChain<B> {
         if *len != context.len() || k == 0 {
             return vec![];
         }
+        // The state is the one the context's last token was chosen from.
+        let last = *context.last().expect("a context after the prompt");
         let mut out = vec![];
         for (t, p) in self
             .projection
-            .best_with_prob(&self.model, &self.heads, h, k)
+            .best_with_prob(&self.model, &self.heads, h, last, k)
         {
             out.push((t, point_mass(t)));
             if p < self.p_min {

@@ -111,7 +111,7 @@ pub fn generate_medusa_with<B: LinearBackend>(
     let mask = tree.attention_mask();
     let projection = HeadProjection::new(model, heads);
     while out.len() < max_new && !stop_ids.contains(out.last().unwrap()) {
-        let topk = projection.top_tokens(model, heads, &h_last, &need);
+        let topk = projection.top_tokens(model, heads, &h_last, *out.last().unwrap(), &need);
         let tokens = tree.tokens(*out.last().unwrap(), &topk);
         let before = cache.len();
         let hidden = host_f32(model.forward_tree(&tokens, &depths, &mask, &mut cache));

@@ -17,9 +17,11 @@ use crate::generate::{check_request, GenerateError};
 use crate::model::{LinearBackend, Llama};
 use crate::speculative::SpecStats;
 
-/// The heads' ResBlocks as backend tensors: `(Wᵀ [h, h], b [1, h])` per block.
+/// The heads' ResBlocks as backend tensors: `(Wᵀ [h, h], b [1, h])` per block, and
+/// token-aware heads' `Uᵀ [h, h]`.
 pub struct HeadsOnDevice<B: Backend> {
     blocks: Vec<Vec<(Tensor<B, 2>, Tensor<B, 2>)>>,
+    token_mix: Vec<Tensor<B, 2>>,
 }
 
 impl<B: Backend> HeadsOnDevice<B> {
@@ -45,12 +47,25 @@ impl<B: Backend> HeadsOnDevice<B> {
                     .collect()
             })
             .collect();
-        Self { blocks }
+        let token_mix = heads
+            .token_mix
+            .iter()
+            .map(|u| {
+                Tensor::<B, 2>::from_data(TensorData::new(u.clone(), [h, h]), device).transpose()
+            })
+            .collect();
+        Self { blocks, token_mix }
     }
 
-    /// Head `head`'s hidden states for rows `x` `[n, h]`: `x + SiLU(x·Wᵀ + b)` per block, as
-    /// [`MedusaHeads::hidden`] computes for one row on the host.
-    pub fn hidden(&self, head: usize, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    /// Head `head`'s hidden states for rows `x` `[n, h]` and the embeddings `token` `[n, h]`
+    /// of the tokens chosen from them (read by token-aware heads only): `x + SiLU(x·Wᵀ + b)`
+    /// per block, after `x + token·Uᵀ`, as [`MedusaHeads::hidden`] computes for one row on
+    /// the host.
+    pub fn hidden(&self, head: usize, x: Tensor<B, 2>, token: &Tensor<B, 2>) -> Tensor<B, 2> {
+        let x = match self.token_mix.get(head) {
+            Some(ut) => x + token.clone().matmul(ut.clone()),
+            None => x,
+        };
         self.blocks[head].iter().fold(x, |y, (wt, b)| {
             y.clone() + silu(y.matmul(wt.clone()) + b.clone())
         })
@@ -135,8 +150,12 @@ pub fn generate_medusa_on_device<B: LinearBackend>(
     while out.len() < max_new && !stop_ids.contains(out.last().unwrap()) {
         // All heads' states, their logits and top-k on the device; `widest` ids per head back.
         let x = h_last.clone().reshape([1, d]);
+        // The token chosen from `x` (token-aware heads read its embedding).
+        let e = B::gather_rows(&[*out.last().unwrap()], &model.embed_tokens, &device);
         let states = Tensor::cat(
-            (0..depth).map(|k| on_device.hidden(k, x.clone())).collect(),
+            (0..depth)
+                .map(|k| on_device.hidden(k, x.clone(), &e))
+                .collect(),
             0,
         );
         let idx = match &shortlist {

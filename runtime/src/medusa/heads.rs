@@ -1,5 +1,13 @@
 //! Medusa heads on the host: `ResBlock^L` per head (x + SiLU(W x + b), W zero-initialized so
 //! an untrained head repeats the base model's next-token guess), then the model's lm_head.
+//!
+//! Token-aware heads ([`MedusaConfig::token_input`]) also read the embedding of the token the
+//! model chose from the same hidden state: that token is already in the sequence when the
+//! heads guess (the verification pass picked it), yet a Medusa-1 head guessing the token after
+//! it never sees it. Each head adds `U e(token)` to the hidden state before its blocks (`U`
+//! zero-initialized, so an untrained token-aware head is a Medusa-1 head). This is Hydra's
+//! idea (Ankner et al. 2024) cut down to the one token that is certain, so all heads still
+//! run in parallel from one state and a candidate tree is built as before.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +27,10 @@ pub struct MedusaConfig {
     pub num_heads: usize,
     pub num_layers: usize,
     pub hidden_size: usize,
+    /// Whether each head reads the embedding of the token chosen from its hidden state (absent
+    /// in files written before token-aware heads: false).
+    #[serde(default)]
+    pub token_input: bool,
 }
 
 /// One residual block `x + SiLU(W x + b)`, `W` as `[out, in]`.
@@ -33,6 +45,9 @@ pub struct ResBlock {
 pub struct MedusaHeads {
     pub config: MedusaConfig,
     pub blocks: Vec<Vec<ResBlock>>,
+    /// Token-aware heads' `U` `[h, h]` (out × in) per head; empty unless
+    /// [`MedusaConfig::token_input`].
+    pub token_mix: Vec<Vec<f32>>,
     /// The tokens the heads may guess (their shortlist, most frequent first), or `None` for
     /// the whole vocabulary. Scoring a head state against every row of a 49152-token lm_head
     /// costs as much as the model's own head in every step; the answers heads learn from use
@@ -65,18 +80,35 @@ impl MedusaHeads {
             weight: vec![0.0; h * h],
             bias: vec![0.0; h],
         };
+        let token_mix = if config.token_input {
+            vec![vec![0.0; h * h]; config.num_heads]
+        } else {
+            vec![]
+        };
         Self {
             config,
             blocks: vec![vec![block; config.num_layers]; config.num_heads],
+            token_mix,
             vocab: None,
         }
     }
 
     /// Head `head`'s hidden state for the model's final hidden state `x` (before the
-    /// lm_head).
-    pub fn hidden(&self, head: usize, x: &[f32]) -> Vec<f32> {
+    /// lm_head); `token` is the embedding of the token chosen from `x`, which token-aware
+    /// heads read and others ignore.
+    pub fn hidden(&self, head: usize, x: &[f32], token: &[f32]) -> Vec<f32> {
         let h = self.config.hidden_size;
         let mut y = x.to_vec();
+        if let Some(u) = self.token_mix.get(head) {
+            assert_eq!(
+                token.len(),
+                h,
+                "token-aware heads need the token's embedding"
+            );
+            y.iter_mut()
+                .enumerate()
+                .for_each(|(o, v)| *v += dot_f32(&u[o * h..][..h], token));
+        }
         for b in &self.blocks[head] {
             let z: Vec<f32> = (0..h)
                 .map(|o| silu(dot_f32(&b.weight[o * h..][..h], &y) + b.bias[o]))
@@ -91,6 +123,11 @@ impl MedusaHeads {
 
     fn name(head: usize, layer: usize, what: &str) -> String {
         format!("medusa.{head}.{layer}.{what}")
+    }
+
+    /// Head `head`'s token matrix `U`.
+    fn token_name(head: usize) -> String {
+        format!("medusa.{head}.token.weight")
     }
 
     /// Writes `medusa_config.json` and `medusa_heads.safetensors` into `dir` (created),
@@ -116,6 +153,13 @@ impl MedusaHeads {
                     vec![h],
                 ));
             }
+        }
+        for (k, u) in self.token_mix.iter().enumerate() {
+            bytes.push((
+                Self::token_name(k),
+                bytemuck::cast_slice(u).to_vec(),
+                vec![h, h],
+            ));
         }
         let mut views: Vec<(String, TensorView)> = bytes
             .iter()
@@ -219,9 +263,23 @@ impl MedusaHeads {
             }
             blocks.push(head);
         }
+        let token_mix = if config.token_input {
+            (0..config.num_heads)
+                .map(|k| take(Self::token_name(k), h * h))
+                .collect::<Result<_, _>>()?
+        } else {
+            vec![]
+        };
+        if let Some(name) = tensors.keys().next() {
+            return Err(fmt(format!(
+                "unexpected tensor {name} (token_input: {})",
+                config.token_input
+            )));
+        }
         Ok(Self {
             config,
             blocks,
+            token_mix,
             vocab,
         })
     }
@@ -237,12 +295,13 @@ mod tests {
             num_heads: 2,
             num_layers: 1,
             hidden_size: 3,
+            token_input: false,
         };
         let mut m = MedusaHeads::zeros(c);
-        assert_eq!(m.hidden(1, &[1.0, -2.0, 3.0]), vec![1.0, -2.0, 3.0]);
+        assert_eq!(m.hidden(1, &[1.0, -2.0, 3.0], &[]), vec![1.0, -2.0, 3.0]);
         m.blocks[1][0].weight[0] = 1.0; // row 0 reads x[0]
         m.blocks[1][0].bias[2] = 0.5;
-        let y = m.hidden(1, &[1.0, -2.0, 3.0]);
+        let y = m.hidden(1, &[1.0, -2.0, 3.0], &[]);
         assert!((y[0] - (1.0 + silu(1.0))).abs() < 1e-6 && (y[2] - (3.0 + silu(0.5))).abs() < 1e-6);
         let dir = tempfile::tempdir().unwrap();
         m.save(dir.path()).unwrap();
@@ -253,5 +312,55 @@ mod tests {
         std::fs::write(dir.path().join(WEIGHTS_FILE), b"junk").unwrap();
         let e = MedusaHeads::load(dir.path()).unwrap_err().to_string();
         assert!(e.contains(WEIGHTS_FILE), "{e}");
+    }
+
+    #[test]
+    fn token_aware_heads_add_the_mixed_token_and_round_trip() {
+        let c = MedusaConfig {
+            num_heads: 2,
+            num_layers: 1,
+            hidden_size: 2,
+            token_input: true,
+        };
+        let mut m = MedusaHeads::zeros(c);
+        let (x, e) = ([1.0, -2.0], [0.5, 4.0]);
+        // Zero U: a Medusa-1 head.
+        assert_eq!(m.hidden(0, &x, &e), x.to_vec());
+        m.token_mix[1] = vec![1.0, 0.0, 0.0, -1.0]; // U = diag(1, -1)
+        m.blocks[1][0].bias = vec![0.25, 0.0];
+        let y = m.hidden(1, &x, &e);
+        let x0 = [1.5, -6.0];
+        let want = [x0[0] + silu(0.25), x0[1] + silu(0.0)];
+        assert!(
+            y.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6),
+            "{y:?}"
+        );
+        assert_eq!(m.hidden(0, &x, &e), x.to_vec(), "head 0 keeps its own U");
+        let dir = tempfile::tempdir().unwrap();
+        m.save(dir.path()).unwrap();
+        assert_eq!(MedusaHeads::load(dir.path()).unwrap(), m);
+        // A config that disowns the token matrices names the tensor it did not expect.
+        let mut plain = c;
+        plain.token_input = false;
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            serde_json::to_string(&plain).unwrap(),
+        )
+        .unwrap();
+        let e = MedusaHeads::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("unexpected tensor medusa.") && e.contains(".token.weight"),
+            "{e}"
+        );
+        // One that claims them where the file has none names the missing one.
+        let m2 = MedusaHeads::zeros(plain);
+        m2.save(dir.path()).unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            serde_json::to_string(&c).unwrap(),
+        )
+        .unwrap();
+        let e = MedusaHeads::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("missing tensor medusa.0.token.weight"), "{e}");
     }
 }

@@ -2,7 +2,9 @@
 //! tokens 2…K+1 positions ahead; a candidate tree of their top-k guesses is verified in one
 //! target pass with tree attention, and the longest path the target agrees with is kept.
 //! Heads live beside the model (`medusa/`: `medusa_config.json` + `medusa_heads.safetensors`);
-//! each reuses the model's own lm_head (tied, not stored twice).
+//! each reuses the model's own lm_head (tied, not stored twice). Token-aware heads (the
+//! default of `medusa-train`) also read the embedding of the token the model chose from the
+//! same hidden state; see [`heads`].
 
 pub mod chain;
 pub mod decode;

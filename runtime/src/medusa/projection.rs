@@ -39,6 +39,23 @@ pub(crate) fn lm_head_parts<B: LinearBackend>(
     }
 }
 
+/// The embedding of `token`, the one token-aware heads read beside the hidden state it was
+/// chosen from (empty for Medusa-1 heads, which read none).
+pub(crate) fn token_embedding<B: LinearBackend>(
+    model: &Llama<B>,
+    heads: &MedusaHeads,
+    token: u32,
+) -> Vec<f32> {
+    if !heads.config.token_input {
+        return vec![];
+    }
+    host_f32(B::gather_rows(
+        &[token],
+        &model.embed_tokens,
+        &model.device(),
+    ))
+}
+
 /// The shortlist's token ids and their lm_head rows `[ids.len(), hidden]` (plus bias).
 struct Shortlist {
     ids: Vec<u32>,
@@ -73,17 +90,19 @@ impl HeadProjection {
     }
 
     /// Scores `[n, width]` of the first `n` heads for the target's final hidden state `h`
-    /// (width: the vocabulary, or the shortlist), and the token id of each column where
-    /// that is not the column itself.
+    /// and the token chosen from it, `last` (width: the vocabulary, or the shortlist), and
+    /// the token id of each column where that is not the column itself.
     pub fn scores<B: LinearBackend>(
         &self,
         model: &Llama<B>,
         heads: &MedusaHeads,
         h: &[f32],
+        last: u32,
         n: usize,
     ) -> (Vec<f32>, Option<&[u32]>) {
         let d = model.config.hidden_size;
-        let states: Vec<f32> = (0..n).flat_map(|k| heads.hidden(k, h)).collect();
+        let e = token_embedding(model, heads, last);
+        let states: Vec<f32> = (0..n).flat_map(|k| heads.hidden(k, h, &e)).collect();
         match &self.shortlist {
             None => (
                 host_f32(model.logits(Tensor::from_data(
@@ -112,12 +131,13 @@ impl HeadProjection {
         model: &Llama<B>,
         heads: &MedusaHeads,
         h: &[f32],
+        last: u32,
         n: usize,
     ) -> Vec<(u32, f64)> {
         if n == 0 {
             return vec![];
         }
-        let (scores, ids) = self.scores(model, heads, h, n);
+        let (scores, ids) = self.scores(model, heads, h, last, n);
         scores
             .chunks_exact(scores.len() / n)
             .map(|row| {
@@ -135,9 +155,10 @@ impl HeadProjection {
         model: &Llama<B>,
         heads: &MedusaHeads,
         h: &[f32],
+        last: u32,
         need: &[usize],
     ) -> Vec<Vec<u32>> {
-        let (scores, ids) = self.scores(model, heads, h, need.len());
+        let (scores, ids) = self.scores(model, heads, h, last, need.len());
         let width = scores.len() / need.len().max(1);
         need.iter()
             .zip(scores.chunks_exact(width.max(1)))
@@ -172,6 +193,7 @@ mod tests {
             num_heads: 3,
             num_layers: 1,
             hidden_size: h,
+            token_input: false,
         });
         // Non-trivial blocks, so each head scores differently.
         for (k, head) in heads.blocks.iter_mut().enumerate() {
@@ -199,12 +221,12 @@ mod tests {
                 .collect();
             let full = heads_for(&m, None);
             let whole = HeadProjection::new(&m, &full);
-            let (all, ids) = whole.scores(&m, &full, &x, 3);
+            let (all, ids) = whole.scores(&m, &full, &x, 0, 3);
             assert!(ids.is_none());
             let list = vec![17u32, 3, 42, 0, 8, 29, 31];
             let short = heads_for(&m, Some(list.clone()));
             let p = HeadProjection::new(&m, &short);
-            let (some, ids) = p.scores(&m, &short, &x, 3);
+            let (some, ids) = p.scores(&m, &short, &x, 0, 3);
             assert_eq!(ids, Some(&list[..]));
             let v = c.vocab_size;
             for k in 0..3 {
@@ -217,7 +239,7 @@ mod tests {
                 }
             }
             // Top tokens: the best of the shortlist by the full scores, as token ids.
-            let top = p.top_tokens(&m, &short, &x, &[3, 1, 2]);
+            let top = p.top_tokens(&m, &short, &x, 0, &[3, 1, 2]);
             for (k, want_n) in [3usize, 1, 2].into_iter().enumerate() {
                 let mut by_score = list.clone();
                 by_score
