@@ -460,16 +460,6 @@ pub fn train_medusa(
             .unwrap_or(&model.embed_tokens),
         "lm_head",
     )?;
-    // The embedding rows token-aware heads read (of the tokens that occur).
-    let embed: HashMap<u32, Vec<f32>> = if opts.token_input {
-        train
-            .iter()
-            .chain(&held)
-            .map(|s| (s.chosen, model.embed_tokens.rows(&[s.chosen])))
-            .collect()
-    } else {
-        HashMap::new()
-    };
     let dev = Default::default();
     // Only the shortlist's rows: training costs scale with them too.
     let (head_w, width) = match &short {
@@ -513,19 +503,12 @@ pub fn train_medusa(
             ),
             &dev,
         );
-        let e = if opts.token_input {
-            Tensor::<Train, 2>::from_data(
-                TensorData::new(
-                    rows.iter()
-                        .flat_map(|r| embed[&r.chosen].iter().copied())
-                        .collect::<Vec<f32>>(),
-                    [n, h],
-                ),
-                &dev,
-            )
-        } else {
-            Tensor::zeros([n, h], &dev)
-        };
+        // The embeddings of the tokens chosen from those states (read by token-aware heads).
+        let chosen: Vec<u32> = rows.iter().map(|r| r.chosen).collect();
+        let e = Tensor::<Train, 2>::from_data(
+            TensorData::new(model.embed_tokens.rows(&chosen), [n, h]),
+            &dev,
+        );
         let mut loss = Tensor::<Train, 1>::zeros([1], &dev);
         for j in 0..k {
             // A target outside the shortlist is no head's to guess: it weighs nothing.

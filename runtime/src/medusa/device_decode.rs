@@ -58,12 +58,20 @@ impl<B: Backend> HeadsOnDevice<B> {
     }
 
     /// Head `head`'s hidden states for rows `x` `[n, h]` and the embeddings `token` `[n, h]`
-    /// of the tokens chosen from them (read by token-aware heads only): `x + SiLU(x·Wᵀ + b)`
-    /// per block, after `x + token·Uᵀ`, as [`MedusaHeads::hidden`] computes for one row on
-    /// the host.
-    pub fn hidden(&self, head: usize, x: Tensor<B, 2>, token: &Tensor<B, 2>) -> Tensor<B, 2> {
+    /// of the tokens chosen from them (needed by token-aware heads only): `x + SiLU(x·Wᵀ +
+    /// b)` per block, after `x + token·Uᵀ`, as [`MedusaHeads::hidden`] computes for one row
+    /// on the host.
+    pub fn hidden(
+        &self,
+        head: usize,
+        x: Tensor<B, 2>,
+        token: Option<&Tensor<B, 2>>,
+    ) -> Tensor<B, 2> {
         let x = match self.token_mix.get(head) {
-            Some(ut) => x + token.clone().matmul(ut.clone()),
+            Some(ut) => {
+                let token = token.expect("token-aware heads need the token's embedding");
+                x + token.clone().matmul(ut.clone())
+            }
             None => x,
         };
         self.blocks[head].iter().fold(x, |y, (wt, b)| {
@@ -150,11 +158,14 @@ pub fn generate_medusa_on_device<B: LinearBackend>(
     while out.len() < max_new && !stop_ids.contains(out.last().unwrap()) {
         // All heads' states, their logits and top-k on the device; `widest` ids per head back.
         let x = h_last.clone().reshape([1, d]);
-        // The token chosen from `x` (token-aware heads read its embedding).
-        let e = B::gather_rows(&[*out.last().unwrap()], &model.embed_tokens, &device);
+        // The token chosen from `x` (token-aware heads read its embedding; others, nothing).
+        let e = heads
+            .config
+            .token_input
+            .then(|| B::gather_rows(&[*out.last().unwrap()], &model.embed_tokens, &device));
         let states = Tensor::cat(
             (0..depth)
-                .map(|k| on_device.hidden(k, x.clone(), &e))
+                .map(|k| on_device.hidden(k, x.clone(), e.as_ref()))
                 .collect(),
             0,
         );
