@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod device;
 pub mod generate;
+pub mod generate_batch;
 pub mod gguf;
 #[cfg(feature = "cuda")]
 pub mod gpu;

@@ -65,3 +65,31 @@ fn greedy_continuation_equals_transformers() {
     .unwrap();
     assert_eq!(got, ids(&reference["generate"]["generated_ids"]));
 }
+
+/// Distillation answers decoded 4 at a time are the one-at-a-time greedy answers on the real
+/// model's shapes (full kernel tiles, a 49k-token head).
+#[test]
+fn batched_greedy_answers_equal_one_at_a_time() {
+    use lmq_runtime::generate_batch::generate_greedy_batch;
+    let path = ensure(Asset::SmolLm2).expect("SmolLM2 asset");
+    let ckpt = Checkpoint::open_gguf(&path).unwrap();
+    let model = ckpt.load_model::<Cpu>(&Default::default()).unwrap();
+    let prompts: Vec<Vec<u32>> = [
+        "The capital of France is",
+        "def add(a, b):",
+        "Once upon a time",
+        "Water boils at",
+        "The three primary colors are",
+        "List the days of the week:",
+    ]
+    .iter()
+    .map(|p| ckpt.tokenizer.encode(p, true).unwrap())
+    .collect();
+    let stop = &ckpt.config.eos_token_ids;
+    let alone: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| generate(&model, p, 12, SamplingParams::default(), stop, |_| {}).unwrap())
+        .collect();
+    let batched = generate_greedy_batch(&model, &prompts, 12, stop, 4, |_| {}).unwrap();
+    assert_eq!(batched, alone);
+}

@@ -11,6 +11,8 @@ use lmq_runtime::medusa::{
     MedusaConfig, MedusaHeads, Tree, Typical,
 };
 use lmq_runtime::sampling::SamplingParams;
+use lmq_runtime::speculative::cascade::Cascade;
+use lmq_runtime::speculative::choose::{proposer_with, ProposerOptions};
 use lmq_runtime::speculative::draft::DraftModel;
 use lmq_runtime::speculative::lookup::PromptLookup;
 use lmq_runtime::speculative::{generate_speculative, Proposer, SpecStats};
@@ -216,6 +218,38 @@ fn prompt_lookup_is_exactly_greedy() {
     let s = same_as_greedy(&mut PromptLookup::default());
     assert!(s.accepted > 0, "lookup never accepted anything: {s:?}");
     assert!(s.tau() > 1.0, "{s:?}");
+}
+
+#[test]
+fn lookup_then_medusa_cascade_is_exactly_greedy_and_guesses_where_lookup_has_none() {
+    let f = fixture();
+    let long_matches = || PromptLookup {
+        min_ngram: 2,
+        max_ngram: 3,
+    };
+    let alone = same_as_greedy(&mut long_matches());
+    let chain = MedusaChain::new(
+        f.model.clone(),
+        token_aware_heads(f.model.config.hidden_size, 0.5),
+    );
+    let both = same_as_greedy(&mut Cascade::new(vec![
+        Box::new(long_matches()),
+        Box::new(chain),
+    ]));
+    assert!(
+        both.proposed > alone.proposed && both.steps < 20 * NEW,
+        "the heads should fill the steps lookup leaves: {both:?} vs {alone:?}"
+    );
+    // The same cascade by name; members that cannot be parsed are named in the error.
+    let opts = ProposerOptions::default();
+    let dev = Default::default();
+    let named = |spec: &str| proposer_with(spec, &opts, &f.model, &f.ckpt.path, &dev);
+    let mut by_name = named("lookup:2+lookup@1").unwrap().unwrap();
+    assert!(same_as_greedy(by_name.as_mut()).accepted > 0);
+    for bad in ["lookup:0", "lookup+off", "lookup+nope", "lookup@0", "off@2"] {
+        let err = named(bad).err().expect(bad).to_string();
+        assert!(err.contains(bad) || err.contains("nope"), "{bad}: {err}");
+    }
 }
 
 #[test]

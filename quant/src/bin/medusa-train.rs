@@ -36,6 +36,10 @@ struct Args {
     /// Also answer the MT-bench questions `spec-bench` does not ask.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     mt_bench: bool,
+    /// With --mt-bench, also answer their second turns (after the first turn and the
+    /// model's answer to it; with --answers FILE, kept in FILE's stem + `.turn2.json`).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    second_turns: bool,
     /// Token-aware heads: each also reads the embedding of the token the model chose from the
     /// hidden state (false: Medusa-1 heads).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -69,6 +73,7 @@ fn run(a: Args) -> Result<()> {
         answer_tokens: a.answer_tokens,
         vocab: a.vocab,
         mt_bench: a.mt_bench,
+        second_turns: a.second_turns,
         token_input: a.token_input,
         answers_file: a.answers,
         ..Default::default()

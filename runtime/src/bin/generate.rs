@@ -37,9 +37,10 @@ struct Args {
     /// Print the generated token ids as JSON instead of text.
     #[arg(long)]
     ids: bool,
-    /// off, lookup, draft:MODEL, early-exit:LAYERS or medusa[:DIR] (heads in DIR, default
-    /// MODEL/medusa) for speculative decoding: same output when greedy, the same
-    /// distribution when sampling.
+    /// off, lookup[:MIN_NGRAM], draft:MODEL, early-exit:LAYERS or medusa[:DIR] (heads in
+    /// DIR, default MODEL/medusa) for speculative decoding: same output when greedy, the same
+    /// distribution when sampling. `X@K` proposes at most K tokens a step; `A+B` takes A's
+    /// guess where it has one, else B's (`lookup:2+medusa@1` was the fastest on SmolLM2).
     #[arg(long, default_value = "off")]
     speculative: String,
     /// Tokens proposed per speculative step.

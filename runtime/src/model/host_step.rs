@@ -1,12 +1,13 @@
-//! Generation's forward pass on the host for the CPU backend (a decode step, or a prompt
-//! continuing a host KV cache): the same arithmetic as the generic layer-by-layer path
-//! (RMSNorm, projections, RoPE, cached attention, SwiGLU, the head) on plain slices. The
-//! generic path spent about as long in burn's per-op dispatch, tensor copies and strided
+//! Generation's forward pass on the host for the CPU backend (a decode step, a prompt or a
+//! tree continuing a host KV cache, or one step of a batch of sequences each with its own):
+//! the same arithmetic as the generic layer-by-layer path (RMSNorm, projections, RoPE,
+//! cached attention, SwiGLU, the head) on plain slices. The generic path spent about as long in burn's per-op dispatch, tensor copies and strided
 //! iteration as in the matrix kernels of a 4-bit decode step, and a prompt's time in
 //! head-splitting copies and burn's naive attention; here only the kernels remain.
 
 use burn::backend::Flex;
 
+use super::attention::Attention;
 use super::host_ops::{add_in_place, rms_norm_rows, silu_mul_in_place};
 use super::kv_cache::KvCache;
 use super::linear::{host_matmul, host_matmul_many, Linear};
@@ -69,6 +70,52 @@ pub enum RowLayout<'a> {
     },
 }
 
+/// The residual stream `[t, d]` after every decoder block for `tokens` at `positions`, with
+/// each layer's attention done by `attend(layer, q, k, v)` on roped, token-major rows (`q`
+/// `[t, heads·hd]`, `k`/`v` `[t, kv_heads·hd]`) returning `[t, heads·hd]`: the one place the
+/// host block structure lives, whatever the rows are (a prompt, a tree, a batch of sequences).
+fn host_blocks(
+    model: &Llama<Flex>,
+    tokens: &[u32],
+    positions: &[usize],
+    mut attend: impl FnMut(usize, &Attention<Flex>, Vec<f32>, Vec<f32>, Vec<f32>) -> Vec<f32>,
+) -> Vec<f32> {
+    let t = tokens.len();
+    let eps = model.config.rms_norm_eps as f32;
+    let mut x = model.embed_tokens.rows(tokens);
+    for (i, layer) in model.layers.iter().enumerate() {
+        let a = &layer.self_attn;
+        let (hd, nh, nkv) = (a.head_dim, a.num_heads, a.num_kv_heads);
+        let h = rms_norm_rows(&x, &host_f32(layer.input_layernorm.clone()), eps);
+        let [mut q, mut k, v] = linears(&h, t, [&a.q_proj, &a.k_proj, &a.v_proj]);
+        for (j, &p) in positions.iter().enumerate() {
+            model
+                .rope
+                .apply_host(&mut q[j * nh * hd..(j + 1) * nh * hd], p);
+            model
+                .rope
+                .apply_host(&mut k[j * nkv * hd..(j + 1) * nkv * hd], p);
+        }
+        let o = attend(i, a, q, k, v);
+        add_in_place(&mut x, &linear(&o, t, &a.o_proj));
+        let h = rms_norm_rows(&x, &host_f32(layer.post_attention_layernorm.clone()), eps);
+        let [mut g, u] = linears(&h, t, [&layer.mlp.gate_proj, &layer.mlp.up_proj]);
+        silu_mul_in_place(&mut g, &u);
+        add_in_place(&mut x, &linear(&g, t, &layer.mlp.down_proj));
+    }
+    x
+}
+
+/// Panics unless a sequence reaching `positions` (and `last`) fits the model's context.
+fn assert_fits(model: &Llama<Flex>, positions: usize, last: usize) {
+    assert!(
+        positions <= model.rope.max_positions() && last < model.rope.max_positions(),
+        "sequence of {} positions exceeds the model context {}",
+        positions.max(last + 1),
+        model.rope.max_positions()
+    );
+}
+
 /// The residual stream `[t, d]` after every decoder block for `tokens` continuing `cache`
 /// laid out as `layout`; the cache grows by `tokens.len()` rows.
 fn decoder_rows(
@@ -77,7 +124,6 @@ fn decoder_rows(
     layout: RowLayout,
     cache: &mut KvCache,
 ) -> Vec<f32> {
-    let c = &model.config;
     let t = tokens.len();
     assert!(t > 0, "no tokens");
     let pos = cache.len();
@@ -89,29 +135,14 @@ fn decoder_rows(
             depths.iter().map(|&d| pos + d).collect()
         }
     };
-    let last = positions.iter().max().copied().unwrap_or(pos);
-    assert!(
-        pos + t <= model.rope.max_positions() && last < model.rope.max_positions(),
-        "sequence of {} positions exceeds the model context {}",
-        (pos + t).max(last + 1),
-        model.rope.max_positions()
+    assert_fits(
+        model,
+        pos + t,
+        positions.iter().max().copied().unwrap_or(pos),
     );
     cache.reserve(pos + t);
-    let eps = c.rms_norm_eps as f32;
-    let mut x = model.embed_tokens.rows(tokens);
-    for (i, layer) in model.layers.iter().enumerate() {
-        let a = &layer.self_attn;
+    let x = host_blocks(model, tokens, &positions, |i, a, mut q, mut k, mut v| {
         let (hd, nh, nkv) = (a.head_dim, a.num_heads, a.num_kv_heads);
-        let h = rms_norm_rows(&x, &host_f32(layer.input_layernorm.clone()), eps);
-        let [mut q, mut k, mut v] = linears(&h, t, [&a.q_proj, &a.k_proj, &a.v_proj]);
-        for (j, &p) in positions.iter().enumerate() {
-            model
-                .rope
-                .apply_host(&mut q[j * nh * hd..(j + 1) * nh * hd], p);
-            model
-                .rope
-                .apply_host(&mut k[j * nkv * hd..(j + 1) * nkv * hd], p);
-        }
         if t > 1 {
             q = heads_major(&q, t, nh, hd);
             k = heads_major(&k, t, nkv, hd);
@@ -127,18 +158,65 @@ fn decoder_rows(
             len: pos + t,
             capacity,
         };
-        let o = match layout {
+        match layout {
             RowLayout::Chain => attention_cached(&q, kc, vc, shape),
             RowLayout::Tree { mask, .. } => attention_tree(&q, kc, vc, shape, mask),
-        };
-        add_in_place(&mut x, &linear(&o, t, &a.o_proj));
-        let h = rms_norm_rows(&x, &host_f32(layer.post_attention_layernorm.clone()), eps);
-        let [mut g, u] = linears(&h, t, [&layer.mlp.gate_proj, &layer.mlp.up_proj]);
-        silu_mul_in_place(&mut g, &u);
-        add_in_place(&mut x, &linear(&g, t, &layer.mlp.down_proj));
-    }
+        }
+    });
     cache.advance(t);
     x
+}
+
+/// Final hidden states `[n, d]` (after the output norm) for one new token of each of `n`
+/// sequences, each continuing its own cache: the linears read their weights once for all
+/// rows, and each row attends over its own cache exactly as a decode step of its sequence
+/// alone would (continuous batching, and batched distillation answers).
+pub(crate) fn forward_decode_batch(
+    model: &Llama<Flex>,
+    tokens: &[u32],
+    caches: &mut [&mut KvCache],
+) -> Vec<f32> {
+    let n = tokens.len();
+    assert!(n > 0 && n == caches.len(), "one cache per token");
+    let positions: Vec<usize> = caches.iter().map(|c| c.len()).collect();
+    for (c, &p) in caches.iter_mut().zip(&positions) {
+        assert_fits(model, p + 1, p);
+        c.reserve(p + 1);
+    }
+    let x = host_blocks(model, tokens, &positions, |i, a, q, k, v| {
+        let (hd, nh, nkv) = (a.head_dim, a.num_heads, a.num_kv_heads);
+        let mut o = Vec::with_capacity(q.len());
+        for (j, c) in caches.iter_mut().enumerate() {
+            let capacity = c.capacity();
+            // One row is token-major and head-major alike.
+            let (kc, vc) = c.append(
+                i,
+                &k[j * nkv * hd..][..nkv * hd],
+                &v[j * nkv * hd..][..nkv * hd],
+                1,
+            );
+            let shape = CachedAttnShape {
+                heads: nh,
+                kv_heads: nkv,
+                head_dim: hd,
+                queries: 1,
+                len: positions[j] + 1,
+                capacity,
+            };
+            o.extend(attention_cached(
+                &q[j * nh * hd..][..nh * hd],
+                kc,
+                vc,
+                shape,
+            ));
+        }
+        o
+    });
+    for c in caches.iter_mut() {
+        c.advance(1);
+    }
+    let eps = model.config.rms_norm_eps as f32;
+    rms_norm_rows(&x, &host_f32(model.norm.clone()), eps)
 }
 
 /// Last-position logits for `tokens` at positions `cache.len()..`; the cache grows by

@@ -151,6 +151,17 @@ pub trait LinearBackend: Backend {
         None
     }
 
+    /// Final hidden states `[n, hidden]` (after the output norm) for one new token of each
+    /// of `n` sequences, each continuing its own host cache (continuous batching), fused
+    /// where the backend can; `None` leaves it to the generic path.
+    fn forward_decode_batch_fused(
+        _model: &Llama<Self>,
+        _tokens: &[u32],
+        _caches: &mut [&mut KvCache],
+    ) -> Option<Vec<f32>> {
+        None
+    }
+
     /// One query per head (`q`: `[1, heads, 1, hd]`) over positions `0..len` of a layer's
     /// device cache (`k`, `v`: `[1, kv_heads, capacity, hd]`), as `[1, 1, heads·hd]`; `None`
     /// leaves it to burn's attention.
@@ -199,6 +210,16 @@ impl LinearBackend for Flex {
         cache: &mut KvCache,
     ) -> Option<Vec<f32>> {
         Some(super::host_step::forward_rows(model, tokens, layout, cache))
+    }
+
+    fn forward_decode_batch_fused(
+        model: &Llama<Self>,
+        tokens: &[u32],
+        caches: &mut [&mut KvCache],
+    ) -> Option<Vec<f32>> {
+        Some(super::host_step::forward_decode_batch(
+            model, tokens, caches,
+        ))
     }
 
     fn gather_rows(ids: &[u32], w: &HostWeight, device: &Self::Device) -> Tensor<Self, 2> {

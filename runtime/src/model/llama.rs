@@ -365,6 +365,25 @@ impl<B: LinearBackend> Llama<B> {
     ) -> Tensor<B, 3> {
         let n = tokens.len();
         assert_eq!(n, caches.len(), "one cache per token");
+        if n > 0 && caches.iter().all(|c| !c.is_on_device()) {
+            if let Some(h) = B::forward_decode_batch_fused(self, tokens, caches) {
+                return self
+                    .host_rows(h, n)
+                    .reshape([n, 1, self.config.hidden_size]);
+            }
+        }
+        self.forward_decode_batch_generic(tokens, caches)
+    }
+
+    /// [`Self::forward_decode_batch`] through the layer-by-layer tensor path only (the
+    /// reference the fused step is checked against, and the device caches' path).
+    pub fn forward_decode_batch_generic(
+        &self,
+        tokens: &[u32],
+        caches: &mut [&mut KvCache],
+    ) -> Tensor<B, 3> {
+        let n = tokens.len();
+        assert_eq!(n, caches.len(), "one cache per token");
         for c in caches.iter_mut() {
             assert!(
                 c.len() < self.rope.max_positions(),

@@ -1,10 +1,12 @@
 //! `--speculative` values to proposers, shared by `generate`, `serve-local` and `spec-bench`:
 //! `off`, `lookup`, `draft:M` (model M as the draft), `early-exit:N` (the target's first N
 //! layers as its own draft), `medusa[:DIR]` (Medusa heads, by default the `medusa/` that
-//! `quantize` writes beside the model).
+//! `quantize` writes beside the model), and `A+B` (a [`Cascade`]: A's guess where it has one,
+//! else B's), e.g. `lookup:2+medusa@1`, where `@K` holds a proposer to K tokens a step.
 
 use std::path::Path;
 
+use super::cascade::{Capped, Cascade};
 use super::draft::DraftModel;
 use super::lookup::PromptLookup;
 use super::Proposer;
@@ -16,7 +18,7 @@ use crate::model::{LinearBackend, Llama};
 /// Why a `--speculative` value cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ProposerError {
-    #[error("unknown --speculative `{0}`: use off, lookup, draft:MODEL, early-exit:LAYERS or medusa[:DIR]")]
+    #[error("unknown --speculative `{0}`: use off, lookup[:MIN_NGRAM], draft:MODEL, early-exit:LAYERS, medusa[:DIR], any of these with @K (at most K tokens a step), or proposers joined by `+` (the first with a guess wins)")]
     Unknown(String),
     #[error("Medusa heads: {0}")]
     Medusa(#[from] MedusaError),
@@ -93,8 +95,41 @@ where
     if spec == "off" {
         return Ok(None);
     }
+    if spec.contains('+') {
+        let members = spec
+            .split('+')
+            .map(|m| {
+                proposer_with(m, opts, target, target_dir, device)?
+                    .ok_or_else(|| ProposerError::Unknown(spec.into()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        return Ok(Some(Box::new(Cascade::new(members))));
+    }
+    // `X@K` with a number K (a directory may hold an `@` of its own).
+    if let Some((inner, Ok(max_k))) = spec.rsplit_once('@').map(|(i, k)| (i, k.parse::<usize>())) {
+        if max_k == 0 {
+            return Err(ProposerError::Unknown(spec.into()));
+        }
+        let inner = proposer_with(inner, opts, target, target_dir, device)?
+            .ok_or_else(|| ProposerError::Unknown(spec.into()))?;
+        return Ok(Some(Box::new(Capped { inner, max_k })));
+    }
     if spec == "lookup" {
         return Ok(Some(Box::new(PromptLookup::default())));
+    }
+    if let Some(n) = spec.strip_prefix("lookup:") {
+        // Matches of at least `n` tokens only: a shorter repeat is weak evidence, and in a
+        // cascade the next proposer guesses better there.
+        let min_ngram = n
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| n >= 1)
+            .ok_or_else(|| ProposerError::Unknown(spec.into()))?;
+        let d = PromptLookup::default();
+        return Ok(Some(Box::new(PromptLookup {
+            min_ngram,
+            max_ngram: d.max_ngram.max(min_ngram),
+        })));
     }
     if let Some(m) = spec.strip_prefix("draft:") {
         let ckpt = Checkpoint::open(m).map_err(Box::new)?;

@@ -5,8 +5,10 @@
 //!
 //! Proposers: [`lookup::PromptLookup`] (n-gram match in the prompt and output, no model),
 //! [`draft::DraftModel`] (a smaller model with its own cache) and
-//! [`crate::medusa::MedusaChain`] (Medusa heads' top guesses as a chain).
+//! [`crate::medusa::MedusaChain`] (Medusa heads' top guesses as a chain), and
+//! [`cascade::Cascade`] (several of these, the first with a guess winning).
 
+pub mod cascade;
 pub mod choose;
 pub mod decode;
 pub mod draft;
