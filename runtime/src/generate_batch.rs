@@ -2,8 +2,9 @@
 //! `batch` sequences advance together, each step one batched forward pass whose linears read
 //! their weights once for all rows, and a finished sequence's slot goes to the next prompt.
 //! On the CPU a row verified beside others costs about a tenth of a decode step, so a batch
-//! of 16 answers several times faster than one prompt at a time, with the same tokens (the
-//! fused batched step gives each row the bits it has alone).
+//! of 16 answers several times faster than one prompt at a time (4× on SmolLM2 f32), with the
+//! same tokens: up to 32 rows, the fused batched step gives each row the bits it has alone
+//! (tested for f32 weights; the packed AWQ model's answers also came out byte-identical).
 
 use burn::prelude::*;
 
