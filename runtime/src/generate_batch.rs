@@ -6,9 +6,7 @@
 //! same tokens: up to 32 rows, the fused batched step gives each row the bits it has alone
 //! (tested for f32 weights; the packed AWQ model's answers also came out byte-identical).
 
-use burn::prelude::*;
-
-use crate::generate::{check_request, host_f32, GenerateError};
+use crate::generate::{check_request, host_f32, token_row, GenerateError};
 use crate::model::{KvCache, LinearBackend, Llama};
 use crate::sampling::argmax;
 
@@ -49,9 +47,7 @@ pub fn generate_greedy_batch<B: LinearBackend>(
         while running.len() < batch && next < prompts.len() {
             let p = &prompts[next];
             let mut cache = model.new_cache(p.len() + max_new);
-            let ids: Vec<i32> = p.iter().map(|&x| x as i32).collect();
-            let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, p.len()]), &device);
-            let t = argmax(&model.forward_last(input, Some(&mut cache)));
+            let t = argmax(&model.forward_last(token_row(p, &device), Some(&mut cache)));
             out[next].push(t);
             if finished(t, 1) {
                 on_done(next);

@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use super::heads::MedusaHeads;
 use super::projection::HeadProjection;
 use super::tree::{Tree, Typical};
-use crate::generate::{check_request, host_f32, GenerateError};
+use crate::generate::{check_request, host_f32, token_row, GenerateError};
 use crate::model::{LinearBackend, Llama};
 use crate::sampling::{argmax, draw, filtered_distribution, SamplingParams};
 use crate::speculative::SpecStats;
@@ -76,9 +76,7 @@ pub fn generate_medusa_with<B: LinearBackend>(
         prompt.len() + 64 + tree.len(),
         prompt.len() + max_new + tree.len(),
     );
-    let ids: Vec<i32> = prompt.iter().map(|&t| t as i32).collect();
-    let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, prompt.len()]), &device);
-    let hidden = model.forward_hidden(input, Some(&mut cache));
+    let hidden = model.forward_hidden(token_row(prompt, &device), Some(&mut cache));
     let t = prompt.len();
     let mut h_last = host_f32(hidden.slice([0..1, t - 1..t, 0..d]));
     let mut rng = StdRng::seed_from_u64(match acceptance {

@@ -13,7 +13,7 @@ use super::decode::AcceptedStep;
 use super::heads::MedusaHeads;
 use super::projection::lm_head_parts;
 use super::tree::Tree;
-use crate::generate::{check_request, GenerateError};
+use crate::generate::{check_request, token_row, GenerateError};
 use crate::model::{LinearBackend, Llama};
 use crate::speculative::SpecStats;
 
@@ -120,11 +120,9 @@ pub fn generate_medusa_on_device<B: LinearBackend>(
         prompt.len() + 64 + tree.len(),
         prompt.len() + max_new + tree.len(),
     );
-    let ids: Vec<i32> = prompt.iter().map(|&t| t as i32).collect();
-    let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, prompt.len()]), &device);
     let t = prompt.len();
     let mut h_last = model
-        .forward_hidden(input, Some(&mut cache))
+        .forward_hidden(token_row(prompt, &device), Some(&mut cache))
         .slice([0..1, t - 1..t, 0..d]);
     let first = argmax_rows(model.logits(h_last.clone()))[0];
     let mut out = vec![first];

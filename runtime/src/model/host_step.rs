@@ -1,9 +1,10 @@
 //! Generation's forward pass on the host for the CPU backend (a decode step, a prompt or a
 //! tree continuing a host KV cache, or one step of a batch of sequences each with its own):
 //! the same arithmetic as the generic layer-by-layer path (RMSNorm, projections, RoPE,
-//! cached attention, SwiGLU, the head) on plain slices. The generic path spent about as long in burn's per-op dispatch, tensor copies and strided
-//! iteration as in the matrix kernels of a 4-bit decode step, and a prompt's time in
-//! head-splitting copies and burn's naive attention; here only the kernels remain.
+//! cached attention, SwiGLU, the head) on plain slices. The generic path spent about as long
+//! in burn's per-op dispatch, tensor copies and strided iteration as in the matrix kernels of
+//! a 4-bit decode step, and a prompt's time in head-splitting copies and burn's naive
+//! attention; here only the kernels remain.
 
 use burn::backend::Flex;
 

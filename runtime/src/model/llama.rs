@@ -363,8 +363,8 @@ impl<B: LinearBackend> Llama<B> {
         tokens: &[u32],
         caches: &mut [&mut KvCache],
     ) -> Tensor<B, 3> {
+        // Both paths check one cache per token.
         let n = tokens.len();
-        assert_eq!(n, caches.len(), "one cache per token");
         if n > 0 && caches.iter().all(|c| !c.is_on_device()) {
             if let Some(h) = B::forward_decode_batch_fused(self, tokens, caches) {
                 return self
@@ -519,11 +519,7 @@ impl<B: LinearBackend> Llama<B> {
     /// Logits `[len, vocab]` (flattened) of one sequence of token ids run from position 0:
     /// the comparison tests and reference checks make everywhere.
     pub fn logits_of(&self, ids: &[u32]) -> Vec<f32> {
-        let ids: Vec<i32> = ids.iter().map(|&v| v as i32).collect();
-        let n = ids.len();
-        let input =
-            Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, n]), &self.norm.device());
-        self.forward(input, None)
+        self.forward(crate::generate::token_row(ids, &self.device()), None)
             .into_data()
             .convert::<f32>()
             .into_vec::<f32>()

@@ -8,11 +8,10 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use burn::prelude::*;
 use tokio::sync::mpsc;
 
 use super::logprobs::{token_logprob, TokenLogprob};
-use crate::generate::host_f32;
+use crate::generate::{host_f32, token_row};
 use crate::model::{KvCache, LinearBackend, Llama};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::speculative::decode::verify_step;
@@ -305,9 +304,7 @@ fn prefill<B: LinearBackend>(
         t + req.max_new.clamp(1, INITIAL_NEW_POSITIONS),
         t + req.max_new.max(1),
     );
-    let ids: Vec<i32> = req.prompt.iter().map(|&x| x as i32).collect();
-    let device = model.device();
-    let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, t]), &device);
+    let input = token_row(&req.prompt, &model.device());
     let hidden = model.forward_hidden(input, Some(&mut cache));
     let vocab = model.config.vocab_size;
     let last: Vec<f32> = if let Some(n) = req.prompt_logprobs {

@@ -1,13 +1,12 @@
 //! The speculative generation loop: propose, verify in one target pass, roll the target's
 //! cache back to the accepted tokens, repeat.
 
-use burn::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::verify::{verify_greedy, verify_sampling};
 use super::{Proposed, Proposer};
-use crate::generate::{check_request, host_f32, GenerateError};
+use crate::generate::{check_request, host_f32, token_row, GenerateError};
 use crate::model::{KvCache, LinearBackend, Llama};
 use crate::sampling::{filtered_distribution, Sampler, SamplingParams};
 
@@ -76,9 +75,7 @@ pub fn verify_step<B: LinearBackend>(
     let mut input = vec![last];
     input.extend(&guesses);
     let before = cache.len();
-    let ids: Vec<i32> = input.iter().map(|&t| t as i32).collect();
-    let x = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, input.len()]), &model.device());
-    let hidden = model.forward_hidden(x, Some(&mut *cache));
+    let hidden = model.forward_hidden(token_row(&input, &model.device()), Some(&mut *cache));
     let mut logits = host_f32(model.logits(hidden.clone()));
     let hidden = host_f32(hidden);
     let vocab = model.config.vocab_size;
@@ -125,10 +122,7 @@ pub fn generate_speculative<B: LinearBackend>(
     let mut cache = model.new_growable_cache(prompt.len() + 64, prompt.len() + max_new + k + 1);
     let mut rng = StdRng::seed_from_u64(params.seed);
     let run = |tokens: &[u32], cache: &mut crate::model::KvCache| {
-        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
-        let input =
-            Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, tokens.len()]), &device);
-        model.forward_last(input, Some(cache))
+        model.forward_last(token_row(tokens, &device), Some(cache))
     };
     let first_logits = run(prompt, &mut cache);
     let first = Sampler::new(params.clone()).sample(&first_logits);

@@ -4,12 +4,12 @@
 //! `assistant_confidence_threshold`, it stops guessing once it is unsure of its own token: a
 //! guess the target will likely reject costs a draft step and a verification row for nothing.
 
-use burn::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::verify::point_mass;
 use super::{Proposed, Proposer};
+use crate::generate::token_row;
 use crate::model::{KvCache, LinearBackend, Llama};
 use crate::sampling::{argmax, draw, filtered_distribution, SamplingParams};
 use crate::serve::logprobs::log_sum_exp;
@@ -49,11 +49,7 @@ impl<B: LinearBackend> DraftModel<B> {
 
     /// Runs `tokens` after the cached ones and returns the last position's logits.
     fn feed(&mut self, tokens: &[u32]) -> Vec<f32> {
-        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
-        let input = Tensor::<B, 2, Int>::from_data(
-            TensorData::new(ids, [1, tokens.len()]),
-            &self.model.device(),
-        );
+        let input = token_row(tokens, &self.model.device());
         self.cached.extend_from_slice(tokens);
         self.model.forward_last(input, Some(&mut self.cache))
     }
