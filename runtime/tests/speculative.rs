@@ -12,7 +12,7 @@ use lmq_runtime::medusa::{
 };
 use lmq_runtime::sampling::SamplingParams;
 use lmq_runtime::speculative::cascade::Cascade;
-use lmq_runtime::speculative::choose::{proposer_with, ProposerOptions};
+use lmq_runtime::speculative::choose::{proposer_with, ProposerOptions, MEDUSA_MAX_GUESSES};
 use lmq_runtime::speculative::draft::DraftModel;
 use lmq_runtime::speculative::lookup::PromptLookup;
 use lmq_runtime::speculative::{generate_speculative, Proposer, SpecStats};
@@ -211,6 +211,29 @@ fn medusa_chain_proposals_are_exactly_greedy() {
     let (g1, g2) = (guesses(1000), guesses(2000));
     assert_eq!(g1.len(), 4);
     assert_ne!(g1, g2, "the token the heads read changed no guess");
+    // Guesses under a probability floor are not proposed, the first included: still plain
+    // greedy, fewer rows verified, and the guesses kept are a prefix of the ungated ones.
+    let gate = 0.3;
+    let aware = || token_aware_heads(f.model.config.hidden_size, 0.5);
+    let gated =
+        same_as_greedy(&mut MedusaChain::new(f.model.clone(), aware()).with_guess_p_min(gate));
+    assert!(gated.proposed < a.proposed, "{gated:?} vs {a:?}");
+    let mut all = MedusaChain::new(f.model.clone(), aware());
+    let mut sure = MedusaChain::new(f.model.clone(), aware()).with_guess_p_min(gate);
+    let mut cut = 0;
+    for (i, last) in [13u32, 260, 1000, 4000, 20000].into_iter().enumerate() {
+        let h: Vec<f32> = (0..f.model.config.hidden_size)
+            .map(|j| ((i * 31 + j * 7) % 17) as f32 * 0.1 - 0.8)
+            .collect();
+        let ask = |c: &mut MedusaChain<_>| {
+            c.observe_hidden(3, &h);
+            c.propose(&[1, 2, last], 4, &SamplingParams::default())
+        };
+        let (every, kept) = (ask(&mut all), ask(&mut sure));
+        assert_eq!(every[..kept.len()], kept[..], "last token {last}");
+        cut += every.len() - kept.len();
+    }
+    eprintln!("gated chain: {gated:?}; {cut} of 20 direct guesses under {gate}");
 }
 
 #[test]
@@ -246,10 +269,42 @@ fn lookup_then_medusa_cascade_is_exactly_greedy_and_guesses_where_lookup_has_non
     let named = |spec: &str| proposer_with(spec, &opts, &f.model, &f.ckpt.path, &dev);
     let mut by_name = named("lookup:2+lookup@1").unwrap().unwrap();
     assert!(same_as_greedy(by_name.as_mut()).accepted > 0);
-    for bad in ["lookup:0", "lookup+off", "lookup+nope", "lookup@0", "off@2"] {
+    for bad in [
+        "lookup:0",
+        "lookup+off",
+        "lookup+nope",
+        "lookup@0",
+        "off@2",
+        "lookup~0.3",
+        "lookup@2~0.3",
+        "medusa~1",
+        "medusa~-0.1",
+    ] {
         let err = named(bad).err().expect(bad).to_string();
         assert!(err.contains(bad) || err.contains("nope"), "{bad}: {err}");
     }
+    // `medusa:DIR` by name: one guess a step, none under MEDUSA_GUESS_P_MIN, unless `@K`
+    // and `~P` say otherwise.
+    let dir = tempfile::tempdir().unwrap();
+    token_aware_heads(f.model.config.hidden_size, 0.5)
+        .save(dir.path())
+        .unwrap();
+    let heads_spec = format!("medusa:{}", dir.path().display());
+    let default = same_as_greedy(named(&heads_spec).unwrap().unwrap().as_mut());
+    assert!(
+        MEDUSA_MAX_GUESSES == 1 && default.proposed <= default.steps,
+        "{default:?}"
+    );
+    let explicit = same_as_greedy(
+        named(&format!("{heads_spec}@3~0"))
+            .unwrap()
+            .unwrap()
+            .as_mut(),
+    );
+    assert!(
+        explicit.proposed > default.steps.max(default.proposed),
+        "`@3~0` should propose several a step, ungated: {explicit:?} vs {default:?}"
+    );
 }
 
 #[test]
@@ -271,6 +326,27 @@ fn early_exit_draft_is_exactly_greedy_with_and_without_p_min() {
     assert!(
         sure.acceptance() > all.acceptance(),
         "the guesses kept should be the likelier ones: {sure:?} vs {all:?}"
+    );
+    // Proposing only guesses of probability 0.5 or more (`~0.5`, the doubtful first one
+    // left out too): still exactly greedy, fewer rows than stopping after a doubtful one.
+    let f = fixture();
+    let opts = ProposerOptions {
+        draft_p_min: 0.0,
+        ..Default::default()
+    };
+    let mut gated = proposer_with(
+        "early-exit:10~0.5",
+        &opts,
+        &f.model,
+        &f.ckpt.path,
+        &Default::default(),
+    )
+    .unwrap()
+    .unwrap();
+    let gated = same_as_greedy(gated.as_mut());
+    assert!(
+        gated.proposed < sure.proposed && gated.acceptance() > all.acceptance(),
+        "{gated:?} vs {sure:?}"
     );
 }
 

@@ -136,6 +136,7 @@ fn main() -> Result<()> {
     );
     let opts = ProposerOptions {
         draft_p_min: a.draft_p_min,
+        ..Default::default()
     };
     for spec in &a.proposers {
         let mut method = Method::of(spec, &target, &ckpt.path, &a.tree, &opts)?;

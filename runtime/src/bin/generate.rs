@@ -39,8 +39,10 @@ struct Args {
     ids: bool,
     /// off, lookup[:MIN_NGRAM], draft:MODEL, early-exit:LAYERS or medusa[:DIR] (heads in
     /// DIR, default MODEL/medusa) for speculative decoding: same output when greedy, the same
-    /// distribution when sampling. `X@K` proposes at most K tokens a step; `A+B` takes A's
-    /// guess where it has one, else B's (`lookup:2+medusa@1` was the fastest on SmolLM2).
+    /// distribution when sampling. `X@K` proposes at most K tokens a step; `X~P` (a draft or
+    /// Medusa) proposes only guesses it gives probability P or more; `A+B` takes A's guess
+    /// where it has one, else B's (`lookup:2+medusa@1` was the fastest on SmolLM2 f32,
+    /// `lookup:3@2+medusa@1~0.45` on its 4-bit AWQ form).
     #[arg(long, default_value = "off")]
     speculative: String,
     /// Tokens proposed per speculative step.
@@ -120,6 +122,7 @@ fn complete<B: LinearBackend>(args: &Args, ckpt: &Checkpoint, device: B::Device)
         None => {
             let opts = ProposerOptions {
                 draft_p_min: args.draft_p_min,
+                ..Default::default()
             };
             proposer_with(&args.speculative, &opts, &model, &ckpt.path, &device)?
         }

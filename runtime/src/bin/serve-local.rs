@@ -30,8 +30,9 @@ struct Args {
     port: u16,
     /// off, lookup[:MIN_NGRAM] (prompt n-gram lookup), draft:MODEL (a smaller model with the
     /// same vocabulary), early-exit:LAYERS, medusa[:DIR] (Medusa heads' guesses as a chain;
-    /// DIR defaults to MODEL/medusa); `X@K` proposes at most K tokens a step, `A+B` takes A's
-    /// guess where it has one, else B's. Used while a single request is running.
+    /// DIR defaults to MODEL/medusa); `X@K` proposes at most K tokens a step, `X~P` (a draft
+    /// or Medusa) only guesses it gives probability P or more, `A+B` takes A's guess where it
+    /// has one, else B's. Used while a single request is running.
     #[arg(long, default_value = "off")]
     speculative: String,
     /// Tokens proposed per speculative step.

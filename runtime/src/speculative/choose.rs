@@ -2,7 +2,11 @@
 //! `off`, `lookup`, `draft:M` (model M as the draft), `early-exit:N` (the target's first N
 //! layers as its own draft), `medusa[:DIR]` (Medusa heads, by default the `medusa/` that
 //! `quantize` writes beside the model), and `A+B` (a [`Cascade`]: A's guess where it has one,
-//! else B's), e.g. `lookup:2+medusa@1`, where `@K` holds a proposer to K tokens a step.
+//! else B's), e.g. `lookup:2+medusa@1`, where `@K` holds a proposer to K tokens a step, and
+//! `~P` has a draft or Medusa chain propose only guesses it gives probability P or more
+//! (`lookup:2+medusa@1~0.3`). Medusa heads on their own guess one token a step, and only a
+//! likely one ([`MEDUSA_MAX_GUESSES`], [`MEDUSA_GUESS_P_MIN`]): more cost more than they
+//! save on a CPU.
 
 use std::path::Path;
 
@@ -18,7 +22,7 @@ use crate::model::{LinearBackend, Llama};
 /// Why a `--speculative` value cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ProposerError {
-    #[error("unknown --speculative `{0}`: use off, lookup[:MIN_NGRAM], draft:MODEL, early-exit:LAYERS, medusa[:DIR], any of these with @K (at most K tokens a step), or proposers joined by `+` (the first with a guess wins)")]
+    #[error("unknown --speculative `{0}`: use off, lookup[:MIN_NGRAM], draft:MODEL, early-exit:LAYERS, medusa[:DIR], any of these with @K (at most K tokens a step), draft/early-exit/medusa with ~P (only guesses of probability P or more, 0 ≤ P < 1), or proposers joined by `+` (the first with a guess wins)")]
     Unknown(String),
     #[error("Medusa heads: {0}")]
     Medusa(#[from] MedusaError),
@@ -46,12 +50,22 @@ pub struct ProposerOptions {
     /// A draft model stops guessing after a token it gave less than this probability
     /// (llama.cpp's `--draft-p-min`); 0 always proposes the full `k`.
     pub draft_p_min: f64,
+    /// A draft or Medusa chain proposes only guesses it gives at least this probability: a
+    /// guess costs a verification row whether it is right or not, so one the proposer
+    /// doubts costs more than it is expected to save. Set per proposer by the `X~P` suffix;
+    /// `None`: 0 for a draft, [`MEDUSA_GUESS_P_MIN`] for Medusa heads.
+    pub guess_p_min: Option<f64>,
+    /// The `@K` cap the spec put on this proposer; Medusa heads without one guess
+    /// [`MEDUSA_MAX_GUESSES`] tokens a step.
+    pub max_k: Option<usize>,
 }
 
 impl Default for ProposerOptions {
     fn default() -> Self {
         Self {
             draft_p_min: DEFAULT_DRAFT_P_MIN,
+            guess_p_min: None,
+            max_k: None,
         }
     }
 }
@@ -60,6 +74,16 @@ impl Default for ProposerOptions {
 /// with k 6 it took the Spec-Bench speedup from 1.37× (k 4, no threshold) to 1.50×; 0.75
 /// with k 8 gave 1.39×.
 pub const DEFAULT_DRAFT_P_MIN: f64 = 0.6;
+
+/// Guesses a Medusa chain makes per step unless `@K` says otherwise. Heads past the first
+/// are right too rarely to pay for their verification rows on a CPU (README, "Session 26":
+/// SmolLM2 f32 τ 1.27 / 0.95× with up to 4 guesses against 1.05× with one likely one).
+pub const MEDUSA_MAX_GUESSES: usize = 1;
+
+/// The probability under which a Medusa chain makes no guess unless `~P` says otherwise
+/// (README, "Session 26": guesses its first head gives less than 0.45 were right 8% of the
+/// time; on the 4-bit AWQ SmolLM2 the one-guess chain went from 0.88× to 0.94×).
+pub const MEDUSA_GUESS_P_MIN: f64 = 0.45;
 
 /// The proposer `spec` names for `target`, loaded from `target_dir` (`None` for `off`), with
 /// the default options.
@@ -105,12 +129,30 @@ where
             .collect::<Result<Vec<_>, _>>()?;
         return Ok(Some(Box::new(Cascade::new(members))));
     }
+    // `X~P` with a probability P (a directory may hold a `~` of its own).
+    if let Some((inner, Ok(p))) = spec.rsplit_once('~').map(|(i, p)| (i, p.parse::<f64>())) {
+        let takes_probabilities = ["draft:", "early-exit:", "medusa"]
+            .iter()
+            .any(|k| inner.starts_with(k));
+        if !((0.0..1.0).contains(&p) && takes_probabilities) {
+            return Err(ProposerError::Unknown(spec.into()));
+        }
+        let opts = ProposerOptions {
+            guess_p_min: Some(p),
+            ..*opts
+        };
+        return proposer_with(inner, &opts, target, target_dir, device);
+    }
     // `X@K` with a number K (a directory may hold an `@` of its own).
     if let Some((inner, Ok(max_k))) = spec.rsplit_once('@').map(|(i, k)| (i, k.parse::<usize>())) {
         if max_k == 0 {
             return Err(ProposerError::Unknown(spec.into()));
         }
-        let inner = proposer_with(inner, opts, target, target_dir, device)?
+        let opts = ProposerOptions {
+            max_k: Some(max_k),
+            ..*opts
+        };
+        let inner = proposer_with(inner, &opts, target, target_dir, device)?
             .ok_or_else(|| ProposerError::Unknown(spec.into()))?;
         return Ok(Some(Box::new(Capped { inner, max_k })));
     }
@@ -142,7 +184,9 @@ where
         }
         let draft = ckpt.load_model::<B>(device).map_err(Box::new)?;
         return Ok(Some(Box::new(
-            DraftModel::new(draft, 0).with_p_min(opts.draft_p_min),
+            DraftModel::new(draft, 0)
+                .with_p_min(opts.draft_p_min)
+                .with_guess_p_min(opts.guess_p_min.unwrap_or(0.0)),
         )));
     }
     if let Some(n) = spec.strip_prefix("early-exit:") {
@@ -155,7 +199,9 @@ where
         let mut d = target.clone();
         d.layers.truncate(layers);
         return Ok(Some(Box::new(
-            DraftModel::new(d, 0).with_p_min(opts.draft_p_min),
+            DraftModel::new(d, 0)
+                .with_p_min(opts.draft_p_min)
+                .with_guess_p_min(opts.guess_p_min.unwrap_or(0.0)),
         )));
     }
     if spec == "medusa" || spec.starts_with("medusa:") {
@@ -171,9 +217,16 @@ where
                 model: target.config.hidden_size,
             });
         }
-        return Ok(Some(Box::new(
-            MedusaChain::new(target.clone(), heads).with_p_min(opts.draft_p_min),
-        )));
+        let chain = MedusaChain::new(target.clone(), heads)
+            .with_p_min(opts.draft_p_min)
+            .with_guess_p_min(opts.guess_p_min.unwrap_or(MEDUSA_GUESS_P_MIN));
+        return Ok(Some(match opts.max_k {
+            Some(_) => Box::new(chain),
+            None => Box::new(Capped {
+                inner: Box::new(chain),
+                max_k: MEDUSA_MAX_GUESSES,
+            }),
+        }));
     }
     Err(ProposerError::Unknown(spec.into()))
 }

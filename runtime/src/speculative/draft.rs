@@ -23,6 +23,8 @@ pub struct DraftModel<B: LinearBackend> {
     rng: StdRng,
     /// Stop proposing after a token the draft gave less than this probability (0: never).
     p_min: f64,
+    /// Propose only tokens the draft gives at least this probability (0: all).
+    guess_p_min: f64,
 }
 
 impl<B: LinearBackend> DraftModel<B> {
@@ -36,6 +38,7 @@ impl<B: LinearBackend> DraftModel<B> {
             cached: vec![],
             rng: StdRng::seed_from_u64(seed ^ 0x5eed_d4af),
             p_min: 0.0,
+            guess_p_min: 0.0,
         }
     }
 
@@ -44,6 +47,14 @@ impl<B: LinearBackend> DraftModel<B> {
     /// and the sampled distribution are unchanged; only the work per step is.
     pub fn with_p_min(mut self, p_min: f64) -> Self {
         self.p_min = p_min;
+        self
+    }
+
+    /// Proposals end before a token whose draft probability is below `guess_p_min` (the
+    /// first included): its verification row would likely be wasted. Which tokens are
+    /// proposed still depends only on the draft, so output is unchanged.
+    pub fn with_guess_p_min(mut self, guess_p_min: f64) -> Self {
+        self.guess_p_min = guess_p_min;
         self
     }
 
@@ -81,7 +92,7 @@ impl<B: LinearBackend> Proposer for DraftModel<B> {
         for i in 0..k {
             let (tok, q, p) = if params.temperature <= 0.0 {
                 let t = argmax(&logits);
-                let p = if self.p_min > 0.0 {
+                let p = if self.p_min > 0.0 || self.guess_p_min > 0.0 {
                     (logits[t as usize] as f64 - log_sum_exp(&logits)).exp()
                 } else {
                     1.0
@@ -93,6 +104,9 @@ impl<B: LinearBackend> Proposer for DraftModel<B> {
                 let p = q.iter().find(|&&(u, _)| u == t).map_or(0.0, |&(_, p)| p);
                 (t, q, p)
             };
+            if p < self.guess_p_min {
+                break;
+            }
             out.push((tok, q));
             if p < self.p_min {
                 break;
