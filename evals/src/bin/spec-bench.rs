@@ -31,7 +31,9 @@ struct Args {
     #[arg(long, default_value = "smollm2")]
     model: String,
     /// Proposers, comma-separated: lookup, draft:M, early-exit:N, medusa:DIR (tree
-    /// verification), medusa-chain:DIR (the heads' top guesses as a chain, as served).
+    /// verification), medusa-chain:DIR (the heads' guesses as a chain, as served: one a
+    /// step, when head 1 gives it 0.45 or more), or any `--speculative` form (`X@K`, `X~P`,
+    /// `A+B`).
     #[arg(long, value_delimiter = ',', default_value = "lookup")]
     proposers: Vec<String>,
     /// Questions per category (the first ones).
