@@ -41,8 +41,8 @@ struct Args {
     /// DIR, default MODEL/medusa) for speculative decoding: same output when greedy, the same
     /// distribution when sampling. `X@K` proposes at most K tokens a step; `X~P` (a draft or
     /// Medusa) proposes only guesses it gives probability P or more; `A+B` takes A's guess
-    /// where it has one, else B's (`lookup:2+medusa@1` was the fastest on SmolLM2 f32,
-    /// `lookup:3@2+medusa@1~0.45` on its 4-bit AWQ form).
+    /// where it has one, else B's (`lookup:2+medusa` was the fastest on SmolLM2 f32,
+    /// `lookup:3@2` on its 4-bit AWQ form).
     #[arg(long, default_value = "off")]
     speculative: String,
     /// Tokens proposed per speculative step.
