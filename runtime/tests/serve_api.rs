@@ -123,6 +123,7 @@ async fn speculative_serving_gives_the_same_greedy_text() {
         num_layers: 1,
         hidden_size: f.model.config.hidden_size,
         token_input: false,
+        recurrent: false,
     })
     .save(heads.path())
     .unwrap();

@@ -7,8 +7,8 @@ mod common;
 use lmq_runtime::generate::generate;
 use lmq_runtime::medusa::tree::SMALL_CHOICES;
 use lmq_runtime::medusa::{
-    generate_medusa, generate_medusa_on_device, generate_medusa_with, Acceptance, MedusaChain,
-    MedusaConfig, MedusaHeads, Tree, Typical,
+    generate_medusa, generate_medusa_on_device, generate_medusa_with, Acceptance, HeadProjection,
+    MedusaChain, MedusaConfig, MedusaHeads, Tree, Typical,
 };
 use lmq_runtime::sampling::SamplingParams;
 use lmq_runtime::speculative::cascade::Cascade;
@@ -79,6 +79,7 @@ fn zero_heads(hidden_size: usize) -> MedusaHeads {
         num_layers: 1,
         hidden_size,
         token_input: false,
+        recurrent: false,
     })
 }
 
@@ -90,6 +91,7 @@ fn token_aware_heads(hidden_size: usize, scale: f32) -> MedusaHeads {
         num_layers: 1,
         hidden_size,
         token_input: true,
+        recurrent: false,
     });
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     for (k, u) in heads.token_mix.iter_mut().enumerate() {
@@ -106,6 +108,48 @@ fn token_aware_heads(hidden_size: usize, scale: f32) -> MedusaHeads {
         }
     }
     heads
+}
+
+/// A recurrent head (one token-aware head, iterated) leaning on the token it reads.
+fn recurrent_head(hidden_size: usize) -> MedusaHeads {
+    let aware = token_aware_heads(hidden_size, 0.5);
+    let mut head = MedusaHeads::zeros(MedusaConfig {
+        num_heads: 1,
+        num_layers: 1,
+        hidden_size,
+        token_input: true,
+        recurrent: true,
+    });
+    head.token_mix[0] = aware.token_mix[0].clone();
+    head
+}
+
+#[test]
+fn a_recurrent_head_chain_is_exactly_greedy_and_reads_its_own_guesses() {
+    let f = fixture();
+    let d = f.model.config.hidden_size;
+    // Plain greedy whatever it guesses, and more than one guess a step (a recurrent head
+    // is not capped by a head count).
+    let s = same_as_greedy(&mut MedusaChain::new(f.model.clone(), recurrent_head(d)));
+    assert!(s.proposed > s.steps, "{s:?}");
+    // Each guess is the best token of the state after the previous guess was read.
+    let heads = recurrent_head(d);
+    let projection = HeadProjection::new(&f.model, &heads);
+    let mut chain = MedusaChain::new(f.model.clone(), recurrent_head(d));
+    let h: Vec<f32> = (0..d).map(|j| ((j * 7) % 17) as f32 * 0.1 - 0.8).collect();
+    chain.observe_hidden(3, &h);
+    let got: Vec<u32> = chain
+        .propose(&[1, 2, 260], 4, &SamplingParams::default())
+        .into_iter()
+        .map(|p| p.0)
+        .collect();
+    let (mut state, mut token, mut want) = (h, 260u32, vec![]);
+    for _ in 0..4 {
+        state = heads.next_state(&state, &f.model.embed_tokens.rows(&[token]));
+        token = projection.best_of_state(&f.model, &state).0;
+        want.push(token);
+    }
+    assert_eq!(got, want);
 }
 
 #[test]

@@ -299,6 +299,7 @@ impl OnBackend for MedusaJob<'_> {
             num_layers: 1,
             hidden_size: c.hidden_size,
             token_input: false,
+            recurrent: false,
         });
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
         for b in heads.blocks.iter_mut().flatten() {

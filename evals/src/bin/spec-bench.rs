@@ -88,6 +88,10 @@ impl Method {
     ) -> Result<Self> {
         if let Some(dir) = spec.strip_prefix("medusa:") {
             let heads = MedusaHeads::load(Path::new(dir))?;
+            anyhow::ensure!(
+                !heads.config.recurrent,
+                "{dir}: a recurrent head guesses one chain, not a tree: use medusa-chain:{dir}"
+            );
             let choices = if tree == "default" {
                 DEFAULT_CHOICES
             } else {

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Parser;
-use lmq_quant::medusa_train::{train_for_checkpoint, MedusaTrainOptions, DEFAULT_HEAD_VOCAB};
+use lmq_quant::medusa_train::{
+    train_for_checkpoint, MedusaTrainOptions, DEFAULT_FEATURE_WEIGHT, DEFAULT_HEAD_VOCAB,
+};
 
 #[derive(Parser, Debug)]
 #[command(name = "medusa-train", version)]
@@ -44,6 +46,14 @@ struct Args {
     /// hidden state (false: Medusa-1 heads).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     token_input: bool,
+    /// One recurrent head instead of --heads independent ones: it reads its own state and
+    /// the token it guessed to guess the next, trained unrolled --heads positions ahead
+    /// (needs --token-input true).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    recurrent: bool,
+    /// A recurrent head's loss weight for matching the model's next hidden state.
+    #[arg(long, default_value_t = DEFAULT_FEATURE_WEIGHT)]
+    feature_weight: f64,
     /// Reuse the distillation answers in FILE (written there the first time), to train
     /// several head settings against one model without answering the prompts again.
     #[arg(long, value_name = "FILE")]
@@ -75,6 +85,8 @@ fn run(a: Args) -> Result<()> {
         mt_bench: a.mt_bench,
         second_turns: a.second_turns,
         token_input: a.token_input,
+        recurrent: a.recurrent,
+        feature_weight: a.feature_weight,
         answers_file: a.answers,
         ..Default::default()
     };

@@ -242,6 +242,7 @@ fn medusa_stage(recipe: &Recipe, out: &std::path::Path) -> Result<()> {
         vocab: m.vocab,
         mt_bench: m.mt_bench,
         token_input: m.token_input,
+        recurrent: m.recurrent,
         ..Default::default()
     };
     let dir = out.join("medusa");

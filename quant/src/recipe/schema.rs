@@ -1058,6 +1058,10 @@ pub struct MedusaSpec {
     /// Token-aware heads (each also reads the embedding of the token the model chose).
     #[serde(default = "default_true")]
     pub token_input: bool,
+    /// One recurrent head, unrolled `heads` positions in training, instead of `heads`
+    /// independent ones (needs `token_input`).
+    #[serde(default)]
+    pub recurrent: bool,
 }
 
 fn default_medusa_vocab() -> usize {

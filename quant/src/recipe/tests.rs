@@ -559,6 +559,9 @@ fn medusa_block_parses_with_defaults_and_rejects_bad_keys() {
     let r = parse(&format!("{GPTQ}medusa: {{heads: 3, steps: 50}}\n")).unwrap();
     let m = r.medusa.unwrap();
     assert_eq!((m.heads.0, m.layers.0, m.steps.0, m.lr.0), (3, 1, 50, 1e-3));
+    assert!(m.token_input && !m.recurrent);
+    let r = parse(&format!("{GPTQ}medusa: {{recurrent: true}}\n")).unwrap();
+    assert!(r.medusa.unwrap().recurrent);
     assert!(parse(GPTQ).unwrap().medusa.is_none());
     let msg = err(&format!("{GPTQ}medusa:\n  heads: 4\n  head_count: 2\n"));
     assert_msg(&msg, &["line 10", "unknown field `head_count`"]);

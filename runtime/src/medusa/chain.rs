@@ -3,9 +3,11 @@
 //! the usual chain verification. A chain, not a tree: it fits the one proposer interface the
 //! server speculates with (and sampling, whose verification takes a point-mass guess
 //! exactly); `spec-bench` and [`super::generate_medusa`] verify whole candidate trees.
+//! A recurrent head ([`super::MedusaConfig::recurrent`]) guesses the same way, each guess from
+//! the state after the guess before, as many as the step asks for.
 
 use super::heads::MedusaHeads;
-use super::projection::HeadProjection;
+use super::projection::{token_embedding, HeadProjection};
 use crate::model::{LinearBackend, Llama};
 use crate::sampling::SamplingParams;
 use crate::speculative::verify::point_mass;
@@ -60,6 +62,27 @@ impl<B: LinearBackend> MedusaChain<B> {
         self.guess_p_min = guess_p_min;
         self
     }
+
+    /// Up to `k` guesses of a recurrent head from the target's state `h` and the token chosen
+    /// from it, each guess made from the state after the one before (so a doubtful guess
+    /// also spares the head's later steps).
+    fn propose_recurrent(&self, mut state: Vec<f32>, mut token: u32, k: usize) -> Vec<Proposed> {
+        let mut out = vec![];
+        for _ in 0..k {
+            let e = token_embedding(&self.model, &self.heads, token);
+            state = self.heads.next_state(&state, &e);
+            let (t, p) = self.projection.best_of_state(&self.model, &state);
+            if p < self.guess_p_min {
+                break;
+            }
+            out.push((t, point_mass(t)));
+            if p < self.p_min {
+                break;
+            }
+            token = t;
+        }
+        out
+    }
 }
 
 impl<B: LinearBackend> Proposer for MedusaChain<B> {
@@ -69,12 +92,19 @@ impl<B: LinearBackend> Proposer for MedusaChain<B> {
         let Some((len, h)) = &self.last else {
             return vec![];
         };
-        let k = k.min(self.heads.config.num_heads);
+        let k = if self.heads.config.recurrent {
+            k
+        } else {
+            k.min(self.heads.config.num_heads)
+        };
         if *len != context.len() || k == 0 {
             return vec![];
         }
         // The state is the one the context's last token was chosen from.
         let last = *context.last().expect("a context after the prompt");
+        if self.heads.config.recurrent {
+            return self.propose_recurrent(h.clone(), last, k);
+        }
         let mut out = vec![];
         for (t, p) in self
             .projection

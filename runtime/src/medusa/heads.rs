@@ -31,6 +31,11 @@ pub struct MedusaConfig {
     /// in files written before token-aware heads: false).
     #[serde(default)]
     pub token_input: bool,
+    /// A recurrent head (one token-aware head, applied again to its own state and the token
+    /// it guessed) instead of one head per position ahead: see [`MedusaHeads::next_state`].
+    /// Absent in files written before recurrent heads: false.
+    #[serde(default)]
+    pub recurrent: bool,
 }
 
 /// One residual block `x + SiLU(W x + b)`, `W` as `[out, in]`.
@@ -116,6 +121,17 @@ impl MedusaHeads {
             y.iter_mut().zip(z).for_each(|(a, z)| *a += z);
         }
         y
+    }
+
+    /// A recurrent head's state one position further on: the head reads its state `x` (at
+    /// first the target's final hidden state) and the embedding of the token chosen from it,
+    /// and returns the state its next guess is scored from, which it reads again with that
+    /// guess. Trained to match the target's own next final hidden state (EAGLE's
+    /// feature-level drafting, with a ResBlock where EAGLE has a decoder layer), so guesses
+    /// further ahead know the guesses before them, which independent Medusa heads never do.
+    pub fn next_state(&self, x: &[f32], token: &[f32]) -> Vec<f32> {
+        debug_assert!(self.config.recurrent, "next_state of non-recurrent heads");
+        self.hidden(0, x, token)
     }
 
     /// The tensor holding [`MedusaHeads::vocab`] (U32, absent for the whole vocabulary).
@@ -276,6 +292,15 @@ impl MedusaHeads {
                 config.token_input
             )));
         }
+        if config.recurrent && (config.num_heads != 1 || !config.token_input) {
+            return Err(MedusaError::Format {
+                path: dir.join(CONFIG_FILE),
+                msg: format!(
+                    "a recurrent head is one token-aware head (num_heads {}, token_input {})",
+                    config.num_heads, config.token_input
+                ),
+            });
+        }
         Ok(Self {
             config,
             blocks,
@@ -296,6 +321,7 @@ mod tests {
             num_layers: 1,
             hidden_size: 3,
             token_input: false,
+            recurrent: false,
         };
         let mut m = MedusaHeads::zeros(c);
         assert_eq!(m.hidden(1, &[1.0, -2.0, 3.0], &[]), vec![1.0, -2.0, 3.0]);
@@ -321,6 +347,7 @@ mod tests {
             num_layers: 1,
             hidden_size: 2,
             token_input: true,
+            recurrent: false,
         };
         let mut m = MedusaHeads::zeros(c);
         let (x, e) = ([1.0, -2.0], [0.5, 4.0]);
@@ -362,5 +389,39 @@ mod tests {
         .unwrap();
         let e = MedusaHeads::load(dir.path()).unwrap_err().to_string();
         assert!(e.contains("missing tensor medusa.0.token.weight"), "{e}");
+    }
+
+    #[test]
+    fn a_recurrent_head_is_one_token_aware_head_and_round_trips() {
+        let c = MedusaConfig {
+            num_heads: 1,
+            num_layers: 1,
+            hidden_size: 2,
+            token_input: true,
+            recurrent: true,
+        };
+        let mut m = MedusaHeads::zeros(c);
+        m.token_mix[0] = vec![1.0, 0.0, 0.0, 1.0]; // U = I: the state moves toward the token
+        let s1 = m.next_state(&[1.0, -2.0], &[0.5, 4.0]);
+        assert_eq!(s1, vec![1.5, 2.0]);
+        assert_eq!(m.next_state(&s1, &[0.5, 4.0]), vec![2.0, 6.0]);
+        let dir = tempfile::tempdir().unwrap();
+        m.save(dir.path()).unwrap();
+        assert_eq!(MedusaHeads::load(dir.path()).unwrap(), m);
+        // Two heads, or none reading tokens, are not a recurrent head: the config is named.
+        for bad in [
+            MedusaConfig { num_heads: 2, ..c },
+            MedusaConfig {
+                token_input: false,
+                ..c
+            },
+        ] {
+            MedusaHeads::zeros(bad).save(dir.path()).unwrap();
+            let e = MedusaHeads::load(dir.path()).unwrap_err().to_string();
+            assert!(
+                e.contains(CONFIG_FILE) && e.contains("a recurrent head is one token-aware head"),
+                "{e}"
+            );
+        }
     }
 }

@@ -4,7 +4,8 @@
 //! Heads live beside the model (`medusa/`: `medusa_config.json` + `medusa_heads.safetensors`);
 //! each reuses the model's own lm_head (tied, not stored twice). Token-aware heads (the
 //! default of `medusa-train`) also read the embedding of the token the model chose from the
-//! same hidden state; see [`heads`].
+//! same hidden state; see [`heads`]. A recurrent head (`medusa-train --recurrent true`) is one
+//! token-aware head applied again to its own state and guess, a chain proposer only.
 
 pub mod chain;
 pub mod decode;

@@ -100,20 +100,30 @@ impl HeadProjection {
         last: u32,
         n: usize,
     ) -> (Vec<f32>, Option<&[u32]>) {
-        let d = model.config.hidden_size;
         let e = token_embedding(model, heads, last);
         let states: Vec<f32> = (0..n).flat_map(|k| heads.hidden(k, h, &e)).collect();
+        self.scores_of_states(model, &states, n)
+    }
+
+    /// Scores `[n, width]` of `n` head states `[n, hidden]`, as [`HeadProjection::scores`].
+    pub fn scores_of_states<B: LinearBackend>(
+        &self,
+        model: &Llama<B>,
+        states: &[f32],
+        n: usize,
+    ) -> (Vec<f32>, Option<&[u32]>) {
+        let d = model.config.hidden_size;
         match &self.shortlist {
             None => (
                 host_f32(model.logits(Tensor::from_data(
-                    TensorData::new(states, [1, n, d]),
+                    TensorData::new(states.to_vec(), [1, n, d]),
                     &model.device(),
                 ))),
                 None,
             ),
             Some(s) => {
                 let width = s.ids.len();
-                let mut y = matmul_f32_nt(&states, &s.rows, n, d, width);
+                let mut y = matmul_f32_nt(states, &s.rows, n, d, width);
                 if let Some(b) = &s.bias {
                     for row in y.chunks_exact_mut(width) {
                         row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
@@ -122,6 +132,15 @@ impl HeadProjection {
                 (y, Some(&s.ids))
             }
         }
+    }
+
+    /// The best token of one head state and the probability its softmax gives it: a
+    /// recurrent head's guess and how sure it is.
+    pub fn best_of_state<B: LinearBackend>(&self, model: &Llama<B>, state: &[f32]) -> (u32, f64) {
+        let (row, ids) = self.scores_of_states(model, state, 1);
+        let best = argmax(&row);
+        let p = (row[best as usize] as f64 - log_sum_exp(&row)).exp();
+        (ids.map_or(best, |ids| ids[best as usize]), p)
     }
 
     /// Each of the first `n` heads' best token and the probability its softmax gives it (over
@@ -194,6 +213,7 @@ mod tests {
             num_layers: 1,
             hidden_size: h,
             token_input: false,
+            recurrent: false,
         });
         // Non-trivial blocks, so each head scores differently.
         for (k, head) in heads.blocks.iter_mut().enumerate() {
