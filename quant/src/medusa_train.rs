@@ -608,14 +608,16 @@ pub fn train_medusa(
         let mut state = x.clone();
         for j in 0..k {
             let head_state = if opts.recurrent {
-                let tokens: Vec<u32> = rows
-                    .iter()
-                    .map(|r| if j == 0 { r.chosen } else { r.targets[j - 1] })
-                    .collect();
-                let e_j = Tensor::<Train, 2>::from_data(
-                    TensorData::new(model.embed_tokens.rows(&tokens), [n, h]),
-                    &dev,
-                );
+                // Depth 0 reads the chosen tokens, whose embeddings `e` already holds.
+                let e_j = if j == 0 {
+                    e.clone()
+                } else {
+                    let tokens: Vec<u32> = rows.iter().map(|r| r.targets[j - 1]).collect();
+                    Tensor::<Train, 2>::from_data(
+                        TensorData::new(model.embed_tokens.rows(&tokens), [n, h]),
+                        &dev,
+                    )
+                };
                 state = params.head(0, state, &e_j);
                 if opts.feature_weight > 0.0 {
                     let want = Tensor::<Train, 2>::from_data(

@@ -88,17 +88,13 @@ impl Method {
     ) -> Result<Self> {
         if let Some(dir) = spec.strip_prefix("medusa:") {
             let heads = MedusaHeads::load(Path::new(dir))?;
-            anyhow::ensure!(
-                !heads.config.recurrent,
-                "{dir}: a recurrent head guesses one chain, not a tree: use medusa-chain:{dir}"
-            );
             let choices = if tree == "default" {
                 DEFAULT_CHOICES
             } else {
                 SMALL_CHOICES
             };
             let tree =
-                Tree::from_choices(choices, heads.config.num_heads).map_err(anyhow::Error::msg)?;
+                Tree::for_heads(choices, &heads).map_err(|e| anyhow::anyhow!("{dir}: {e}"))?;
             return Ok(Self::Medusa(heads, tree));
         }
         // `medusa-chain:DIR`: the heads as the chain proposer `generate` and `serve-local` use.

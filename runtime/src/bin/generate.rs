@@ -215,19 +215,12 @@ fn medusa_tree(rest: &str, model_dir: &std::path::Path) -> Result<(MedusaHeads, 
         None => bail!("unknown --speculative `medusa-tree{rest}`: use medusa-tree[:DIR]"),
     };
     let heads = MedusaHeads::load(&dir)?;
-    if heads.config.recurrent {
-        bail!(
-            "{}: a recurrent head guesses one chain, not a tree: use --speculative medusa:{}",
-            dir.display(),
-            dir.display()
-        );
-    }
     let choices = if heads.config.num_heads >= 4 {
         DEFAULT_CHOICES
     } else {
         SMALL_CHOICES
     };
-    let tree = Tree::from_choices(choices, heads.config.num_heads)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    let tree =
+        Tree::for_heads(choices, &heads).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     Ok((heads, tree))
 }

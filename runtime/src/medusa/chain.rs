@@ -63,15 +63,12 @@ impl<B: LinearBackend> MedusaChain<B> {
         self
     }
 
-    /// Up to `k` guesses of a recurrent head from the target's state `h` and the token chosen
-    /// from it, each guess made from the state after the one before (so a doubtful guess
-    /// also spares the head's later steps).
-    fn propose_recurrent(&self, mut state: Vec<f32>, mut token: u32, k: usize) -> Vec<Proposed> {
+    /// The guesses `guesses` yields (token, probability) that the two gates let through:
+    /// none from the first under `guess_p_min` on, none after the first under `p_min`.
+    /// Read lazily, so a recurrent head's later steps are not computed past a gate.
+    fn gated(&self, guesses: impl Iterator<Item = (u32, f64)>) -> Vec<Proposed> {
         let mut out = vec![];
-        for _ in 0..k {
-            let e = token_embedding(&self.model, &self.heads, token);
-            state = self.heads.next_state(&state, &e);
-            let (t, p) = self.projection.best_of_state(&self.model, &state);
+        for (t, p) in guesses {
             if p < self.guess_p_min {
                 break;
             }
@@ -79,9 +76,24 @@ impl<B: LinearBackend> MedusaChain<B> {
             if p < self.p_min {
                 break;
             }
-            token = t;
         }
         out
+    }
+
+    /// A recurrent head's guesses from the target's state `state` and the token chosen from
+    /// it, each made from the state after the guess before (endless: the caller takes k).
+    fn recurrent_guesses(
+        &self,
+        mut state: Vec<f32>,
+        mut token: u32,
+    ) -> impl Iterator<Item = (u32, f64)> + '_ {
+        std::iter::from_fn(move || {
+            let e = token_embedding(&self.model, &self.heads, token);
+            state = self.heads.next_state(&state, &e);
+            let (t, p) = self.projection.best_of_state(&self.model, &state);
+            token = t;
+            Some((t, p))
+        })
     }
 }
 
@@ -92,33 +104,20 @@ impl<B: LinearBackend> Proposer for MedusaChain<B> {
         let Some((len, h)) = &self.last else {
             return vec![];
         };
-        let k = if self.heads.config.recurrent {
-            k
-        } else {
-            k.min(self.heads.config.num_heads)
-        };
         if *len != context.len() || k == 0 {
             return vec![];
         }
         // The state is the one the context's last token was chosen from.
         let last = *context.last().expect("a context after the prompt");
         if self.heads.config.recurrent {
-            return self.propose_recurrent(h.clone(), last, k);
+            return self.gated(self.recurrent_guesses(h.clone(), last).take(k));
         }
-        let mut out = vec![];
-        for (t, p) in self
-            .projection
-            .best_with_prob(&self.model, &self.heads, h, last, k)
-        {
-            if p < self.guess_p_min {
-                break;
-            }
-            out.push((t, point_mass(t)));
-            if p < self.p_min {
-                break;
-            }
-        }
-        out
+        let k = k.min(self.heads.config.num_heads);
+        self.gated(
+            self.projection
+                .best_with_prob(&self.model, &self.heads, h, last, k)
+                .into_iter(),
+        )
     }
 
     fn observe_hidden(&mut self, context_len: usize, hidden: &[f32]) {

@@ -56,6 +56,14 @@ pub(crate) fn token_embedding<B: LinearBackend>(
     ))
 }
 
+/// A row of scores' best token (through `ids` where the columns are a shortlist) and the
+/// probability the row's softmax gives it.
+fn best_in_row(row: &[f32], ids: Option<&[u32]>) -> (u32, f64) {
+    let best = argmax(row);
+    let p = (row[best as usize] as f64 - log_sum_exp(row)).exp();
+    (ids.map_or(best, |ids| ids[best as usize]), p)
+}
+
 /// The shortlist's token ids and their lm_head rows `[ids.len(), hidden]` (plus bias).
 struct Shortlist {
     ids: Vec<u32>,
@@ -138,9 +146,7 @@ impl HeadProjection {
     /// recurrent head's guess and how sure it is.
     pub fn best_of_state<B: LinearBackend>(&self, model: &Llama<B>, state: &[f32]) -> (u32, f64) {
         let (row, ids) = self.scores_of_states(model, state, 1);
-        let best = argmax(&row);
-        let p = (row[best as usize] as f64 - log_sum_exp(&row)).exp();
-        (ids.map_or(best, |ids| ids[best as usize]), p)
+        best_in_row(&row, ids)
     }
 
     /// Each of the first `n` heads' best token and the probability its softmax gives it (over
@@ -159,11 +165,7 @@ impl HeadProjection {
         let (scores, ids) = self.scores(model, heads, h, last, n);
         scores
             .chunks_exact(scores.len() / n)
-            .map(|row| {
-                let best = argmax(row);
-                let p = (row[best as usize] as f64 - log_sum_exp(row)).exp();
-                (ids.map_or(best, |ids| ids[best as usize]), p)
-            })
+            .map(|row| best_in_row(row, ids))
             .collect()
     }
 

@@ -3,6 +3,8 @@
 //! token d positions later. One target pass scores every node (each sees the prefix and its
 //! ancestors only); the longest path the target agrees with is accepted.
 
+use super::heads::MedusaHeads;
+
 /// One tree node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Node {
@@ -63,6 +65,20 @@ pub const SMALL_CHOICES: &[&[usize]] = &[
 ];
 
 impl Tree {
+    /// The tree `choices` give for `heads`: [`Tree::from_choices`] to their depth, or an
+    /// error for a recurrent head, whose one head would otherwise quietly give a tree of
+    /// depth one (it guesses a chain: serve it with the chain proposer).
+    pub fn for_heads(choices: &[&[usize]], heads: &MedusaHeads) -> Result<Self, String> {
+        if heads.config.recurrent {
+            return Err(
+                "a recurrent head guesses one chain, not a tree: serve it as a chain \
+                        (--speculative medusa:DIR; spec-bench medusa-chain:DIR)"
+                    .into(),
+            );
+        }
+        Self::from_choices(choices, heads.config.num_heads)
+    }
+
     /// Builds the tree from paths of ranks (Medusa's `choices`); every prefix of a path must
     /// be a path too. Paths longer than `heads` are dropped.
     pub fn from_choices(choices: &[&[usize]], heads: usize) -> Result<Self, String> {
@@ -231,6 +247,30 @@ impl Tree {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::medusa::MedusaConfig;
+
+    #[test]
+    fn a_tree_for_heads_is_their_depth_and_none_for_a_recurrent_head() {
+        let c = MedusaConfig {
+            num_heads: 2,
+            num_layers: 1,
+            hidden_size: 2,
+            token_input: true,
+            recurrent: false,
+        };
+        let two = MedusaHeads::zeros(c);
+        assert_eq!(
+            Tree::for_heads(SMALL_CHOICES, &two).unwrap(),
+            Tree::from_choices(SMALL_CHOICES, 2).unwrap()
+        );
+        let recurrent = MedusaHeads::zeros(MedusaConfig {
+            num_heads: 1,
+            recurrent: true,
+            ..c
+        });
+        let e = Tree::for_heads(SMALL_CHOICES, &recurrent).unwrap_err();
+        assert!(e.contains("a recurrent head guesses one chain"), "{e}");
+    }
 
     #[test]
     fn typical_acceptance_keeps_the_longest_path_above_the_entropy_bar() {
