@@ -36,15 +36,35 @@ use serde::Serialize;
 
 type Train = Autodiff<Cpu>;
 
-/// One training position: the final hidden state at t, the token chosen from it (t + 1), and
-/// the tokens t + 2 … t + K + 1 the heads learn.
+/// One training position: where its final hidden state at t lies in [`States`], the token
+/// chosen from it (t + 1), and the tokens t + 2 … t + K + 1 the heads learn.
 struct Sample {
-    hidden: Vec<f32>,
+    answer: usize,
+    row: usize,
     chosen: u32,
     targets: Vec<u32>,
-    /// For a recurrent head: the final hidden states at t + 1 … t + K (`[K, h]`) its
-    /// successive states learn to match; empty otherwise.
-    next: Vec<f32>,
+}
+
+/// The final hidden states of every answer, from its last prompt token on, stored once: a
+/// position reads its own state and (for a recurrent head) the K states after it, so copying
+/// them per position would hold each state K + 1 times (about 570 MB at 50k positions).
+struct States {
+    h: usize,
+    answers: Vec<Vec<f32>>,
+}
+
+impl States {
+    /// The state `ahead` positions after `s`'s own (0: its own).
+    fn at(&self, s: &Sample, ahead: usize) -> &[f32] {
+        &self.answers[s.answer][(s.row + ahead) * self.h..][..self.h]
+    }
+
+    /// `[n, h]` rows of the states `ahead` positions after each of `rows`, for a batch.
+    fn batch(&self, rows: &[&Sample], ahead: usize) -> Vec<f32> {
+        rows.iter()
+            .flat_map(|r| self.at(r, ahead).iter().copied())
+            .collect()
+    }
 }
 
 /// What to train and on how much data.
@@ -485,23 +505,21 @@ pub fn train_medusa(
     }
     // Final hidden states and targets: positions from the last prompt token on.
     let (mut train, mut held): (Vec<Sample>, Vec<Sample>) = (vec![], vec![]);
+    let mut states = States { h, answers: vec![] };
     let device = model.device();
     for (i, (s, p)) in seqs.iter().zip(&prompts).enumerate() {
+        let first = p.len() - 1;
         let hid = model
             .forward_hidden(token_row(s, &device), None)
             .into_data()
             .into_vec::<f32>()
             .expect("f32 hidden");
-        for t in p.len() - 1..s.len().saturating_sub(k + 1) {
+        for t in first..s.len().saturating_sub(k + 1) {
             let item = Sample {
-                hidden: hid[t * h..][..h].to_vec(),
+                answer: i,
+                row: t - first,
                 chosen: s[t + 1],
                 targets: (1..=k).map(|j| s[t + j + 1]).collect(),
-                next: if opts.recurrent {
-                    hid[(t + 1) * h..][..k * h].to_vec()
-                } else {
-                    vec![]
-                },
             };
             if held_out(i) {
                 held.push(item)
@@ -509,6 +527,7 @@ pub fn train_medusa(
                 train.push(item)
             }
         }
+        states.answers.push(hid[first * h..].to_vec());
     }
     let generate_seconds = t0.elapsed().as_secs_f64();
     anyhow::ensure!(
@@ -586,15 +605,8 @@ pub fn train_medusa(
             .map(|i| &train[(step * opts.batch + i) * 7919 % train.len()])
             .collect();
         let n = rows.len();
-        let x = Tensor::<Train, 2>::from_data(
-            TensorData::new(
-                rows.iter()
-                    .flat_map(|r| r.hidden.iter().copied())
-                    .collect::<Vec<f32>>(),
-                [n, h],
-            ),
-            &dev,
-        );
+        let x =
+            Tensor::<Train, 2>::from_data(TensorData::new(states.batch(&rows, 0), [n, h]), &dev);
         // The embeddings of the tokens chosen from those states (read by token-aware heads).
         let chosen: Vec<u32> = rows.iter().map(|r| r.chosen).collect();
         let e = Tensor::<Train, 2>::from_data(
@@ -621,12 +633,7 @@ pub fn train_medusa(
                 state = params.head(0, state, &e_j);
                 if opts.feature_weight > 0.0 {
                     let want = Tensor::<Train, 2>::from_data(
-                        TensorData::new(
-                            rows.iter()
-                                .flat_map(|r| r.next[j * h..][..h].iter().copied())
-                                .collect::<Vec<f32>>(),
-                            [n, h],
-                        ),
+                        TensorData::new(states.batch(&rows, j + 1), [n, h]),
                         &dev,
                     );
                     let mse = (state.clone() - want).powf_scalar(2.0).mean();
@@ -675,9 +682,9 @@ pub fn train_medusa(
     let mut accepted = 0usize;
     for s in &held {
         let best = if opts.recurrent {
-            heldout_recurrent(model, &heads, &projection, s)
+            heldout_recurrent(model, &heads, &projection, states.at(s, 0), s)
         } else {
-            projection.top_tokens(model, &heads, &s.hidden, s.chosen, &vec![1; k])
+            projection.top_tokens(model, &heads, states.at(s, 0), s.chosen, &vec![1; k])
         };
         for j in 0..k {
             if best[j][0] == s.targets[j] {
@@ -709,9 +716,10 @@ fn heldout_recurrent(
     model: &Llama<Cpu>,
     heads: &MedusaHeads,
     projection: &HeadProjection,
+    hidden: &[f32],
     s: &Sample,
 ) -> Vec<Vec<u32>> {
-    let mut state = s.hidden.clone();
+    let mut state = hidden.to_vec();
     let mut out = vec![];
     for (j, _) in s.targets.iter().enumerate() {
         let token = if j == 0 { s.chosen } else { s.targets[j - 1] };

@@ -14,6 +14,7 @@ use lmq_runtime::sampling::SamplingParams;
 use lmq_runtime::speculative::cascade::Cascade;
 use lmq_runtime::speculative::choose::{proposer_with, ProposerOptions, MEDUSA_MAX_GUESSES};
 use lmq_runtime::speculative::draft::DraftModel;
+use lmq_runtime::speculative::gate::Gates;
 use lmq_runtime::speculative::lookup::PromptLookup;
 use lmq_runtime::speculative::{generate_speculative, Proposer, SpecStats};
 
@@ -259,11 +260,15 @@ fn medusa_chain_proposals_are_exactly_greedy() {
     // greedy, fewer rows verified, and the guesses kept are a prefix of the ungated ones.
     let gate = 0.3;
     let aware = || token_aware_heads(f.model.config.hidden_size, 0.5);
+    let sure_only = Gates {
+        guess_p_min: gate,
+        ..Gates::default()
+    };
     let gated =
-        same_as_greedy(&mut MedusaChain::new(f.model.clone(), aware()).with_guess_p_min(gate));
+        same_as_greedy(&mut MedusaChain::new(f.model.clone(), aware()).with_gates(sure_only));
     assert!(gated.proposed < a.proposed, "{gated:?} vs {a:?}");
     let mut all = MedusaChain::new(f.model.clone(), aware());
-    let mut sure = MedusaChain::new(f.model.clone(), aware()).with_guess_p_min(gate);
+    let mut sure = MedusaChain::new(f.model.clone(), aware()).with_gates(sure_only);
     let mut cut = 0;
     for (i, last) in [13u32, 260, 1000, 4000, 20000].into_iter().enumerate() {
         let h: Vec<f32> = (0..f.model.config.hidden_size)
@@ -362,7 +367,11 @@ fn early_exit_draft_is_exactly_greedy_with_and_without_p_min() {
     );
     assert!(all.accepted > 0, "{all:?}");
     // The same draft, stopping after a guess it gave under 0.5: still exactly greedy.
-    let sure = same_as_greedy(&mut DraftModel::new(draft, 0).with_p_min(0.5));
+    let until_unsure = Gates {
+        p_min: 0.5,
+        ..Gates::default()
+    };
+    let sure = same_as_greedy(&mut DraftModel::new(draft, 0).with_gates(until_unsure));
     assert!(
         sure.proposed < all.proposed,
         "p_min 0.5 should cut some guesses: {sure:?} vs {all:?}"

@@ -10,6 +10,7 @@ use super::heads::MedusaHeads;
 use super::projection::{token_embedding, HeadProjection};
 use crate::model::{LinearBackend, Llama};
 use crate::sampling::SamplingParams;
+use crate::speculative::gate::Gates;
 use crate::speculative::verify::point_mass;
 use crate::speculative::{Proposed, Proposer};
 
@@ -19,10 +20,8 @@ pub struct MedusaChain<B: LinearBackend> {
     model: Llama<B>,
     heads: MedusaHeads,
     projection: HeadProjection,
-    /// Stop proposing after a guess its head gave less than this probability (0: never).
-    p_min: f64,
-    /// Propose only guesses their head gives at least this probability (0: all).
-    guess_p_min: f64,
+    /// Where proposing stops, by the heads' own probabilities.
+    gates: Gates,
     /// The context length the stored state belongs to, and the state.
     last: Option<(usize, Vec<f32>)>,
 }
@@ -39,45 +38,16 @@ impl<B: LinearBackend> MedusaChain<B> {
             model,
             heads,
             projection,
-            p_min: 0.0,
-            guess_p_min: 0.0,
+            gates: Gates::default(),
             last: None,
         }
     }
 
-    /// Proposals end after a guess whose head's probability is below `p_min` (that guess is
-    /// still proposed), as a draft's do: on a CPU every verified row costs about a tenth of
-    /// a decode step, and the later heads' unsure guesses mostly fail. Which guesses are
-    /// made does not depend on the target, so output is unchanged.
-    pub fn with_p_min(mut self, p_min: f64) -> Self {
-        self.p_min = p_min;
+    /// The gates on the heads' guesses: on a CPU a verified row costs a tenth to a quarter
+    /// of a decode step, and the heads' unsure guesses mostly fail.
+    pub fn with_gates(mut self, gates: Gates) -> Self {
+        self.gates = gates;
         self
-    }
-
-    /// Proposals end before a guess whose head's probability is below `guess_p_min`, the
-    /// first included, so a step the heads are unsure of costs no verification row: a guess
-    /// pays where its chance of being right exceeds what its row costs (a tenth to a
-    /// quarter of a decode step on a CPU). Output is unchanged, as with `p_min`.
-    pub fn with_guess_p_min(mut self, guess_p_min: f64) -> Self {
-        self.guess_p_min = guess_p_min;
-        self
-    }
-
-    /// The guesses `guesses` yields (token, probability) that the two gates let through:
-    /// none from the first under `guess_p_min` on, none after the first under `p_min`.
-    /// Read lazily, so a recurrent head's later steps are not computed past a gate.
-    fn gated(&self, guesses: impl Iterator<Item = (u32, f64)>) -> Vec<Proposed> {
-        let mut out = vec![];
-        for (t, p) in guesses {
-            if p < self.guess_p_min {
-                break;
-            }
-            out.push((t, point_mass(t)));
-            if p < self.p_min {
-                break;
-            }
-        }
-        out
     }
 
     /// A recurrent head's guesses from the target's state `state` and the token chosen from
@@ -110,14 +80,18 @@ impl<B: LinearBackend> Proposer for MedusaChain<B> {
         // The state is the one the context's last token was chosen from.
         let last = *context.last().expect("a context after the prompt");
         if self.heads.config.recurrent {
-            return self.gated(self.recurrent_guesses(h.clone(), last).take(k));
+            return self.gates.pass(
+                self.recurrent_guesses(h.clone(), last)
+                    .take(k)
+                    .map(|(t, p)| ((t, point_mass(t)), p)),
+            );
         }
         let k = k.min(self.heads.config.num_heads);
-        self.gated(
-            self.projection
-                .best_with_prob(&self.model, &self.heads, h, last, k)
-                .into_iter(),
-        )
+        let guesses = self
+            .projection
+            .best_with_prob(&self.model, &self.heads, h, last, k);
+        self.gates
+            .pass(guesses.into_iter().map(|(t, p)| ((t, point_mass(t)), p)))
     }
 
     fn observe_hidden(&mut self, context_len: usize, hidden: &[f32]) {

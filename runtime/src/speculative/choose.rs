@@ -12,6 +12,7 @@ use std::path::Path;
 
 use super::cascade::{Capped, Cascade};
 use super::draft::DraftModel;
+use super::gate::Gates;
 use super::lookup::PromptLookup;
 use super::Proposer;
 use crate::checkpoint::{Checkpoint, CheckpointError};
@@ -183,11 +184,12 @@ where
             });
         }
         let draft = ckpt.load_model::<B>(device).map_err(Box::new)?;
-        return Ok(Some(Box::new(
-            DraftModel::new(draft, 0)
-                .with_p_min(opts.draft_p_min)
-                .with_guess_p_min(opts.guess_p_min.unwrap_or(0.0)),
-        )));
+        return Ok(Some(Box::new(DraftModel::new(draft, 0).with_gates(
+            Gates {
+                p_min: opts.draft_p_min,
+                guess_p_min: opts.guess_p_min.unwrap_or(0.0),
+            },
+        ))));
     }
     if let Some(n) = spec.strip_prefix("early-exit:") {
         let total = target.layers.len();
@@ -198,11 +200,10 @@ where
             .ok_or_else(|| ProposerError::Layers(n.into(), total))?;
         let mut d = target.clone();
         d.layers.truncate(layers);
-        return Ok(Some(Box::new(
-            DraftModel::new(d, 0)
-                .with_p_min(opts.draft_p_min)
-                .with_guess_p_min(opts.guess_p_min.unwrap_or(0.0)),
-        )));
+        return Ok(Some(Box::new(DraftModel::new(d, 0).with_gates(Gates {
+            p_min: opts.draft_p_min,
+            guess_p_min: opts.guess_p_min.unwrap_or(0.0),
+        }))));
     }
     if spec == "medusa" || spec.starts_with("medusa:") {
         let dir = match spec.strip_prefix("medusa:") {
@@ -217,9 +218,10 @@ where
                 model: target.config.hidden_size,
             });
         }
-        let chain = MedusaChain::new(target.clone(), heads)
-            .with_p_min(opts.draft_p_min)
-            .with_guess_p_min(opts.guess_p_min.unwrap_or(MEDUSA_GUESS_P_MIN));
+        let chain = MedusaChain::new(target.clone(), heads).with_gates(Gates {
+            p_min: opts.draft_p_min,
+            guess_p_min: opts.guess_p_min.unwrap_or(MEDUSA_GUESS_P_MIN),
+        });
         return Ok(Some(if opts.capped {
             Box::new(chain)
         } else {

@@ -7,6 +7,7 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::gate::Gates;
 use super::verify::point_mass;
 use super::{Proposed, Proposer};
 use crate::generate::token_row;
@@ -21,10 +22,8 @@ pub struct DraftModel<B: LinearBackend> {
     /// Tokens whose keys and values the cache holds.
     cached: Vec<u32>,
     rng: StdRng,
-    /// Stop proposing after a token the draft gave less than this probability (0: never).
-    p_min: f64,
-    /// Propose only tokens the draft gives at least this probability (0: all).
-    guess_p_min: f64,
+    /// Where proposing stops, by the draft's own probabilities.
+    gates: Gates,
 }
 
 impl<B: LinearBackend> DraftModel<B> {
@@ -37,25 +36,34 @@ impl<B: LinearBackend> DraftModel<B> {
             cache,
             cached: vec![],
             rng: StdRng::seed_from_u64(seed ^ 0x5eed_d4af),
-            p_min: 0.0,
-            guess_p_min: 0.0,
+            gates: Gates::default(),
         }
     }
 
-    /// Proposals end after a token whose draft probability is below `p_min` (that token is
-    /// still proposed). Which tokens are proposed depends only on the draft, so greedy output
-    /// and the sampled distribution are unchanged; only the work per step is.
-    pub fn with_p_min(mut self, p_min: f64) -> Self {
-        self.p_min = p_min;
+    /// The gates on the draft's guesses: a guess the target will likely reject costs a draft
+    /// step and a verification row for nothing.
+    pub fn with_gates(mut self, gates: Gates) -> Self {
+        self.gates = gates;
         self
     }
 
-    /// Proposals end before a token whose draft probability is below `guess_p_min` (the
-    /// first included): its verification row would likely be wasted. Which tokens are
-    /// proposed still depends only on the draft, so output is unchanged.
-    pub fn with_guess_p_min(mut self, guess_p_min: f64) -> Self {
-        self.guess_p_min = guess_p_min;
-        self
+    /// The draft's next token from `logits`, the distribution it was drawn from, and its
+    /// probability there (1 for a greedy guess when no gate reads it).
+    fn guess(&mut self, logits: &[f32], params: &SamplingParams) -> (Proposed, f64) {
+        if params.temperature <= 0.0 {
+            let t = argmax(logits);
+            let p = if self.gates.active() {
+                (logits[t as usize] as f64 - log_sum_exp(logits)).exp()
+            } else {
+                1.0
+            };
+            ((t, point_mass(t)), p)
+        } else {
+            let q = filtered_distribution(logits, params);
+            let t = draw(&q, self.rng.gen());
+            let p = q.iter().find(|&&(u, _)| u == t).map_or(0.0, |&(_, p)| p);
+            ((t, q), p)
+        }
     }
 
     /// Runs `tokens` after the cached ones and returns the last position's logits.
@@ -87,34 +95,19 @@ impl<B: LinearBackend> Proposer for DraftModel<B> {
             .min(context.len() - 1);
         self.cached.truncate(common);
         self.cache.truncate(common);
+        let gates = self.gates;
         let mut logits = self.feed(&context[common..]);
-        let mut out = Vec::with_capacity(k);
-        for i in 0..k {
-            let (tok, q, p) = if params.temperature <= 0.0 {
-                let t = argmax(&logits);
-                let p = if self.p_min > 0.0 || self.guess_p_min > 0.0 {
-                    (logits[t as usize] as f64 - log_sum_exp(&logits)).exp()
-                } else {
-                    1.0
-                };
-                (t, point_mass(t), p)
-            } else {
-                let q = filtered_distribution(&logits, params);
-                let t = draw(&q, self.rng.gen());
-                let p = q.iter().find(|&&(u, _)| u == t).map_or(0.0, |&(_, p)| p);
-                (t, q, p)
-            };
-            if p < self.guess_p_min {
-                break;
+        // Each guess after the first is drafted after feeding the one before, lazily: past a
+        // gate, nothing more is fed.
+        let mut fed_next: Option<u32> = None;
+        let guesses = std::iter::from_fn(|| {
+            if let Some(t) = fed_next.take() {
+                logits = self.feed(&[t]);
             }
-            out.push((tok, q));
-            if p < self.p_min {
-                break;
-            }
-            if i + 1 < k {
-                logits = self.feed(&[tok]);
-            }
-        }
-        out
+            let (guess, p) = self.guess(&logits, params);
+            fed_next = Some(guess.0);
+            Some((guess, p))
+        });
+        gates.pass(guesses.take(k))
     }
 }

@@ -12,6 +12,7 @@ pub mod cascade;
 pub mod choose;
 pub mod decode;
 pub mod draft;
+pub mod gate;
 pub mod lookup;
 pub mod mt_bench;
 pub mod verify;
