@@ -8,7 +8,7 @@
 //! model chose from it). Only the heads' ResBlocks (and token matrices) train (burn autodiff,
 //! Adam); the lm_head and the embedding are the model's own and stay frozen.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -38,6 +38,7 @@ type Train = Autodiff<Cpu>;
 
 /// One training position: where its final hidden state at t lies in [`States`], the token
 /// chosen from it (t + 1), and the tokens t + 2 … t + K + 1 the heads learn.
+#[derive(Clone)]
 struct Sample {
     answer: usize,
     row: usize,
@@ -503,32 +504,9 @@ pub fn train_medusa(
         )?);
         prompts.extend(seconds);
     }
-    // Final hidden states and targets: positions from the last prompt token on.
-    let (mut train, mut held): (Vec<Sample>, Vec<Sample>) = (vec![], vec![]);
-    let mut states = States { h, answers: vec![] };
-    let device = model.device();
-    for (i, (s, p)) in seqs.iter().zip(&prompts).enumerate() {
-        let first = p.len() - 1;
-        let hid = model
-            .forward_hidden(token_row(s, &device), None)
-            .into_data()
-            .into_vec::<f32>()
-            .expect("f32 hidden");
-        for t in first..s.len().saturating_sub(k + 1) {
-            let item = Sample {
-                answer: i,
-                row: t - first,
-                chosen: s[t + 1],
-                targets: (1..=k).map(|j| s[t + j + 1]).collect(),
-            };
-            if held_out(i) {
-                held.push(item)
-            } else {
-                train.push(item)
-            }
-        }
-        states.answers.push(hid[first * h..].to_vec());
-    }
+    let (states, samples) = positions(model, &seqs, &prompts, k);
+    let (train, held): (Vec<Sample>, Vec<Sample>) =
+        samples.into_iter().partition(|s| !held_out(s.answer));
     let generate_seconds = t0.elapsed().as_secs_f64();
     anyhow::ensure!(
         !train.is_empty(),
@@ -675,26 +653,7 @@ pub fn train_medusa(
     bar.finish();
     let train_seconds = t1.elapsed().as_secs_f64();
     let heads = params.to_heads(short);
-    // Held-out top-1 per head, scored as decoding scores it (shortlist and all).
-    let projection = HeadProjection::new(model, &heads);
-    let mut heldout_top1 = vec![0.0; if held.is_empty() { 0 } else { k }];
-    let mut covered = 0usize;
-    let mut accepted = 0usize;
-    for s in &held {
-        let best = if opts.recurrent {
-            heldout_recurrent(model, &heads, &projection, states.at(s, 0), s)
-        } else {
-            projection.top_tokens(model, &heads, states.at(s, 0), s.chosen, &vec![1; k])
-        };
-        for j in 0..k {
-            if best[j][0] == s.targets[j] {
-                heldout_top1[j] += 1.0 / held.len() as f64;
-            }
-            covered += col(s.targets[j]).is_some() as usize;
-        }
-        accepted += (0..k).take_while(|&j| best[j][0] == s.targets[j]).count();
-    }
-    let heldout_coverage = covered as f64 / (held.len() * k).max(1) as f64;
+    let score = score(model, &heads, &states, &held);
     let report = MedusaTrainReport {
         prompts: prompts.len(),
         positions: train.len(),
@@ -703,11 +662,115 @@ pub fn train_medusa(
         train_seconds,
         final_loss,
         head_vocab: heads.vocab.as_ref().map_or(vocab, Vec::len),
-        heldout_coverage,
-        heldout_top1,
-        heldout_accepted: accepted as f64 / held.len().max(1) as f64,
+        heldout_coverage: score.coverage,
+        heldout_top1: score.top1,
+        heldout_accepted: score.accepted,
     };
     Ok((heads, report))
+}
+
+/// Every position of `seqs` (each `prompts[i]` followed by its answer) from the last prompt
+/// token on that has `k` tokens after the one chosen, with the target's final hidden states.
+fn positions(
+    model: &Llama<Cpu>,
+    seqs: &[Vec<u32>],
+    prompts: &[Vec<u32>],
+    k: usize,
+) -> (States, Vec<Sample>) {
+    let h = model.config.hidden_size;
+    let mut states = States { h, answers: vec![] };
+    let mut samples = vec![];
+    let device = model.device();
+    for (i, (s, p)) in seqs.iter().zip(prompts).enumerate() {
+        let first = p.len() - 1;
+        let hid = model
+            .forward_hidden(token_row(s, &device), None)
+            .into_data()
+            .into_vec::<f32>()
+            .expect("f32 hidden");
+        for t in first..s.len().saturating_sub(k + 1) {
+            samples.push(Sample {
+                answer: i,
+                row: t - first,
+                chosen: s[t + 1],
+                targets: (1..=k).map(|j| s[t + j + 1]).collect(),
+            });
+        }
+        states.answers.push(hid[first * h..].to_vec());
+    }
+    (states, samples)
+}
+
+/// How often heads guess right at each depth, scored as decoding scores them (shortlist
+/// and all), each depth reading the true tokens before it.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeadScore {
+    /// Positions scored.
+    pub positions: usize,
+    /// Top-1 accuracy at depth 1, 2, … (head k, or the recurrent head's k-th step).
+    pub top1: Vec<f64>,
+    /// Share of target tokens inside the heads' shortlist.
+    pub coverage: f64,
+    /// Mean number of leading right guesses per position: what an ungated chain of all
+    /// the depths gains a step.
+    pub accepted: f64,
+}
+
+/// `heads`' [`HeadScore`] over `samples` (whose states are in `states`).
+fn score(
+    model: &Llama<Cpu>,
+    heads: &MedusaHeads,
+    states: &States,
+    samples: &[Sample],
+) -> HeadScore {
+    let k = samples.first().map_or(0, |s| s.targets.len());
+    let projection = HeadProjection::new(model, heads);
+    let listed: Option<HashSet<u32>> = heads.vocab.as_ref().map(|v| v.iter().copied().collect());
+    let (mut right, mut covered, mut accepted) = (vec![0usize; k], 0usize, 0usize);
+    for s in samples {
+        let best = if heads.config.recurrent {
+            heldout_recurrent(model, heads, &projection, states.at(s, 0), s)
+        } else {
+            projection.top_tokens(model, heads, states.at(s, 0), s.chosen, &vec![1; k])
+        };
+        for (j, &t) in s.targets.iter().enumerate() {
+            right[j] += (best[j][0] == t) as usize;
+            covered += listed.as_ref().is_none_or(|l| l.contains(&t)) as usize;
+        }
+        accepted += (0..k).take_while(|&j| best[j][0] == s.targets[j]).count();
+    }
+    let n = samples.len().max(1) as f64;
+    HeadScore {
+        positions: samples.len(),
+        top1: right.iter().map(|&r| r as f64 / n).collect(),
+        coverage: covered as f64 / (samples.len() * k).max(1) as f64,
+        accepted: accepted as f64 / n,
+    }
+}
+
+/// `heads`' [`HeadScore`] on the model's own greedy answers (`answer_tokens` each) to the
+/// MT-bench questions `spec-bench` asks, `depth` positions deep: the distribution served
+/// guesses meet, which the distillation held-out set (other prompts) need not match. The
+/// questions are only scored here, never trained on.
+pub fn score_on_benchmark(
+    model: &Llama<Cpu>,
+    tok: &Tokenizer,
+    template: &ChatTemplate,
+    stop: &[u32],
+    heads: &MedusaHeads,
+    answer_tokens: usize,
+    depth: usize,
+) -> Result<HeadScore> {
+    let questions = mt_bench::read(&ensure(Asset::MtBench)?)?;
+    let (asked, _) = mt_bench::split(&questions, mt_bench::BENCHMARK_PER_CATEGORY);
+    let prompts = asked
+        .values()
+        .flatten()
+        .map(|q| user_prompt(template, tok, q.turns[0].clone()))
+        .collect::<Result<Vec<_>>>()?;
+    let seqs = answers(model, &prompts, answer_tokens, stop)?;
+    let (states, samples) = positions(model, &seqs, &prompts, depth);
+    Ok(score(model, heads, &states, &samples))
 }
 
 /// A recurrent head's best guess at each depth for a held-out position, each step reading
@@ -895,18 +958,86 @@ mod tests {
         }
     }
 
-    #[test]
-    fn answers_come_from_a_file_only_when_it_holds_these_prompts() {
+    /// A tiny random Llama (seeded), for bookkeeping tests that need a real model type.
+    fn tiny_model(seed: u64) -> Llama<Cpu> {
         use lmq_runtime::config::Arch;
         use lmq_runtime::weights::{tiny_config, MemorySource};
         let c = tiny_config(Arch::Llama);
-        let model = Llama::<Cpu>::load(
+        Llama::<Cpu>::load(
             &c,
-            &MemorySource::random(&c, 3),
+            &MemorySource::random(&c, seed),
             Path::new("<tiny>"),
             &Default::default(),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn the_score_counts_right_guesses_by_depth_and_the_leading_run() {
+        let model = tiny_model(5);
+        let c = model.config.clone();
+        let (h, depth) = (c.hidden_size, 3);
+        let dev = Default::default();
+        let tensor = |n: usize, dims: [usize; 3], seed| {
+            Param::from_tensor(Tensor::from_data(
+                TensorData::new(noise(n, seed), dims),
+                &dev,
+            ))
+        };
+        let heads = HeadParams::<Cpu> {
+            w: tensor(h * h, [1, h, h], 31),
+            b: Param::from_tensor(Tensor::from_data(
+                TensorData::new(noise(h, 32), [1, h]),
+                &dev,
+            )),
+            u: tensor(h * h, [1, h, h], 33),
+            layers: 1,
+            token_input: true,
+            recurrent: true,
+        }
+        .to_heads(None);
+        let states = States {
+            h,
+            answers: vec![noise(2 * h, 34)],
+        };
+        // Targets that are the head's own guesses, filled depth by depth (each depth reads
+        // the target before it): every guess is right.
+        let mut right = Sample {
+            answer: 0,
+            row: 0,
+            chosen: 3,
+            targets: vec![0; depth],
+        };
+        let projection = HeadProjection::new(&model, &heads);
+        for j in 0..depth {
+            right.targets[j] =
+                heldout_recurrent(&model, &heads, &projection, states.at(&right, 0), &right)[j][0];
+        }
+        let all = score(&model, &heads, &states, std::slice::from_ref(&right));
+        assert_eq!(all.top1, vec![1.0; depth]);
+        assert_eq!(
+            (all.accepted, all.coverage, all.positions),
+            (depth as f64, 1.0, 1)
+        );
+        // The same guesses from the next row, with the depth-2 target replaced: depth 1 is
+        // still right there, depth 2 is not, and the leading run stops at 1.
+        let mut wrong = Sample {
+            row: 1,
+            ..right.clone()
+        };
+        for j in 0..depth {
+            wrong.targets[j] =
+                heldout_recurrent(&model, &heads, &projection, states.at(&wrong, 0), &wrong)[j][0];
+        }
+        wrong.targets[1] = (wrong.targets[1] + 1) % c.vocab_size as u32;
+        let both = score(&model, &heads, &states, &[right, wrong]);
+        assert_eq!(both.top1[..2], [1.0, 0.5]);
+        assert_eq!(both.accepted, (depth as f64 + 1.0) / 2.0);
+    }
+
+    #[test]
+    fn answers_come_from_a_file_only_when_it_holds_these_prompts() {
+        let model = tiny_model(3);
         let prompts = vec![vec![1u32, 2, 3], vec![4, 5]];
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("answers.json");

@@ -108,8 +108,14 @@ impl Method {
     }
 }
 
-fn main() -> Result<()> {
-    let a = Args::parse();
+fn main() {
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(a: Args) -> Result<()> {
     rayon::ThreadPoolBuilder::new()
         .num_threads(a.threads)
         .build_global()?;

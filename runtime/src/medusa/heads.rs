@@ -64,7 +64,8 @@ pub struct MedusaHeads {
 /// Why heads could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum MedusaError {
-    #[error("{path}: {source}")]
+    /// The cause follows in the error chain (printed with `{:#}`), not in this message.
+    #[error("{path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
