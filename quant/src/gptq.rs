@@ -154,7 +154,7 @@ pub fn quantize(
         .collect::<Result<_, _>>()
         .map_err(|source| QuantError::Linalg {
             tensor: weight.name().to_owned(),
-            source,
+            cause: source,
         })?;
     // Summed in row order, so the loss does not depend on the tiling either.
     let loss = row_losses.iter().flatten().sum::<f64>();
@@ -454,7 +454,7 @@ fn factor_with_retries(
                         tensor: name.to_owned(),
                         attempts: retries + 1,
                         last_dampening: damp,
-                        source,
+                        cause: source,
                     });
                 }
                 retries += 1;

@@ -271,20 +271,20 @@ pub enum QuantError {
     /// non-symmetric accumulation, not merely too few samples).
     #[error(
         "{tensor}: Hessian is not positive definite even with dampening {last_dampening} \
-         after {attempts} attempts ({source})"
+         after {attempts} attempts ({cause})"
     )]
     HessianNotPositiveDefinite {
         tensor: String,
         attempts: u32,
         last_dampening: f64,
-        source: crate::linalg::LinalgError,
+        cause: crate::linalg::LinalgError,
     },
     /// A size inconsistency inside a quantizer's own linear algebra: a bug, reported instead
     /// of panicking mid-pipeline.
-    #[error("{tensor}: internal linear-algebra error: {source}")]
+    #[error("{tensor}: internal linear-algebra error: {cause}")]
     Linalg {
         tensor: String,
-        source: crate::linalg::LinalgError,
+        cause: crate::linalg::LinalgError,
     },
 }
 

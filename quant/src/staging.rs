@@ -16,17 +16,17 @@ pub struct StagingDir {
 pub enum StagingError {
     #[error("{0}: already exists (remove it or pass --force)")]
     Exists(PathBuf),
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StagingError + '_ {
     move |source| StagingError::Io {
         path: path.to_owned(),
-        source,
+        cause: source,
     }
 }
 

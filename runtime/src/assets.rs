@@ -193,19 +193,14 @@ pub enum AssetError {
     )]
     UnknownName(String),
     /// A zip (wheel) could not be read.
-    #[error("reading archive {}: {source}", path.display())]
+    #[error("reading archive {}: {cause}", path.display())]
     Zip {
         path: PathBuf,
-        #[source]
-        source: zip::result::ZipError,
+        cause: zip::result::ZipError,
     },
     /// Any other I/O failure, with what was being done.
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error("{context}: {cause}")]
+    Io { context: String, cause: io::Error },
 }
 
 type Result<T, E = AssetError> = std::result::Result<T, E>;
@@ -218,7 +213,7 @@ impl<T> IoContext<T> for io::Result<T> {
     fn ctx(self, what: impl FnOnce() -> String) -> Result<T> {
         self.map_err(|source| AssetError::Io {
             context: what(),
-            source,
+            cause: source,
         })
     }
 }
@@ -626,7 +621,7 @@ fn lock(root: &Path, asset: Asset) -> Result<File> {
         Err(fs::TryLockError::Error(e)) => {
             return Err(AssetError::Io {
                 context: format!("locking {}", path.display()),
-                source: e,
+                cause: e,
             })
         }
     }
@@ -922,7 +917,7 @@ fn tail_lines(text: &str, n: usize) -> String {
 fn copy_members(archive: &Path, members: &Members, w: &mut impl Write) -> Result<()> {
     let zip_err = |source| AssetError::Zip {
         path: archive.to_path_buf(),
-        source,
+        cause: source,
     };
     let f = File::open(archive).ctx(|| format!("opening {}", archive.display()))?;
     let mut zip = zip::ZipArchive::new(BufReader::new(f)).map_err(zip_err)?;
@@ -972,7 +967,7 @@ fn copy_members(archive: &Path, members: &Members, w: &mut impl Write) -> Result
 fn extract_zip(archive: &Path, out: &Path) -> Result<()> {
     let zip_err = |source| AssetError::Zip {
         path: archive.to_path_buf(),
-        source,
+        cause: source,
     };
     let f = File::open(archive).ctx(|| format!("opening {}", archive.display()))?;
     let mut zip = zip::ZipArchive::new(BufReader::new(f)).map_err(zip_err)?;

@@ -64,15 +64,15 @@ pub struct ModelConfig {
 /// A config that cannot be read; the message names the file and the field.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: cannot read: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("{path}: not valid JSON: {source}")]
+    #[error("{path}: not valid JSON: {cause}")]
     Json {
         path: PathBuf,
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
     #[error("{path}: missing or invalid field `{field}`")]
     Field { path: PathBuf, field: String },
@@ -111,11 +111,11 @@ impl ModelConfig {
     pub fn from_hf_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.to_owned(),
-            source,
+            cause: source,
         })?;
         let v: Value = serde_json::from_str(&text).map_err(|source| ConfigError::Json {
             path: path.to_owned(),
-            source,
+            cause: source,
         })?;
         Self::from_hf_json(&v, path)
     }

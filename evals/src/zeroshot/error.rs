@@ -16,11 +16,10 @@ pub enum ZeroShotError {
     #[error(transparent)]
     Asset(#[from] lmq_runtime::assets::AssetError),
     /// A file could not be read.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A row lacks a field, has it with the wrong type, or holds a value the task cannot use.
     #[error("{}: task {task}, row {row}: {message}", path.display())]
@@ -31,11 +30,10 @@ pub enum ZeroShotError {
         message: String,
     },
     /// Tokenization failed.
-    #[error("tokenizing a request of task {task}: {source}")]
+    #[error("tokenizing a request of task {task}: {cause}")]
     Tokenizer {
         task: String,
-        #[source]
-        source: lmq_runtime::tokenizer::TokenizerError,
+        cause: lmq_runtime::tokenizer::TokenizerError,
     },
     /// A request is longer than the model's context.
     #[error(

@@ -80,7 +80,7 @@ pub fn encode_docs(
                         encode_pair(tokenizer, &r.context, &r.continuation).map_err(|source| {
                             ZeroShotError::Tokenizer {
                                 task: task.to_string(),
-                                source,
+                                cause: source,
                             }
                         })?;
                     let empty = |what| ZeroShotError::EmptyTokens {

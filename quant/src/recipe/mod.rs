@@ -54,10 +54,10 @@ pub struct Recipe {
 /// column) where known, then the key path.
 #[derive(Debug, thiserror::Error)]
 pub enum RecipeError {
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: cannot read: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Syntax, unknown key, wrong type, bad value or inconsistent recipe.
     #[error("{path}: {}", describe(*line, *column, key.as_deref(), message))]
@@ -94,7 +94,7 @@ impl Recipe {
     pub fn from_file(path: &Path) -> Result<Self, RecipeError> {
         let text = std::fs::read_to_string(path).map_err(|source| RecipeError::Io {
             path: path.to_owned(),
-            source,
+            cause: source,
         })?;
         Self::parse(&text, path)
     }

@@ -64,11 +64,10 @@ pub struct MedusaHeads {
 /// Why heads could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum MedusaError {
-    /// The cause follows in the error chain (printed with `{:#}`), not in this message.
-    #[error("{path}")]
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: {msg}")]
     Format { path: PathBuf, msg: String },
@@ -152,7 +151,7 @@ impl MedusaHeads {
     pub fn save(&self, dir: &Path) -> Result<(), MedusaError> {
         let io = |path: &Path| {
             let path = path.to_owned();
-            move |source| MedusaError::Io { path, source }
+            move |cause| MedusaError::Io { path, cause }
         };
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let h = self.config.hidden_size;
@@ -216,7 +215,7 @@ impl MedusaHeads {
         let config_path = dir.join(CONFIG_FILE);
         let text = std::fs::read_to_string(&config_path).map_err(|source| MedusaError::Io {
             path: config_path.clone(),
-            source,
+            cause: source,
         })?;
         let config: MedusaConfig =
             serde_json::from_str(&text).map_err(|e| MedusaError::Format {
@@ -226,7 +225,7 @@ impl MedusaHeads {
         let path = dir.join(WEIGHTS_FILE);
         let data = std::fs::read(&path).map_err(|source| MedusaError::Io {
             path: path.clone(),
-            source,
+            cause: source,
         })?;
         let fmt = |msg: String| MedusaError::Format {
             path: path.clone(),

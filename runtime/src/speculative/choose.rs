@@ -25,7 +25,7 @@ use crate::model::{LinearBackend, Llama};
 pub enum ProposerError {
     #[error("unknown --speculative `{0}`: use off, lookup[:MIN_NGRAM], draft:MODEL, early-exit:LAYERS, medusa[:DIR], any of these with @K (at most K tokens a step), draft/early-exit/medusa with ~P (only guesses of probability P or more, 0 ≤ P < 1), or proposers joined by `+` (the first with a guess wins)")]
     Unknown(String),
-    /// The heads' own error names their file (its cause follows in the error chain).
+    /// The heads' own error names their file.
     #[error(transparent)]
     Medusa(#[from] MedusaError),
     #[error("Medusa heads in {dir} are for hidden size {heads}, the model's is {model}")]

@@ -18,11 +18,8 @@ pub struct Question {
 /// Why the question file could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum MtBenchError {
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("{path}: {cause}")]
+    Io { path: String, cause: std::io::Error },
     #[error("{path}, line {line}: {msg}")]
     Format {
         path: String,
@@ -36,7 +33,7 @@ pub fn read(path: &Path) -> Result<Vec<Question>, MtBenchError> {
     let p = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| MtBenchError::Io {
         path: p.clone(),
-        source,
+        cause: source,
     })?;
     let mut out = vec![];
     for (i, line) in text.lines().enumerate() {

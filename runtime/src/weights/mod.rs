@@ -55,10 +55,10 @@ pub trait WeightSource: Send + Sync {
 /// Why a weight could not be read; every variant names the file and the tensor or field.
 #[derive(Debug, thiserror::Error)]
 pub enum WeightError {
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: cannot read: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: invalid safetensors file: {reason}")]
     Safetensors { path: PathBuf, reason: String },

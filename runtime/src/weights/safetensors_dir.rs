@@ -58,13 +58,13 @@ impl SafetensorsDir {
         for (i, path) in files.into_iter().enumerate() {
             let file = File::open(&path).map_err(|source| WeightError::Io {
                 path: path.clone(),
-                source,
+                cause: source,
             })?;
             // SAFETY: the map is read-only; a checkpoint modified while we run is a user error
             // that at worst yields wrong numbers, as with any mmap-based loader.
             let mmap = unsafe { Mmap::map(&file) }.map_err(|source| WeightError::Io {
                 path: path.clone(),
-                source,
+                cause: source,
             })?;
             let st = parse(&path, &mmap)?;
             let base = mmap.as_ptr() as usize;
@@ -236,7 +236,7 @@ fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<SafeTensors<'a>, WeightErro
 fn shard_files(index_path: &Path) -> Result<Vec<PathBuf>, WeightError> {
     let text = std::fs::read_to_string(index_path).map_err(|source| WeightError::Io {
         path: index_path.to_owned(),
-        source,
+        cause: source,
     })?;
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| WeightError::Other {
         path: index_path.to_owned(),
