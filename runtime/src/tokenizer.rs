@@ -93,10 +93,10 @@ pub enum TokenizerError {
     File { path: PathBuf, msg: String },
     /// Encoding failed inside the `tokenizers` library.
     #[error("encode failed: {0}")]
-    Encode(#[source] tokenizers::Error),
+    Encode(tokenizers::Error),
     /// Decoding failed inside the `tokenizers` library.
     #[error("decode failed: {0}")]
-    Decode(#[source] tokenizers::Error),
+    Decode(tokenizers::Error),
 }
 
 /// Everything GGUF stores about the tokenizer (the `tokenizer.ggml.*` and
