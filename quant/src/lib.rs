@@ -7,6 +7,7 @@ pub mod convert;
 pub mod device;
 pub mod gptq;
 pub mod linalg;
+pub mod medusa_bound;
 pub mod medusa_train;
 pub mod onebit;
 pub mod packed_checkpoint;

@@ -8,7 +8,7 @@
 //! model chose from it). Only the heads' ResBlocks (and token matrices) train (burn autodiff,
 //! Adam); the lm_head and the embedding are the model's own and stay frozen.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -26,6 +26,8 @@ use lmq_runtime::checkpoint::Checkpoint;
 use lmq_runtime::generate::{host_f32, token_row};
 use lmq_runtime::generate_batch::generate_greedy_batch;
 use lmq_runtime::medusa::heads::ResBlock;
+use lmq_runtime::medusa::projection::rank_in_row;
+use lmq_runtime::medusa::tree::{Node, Tree, DEFAULT_CHOICES, SMALL_CHOICES};
 use lmq_runtime::medusa::{HeadProjection, MedusaConfig, MedusaHeads};
 use lmq_runtime::model::{HostWeight, Llama};
 use lmq_runtime::serve::chat::{chat_stop_ids, checkpoint_template, ChatMessage, ChatTemplate};
@@ -187,6 +189,8 @@ pub struct MedusaTrainReport {
     /// best token): the tokens a chain of all `heads` guesses would gain a step, before
     /// any gate. τ of that chain is one more.
     pub heldout_accepted: f64,
+    /// The same for the runtime's trees and full top-w trees ([`HeadScore::trees`]).
+    pub heldout_trees: Vec<TreeScore>,
 }
 
 /// The heads' trainable parameters: block `k * layers + l` is head k's l-th ResBlock;
@@ -665,6 +669,7 @@ pub fn train_medusa(
         heldout_coverage: score.coverage,
         heldout_top1: score.top1,
         heldout_accepted: score.accepted,
+        heldout_trees: score.trees,
     };
     Ok((heads, report))
 }
@@ -714,6 +719,109 @@ pub struct HeadScore {
     /// Mean number of leading right guesses per position: what an ungated chain of all
     /// the depths gains a step.
     pub accepted: f64,
+    /// Share of positions whose leading run of right guesses is 0, 1, …, every depth: what
+    /// a perfect gate (one that cuts the chain where it goes wrong) would propose and have
+    /// accepted, so with a pass's cost by rows it bounds any gated chain.
+    pub runs: Vec<f64>,
+    /// What greedy verification of each tree over these guesses would accept a step,
+    /// computed from the ranks of the true tokens. A step emits `1 + accepted` tokens and
+    /// costs at least one decode step, so `1 + accepted` bounds a tree's speedup on any
+    /// hardware.
+    pub trees: Vec<TreeScore>,
+    /// The best tree of each size for these very positions ([`best_tree_acceptance`]):
+    /// fitted on what it scores, so a ceiling for any tree of that size, not a forecast.
+    pub best_trees: Vec<TreeScore>,
+}
+
+/// One tree's mean accepted guesses per step ([`HeadScore::trees`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct TreeScore {
+    pub tree: String,
+    /// Nodes, the root included: rows one verification pass scores.
+    pub nodes: usize,
+    pub accepted: f64,
+}
+
+/// The trees [`score`] scores for `depth` depths: the chain, the runtime's two Medusa
+/// trees, and full trees taking the top `w` guesses at every depth (`w^d` nodes at depth
+/// d; the widest one no verification pass could afford, kept as a ceiling).
+fn scored_trees(depth: usize) -> Vec<(String, Tree)> {
+    let mut trees = vec![];
+    let chain: Vec<Vec<usize>> = (1..=depth).map(|d| vec![0; d]).collect();
+    for (name, choices) in [
+        ("chain", chain.iter().map(Vec::as_slice).collect::<Vec<_>>()),
+        ("small", SMALL_CHOICES.to_vec()),
+        ("default", DEFAULT_CHOICES.to_vec()),
+    ] {
+        let tree = Tree::from_choices(&choices, depth).expect("the built-in trees are valid");
+        trees.push((name.to_string(), tree));
+    }
+    for w in [2usize, 4, 16] {
+        let nodes = (0..=depth)
+            .map(|d| w.saturating_pow(d as u32))
+            .sum::<usize>();
+        trees.push((
+            format!("top-{w} at every depth"),
+            full_tree(w, depth, nodes),
+        ));
+    }
+    trees
+}
+
+/// Every path of ranks below `w` up to `depth` ([`scored_trees`]); `nodes` only sizes it.
+fn full_tree(w: usize, depth: usize, nodes: usize) -> Tree {
+    let mut all = Tree {
+        nodes: Vec::with_capacity(nodes),
+    };
+    all.nodes.push(Node {
+        parent: None,
+        depth: 0,
+        rank: 0,
+    });
+    let mut level = vec![0];
+    for d in 1..=depth {
+        let mut next = vec![];
+        for &parent in &level {
+            for rank in 0..w {
+                all.nodes.push(Node {
+                    parent: Some(parent),
+                    depth: d,
+                    rank,
+                });
+                next.push(all.nodes.len() - 1);
+            }
+        }
+        level = next;
+    }
+    all
+}
+
+/// Tree sizes (nodes, the root included) [`HeadScore::best_trees`] reports.
+const BEST_TREE_NODES: [usize; 8] = [2, 4, 8, 16, 32, 64, 128, 256];
+
+/// Mean accepted guesses of the best tree of each size in `nodes` (the root included) for
+/// positions whose true tokens sit at `rank_paths` (each position's ranks by depth, up to
+/// its first miss). A position accepts one guess for every tree path that is a prefix of
+/// its rank path, so a tree accepts the sum of its paths' counts; a path never counts more
+/// than its parent, so the most frequent paths form a valid tree and are the best one.
+pub fn best_tree_acceptance(rank_paths: &[Vec<usize>], nodes: &[usize]) -> Vec<f64> {
+    let mut counts: HashMap<&[usize], usize> = HashMap::new();
+    for p in rank_paths {
+        for d in 1..=p.len() {
+            *counts.entry(&p[..d]).or_default() += 1;
+        }
+    }
+    // Most frequent first; among equals the shorter path, so parents precede children.
+    let mut by_count: Vec<(usize, usize)> = counts.iter().map(|(p, &c)| (c, p.len())).collect();
+    by_count.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let n = rank_paths.len().max(1) as f64;
+    nodes
+        .iter()
+        .map(|&size| {
+            let taken = by_count.iter().take(size.saturating_sub(1));
+            taken.map(|&(c, _)| c).sum::<usize>() as f64 / n
+        })
+        .collect()
 }
 
 /// `heads`' [`HeadScore`] over `samples` (whose states are in `states`).
@@ -725,42 +833,73 @@ fn score(
 ) -> HeadScore {
     let k = samples.first().map_or(0, |s| s.targets.len());
     let projection = HeadProjection::new(model, heads);
-    let listed: Option<HashSet<u32>> = heads.vocab.as_ref().map(|v| v.iter().copied().collect());
-    let (mut right, mut covered, mut accepted) = (vec![0usize; k], 0usize, 0usize);
+    let trees = scored_trees(k);
+    let (mut right, mut covered) = (vec![0usize; k], 0usize);
+    let mut accepted = vec![0usize; trees.len()];
+    let mut rank_paths = vec![];
+    let mut runs = vec![0usize; k + 1];
     for s in samples {
-        let best = if heads.config.recurrent {
-            heldout_recurrent(model, heads, &projection, states.at(s, 0), s)
-        } else {
-            projection.top_tokens(model, heads, states.at(s, 0), s.chosen, &vec![1; k])
-        };
-        for (j, &t) in s.targets.iter().enumerate() {
-            right[j] += (best[j][0] == t) as usize;
-            covered += listed.as_ref().is_none_or(|l| l.contains(&t)) as usize;
+        let (rows, ids) = depth_scores(model, heads, &projection, states.at(s, 0), s);
+        let ranks: Vec<Option<usize>> = rows
+            .iter()
+            .zip(&s.targets)
+            .map(|(row, &t)| rank_in_row(row, ids, t))
+            .collect();
+        for (j, r) in ranks.iter().enumerate() {
+            right[j] += (*r == Some(0)) as usize;
+            covered += r.is_some() as usize;
         }
-        accepted += (0..k).take_while(|&j| best[j][0] == s.targets[j]).count();
+        for (a, (_, tree)) in accepted.iter_mut().zip(&trees) {
+            *a += tree.accepted_by_ranks(&ranks);
+        }
+        rank_paths.push(ranks.iter().map_while(|&r| r).collect::<Vec<_>>());
+        runs[ranks.iter().take_while(|&&r| r == Some(0)).count()] += 1;
     }
     let n = samples.len().max(1) as f64;
     HeadScore {
         positions: samples.len(),
         top1: right.iter().map(|&r| r as f64 / n).collect(),
         coverage: covered as f64 / (samples.len() * k).max(1) as f64,
-        accepted: accepted as f64 / n,
+        accepted: accepted[0] as f64 / n,
+        runs: runs.iter().map(|&r| r as f64 / n).collect(),
+        trees: trees
+            .into_iter()
+            .zip(accepted)
+            .map(|((tree, t), a)| TreeScore {
+                tree,
+                nodes: t.len(),
+                accepted: a as f64 / n,
+            })
+            .collect(),
+        best_trees: BEST_TREE_NODES
+            .iter()
+            .zip(best_tree_acceptance(&rank_paths, &BEST_TREE_NODES))
+            .map(|(&nodes, accepted)| TreeScore {
+                tree: format!("best {nodes}-node tree for these positions"),
+                nodes,
+                accepted,
+            })
+            .collect(),
     }
 }
 
-/// `heads`' [`HeadScore`] on the model's own greedy answers (`answer_tokens` each) to the
-/// MT-bench questions `spec-bench` asks, `depth` positions deep: the distribution served
-/// guesses meet, which the distillation held-out set (other prompts) need not match. The
-/// questions are only scored here, never trained on.
-pub fn score_on_benchmark(
+/// The MT-bench questions `spec-bench` asks, as chat prompts, and each followed by the
+/// model's own greedy answer.
+pub struct BenchmarkAnswers {
+    pub prompts: Vec<Vec<u32>>,
+    pub seqs: Vec<Vec<u32>>,
+}
+
+/// The model's own greedy answers (`answer_tokens` each) to the MT-bench questions
+/// `spec-bench` asks: the distribution served guesses meet, which the distillation held-out
+/// set (other prompts) need not match.
+pub fn benchmark_answers(
     model: &Llama<Cpu>,
     tok: &Tokenizer,
     template: &ChatTemplate,
     stop: &[u32],
-    heads: &MedusaHeads,
     answer_tokens: usize,
-    depth: usize,
-) -> Result<HeadScore> {
+) -> Result<BenchmarkAnswers> {
     let questions = mt_bench::read(&ensure(Asset::MtBench)?)?;
     let (asked, _) = mt_bench::split(&questions, mt_bench::BENCHMARK_PER_CATEGORY);
     let prompts = asked
@@ -769,27 +908,53 @@ pub fn score_on_benchmark(
         .map(|q| user_prompt(template, tok, q.turns[0].clone()))
         .collect::<Result<Vec<_>>>()?;
     let seqs = answers(model, &prompts, answer_tokens, stop)?;
-    let (states, samples) = positions(model, &seqs, &prompts, depth);
-    Ok(score(model, heads, &states, &samples))
+    Ok(BenchmarkAnswers { prompts, seqs })
 }
 
-/// A recurrent head's best guess at each depth for a held-out position, each step reading
-/// the true token before it (as verification does for a chain that is right so far).
-fn heldout_recurrent(
+/// `heads`' [`HeadScore`] on `answers`, `depth` positions deep. Answers are only scored
+/// here, never trained on.
+pub fn score_answers(
     model: &Llama<Cpu>,
     heads: &MedusaHeads,
-    projection: &HeadProjection,
+    answers: &BenchmarkAnswers,
+    depth: usize,
+) -> HeadScore {
+    let (states, samples) = positions(model, &answers.seqs, &answers.prompts, depth);
+    score(model, heads, &states, &samples)
+}
+
+/// Each depth's scores for a held-out position (`[depth][width]`, and the token of each
+/// column where the heads have a shortlist). A recurrent head's step at each depth reads
+/// the true token before it, as verification does for a chain that is right so far.
+fn depth_scores<'p>(
+    model: &Llama<Cpu>,
+    heads: &MedusaHeads,
+    projection: &'p HeadProjection,
     hidden: &[f32],
     s: &Sample,
-) -> Vec<Vec<u32>> {
+) -> (Vec<Vec<f32>>, Option<&'p [u32]>) {
+    let k = s.targets.len();
+    if !heads.config.recurrent {
+        let (all, ids) = projection.scores(model, heads, hidden, s.chosen, k);
+        let width = all.len() / k.max(1);
+        return (
+            all.chunks_exact(width.max(1))
+                .map(<[f32]>::to_vec)
+                .collect(),
+            ids,
+        );
+    }
     let mut state = hidden.to_vec();
-    let mut out = vec![];
-    for (j, _) in s.targets.iter().enumerate() {
+    let mut rows = vec![];
+    let mut ids = None;
+    for j in 0..k {
         let token = if j == 0 { s.chosen } else { s.targets[j - 1] };
         state = heads.next_state(&state, &model.embed_tokens.rows(&[token]));
-        out.push(vec![projection.best_of_state(model, &state).0]);
+        let (row, i) = projection.scores_of_states(model, &state, 1);
+        rows.push(row);
+        ids = i;
     }
-    out
+    (rows, ids)
 }
 
 /// A frozen matrix the heads read (`what`: for the error), as row-major f32.
@@ -1000,6 +1165,15 @@ mod tests {
             h,
             answers: vec![noise(2 * h, 34)],
         };
+        // The token at `rank` of depth j's scores, the depths before it read as they stand.
+        let projection = HeadProjection::new(&model, &heads);
+        let guess = |s: &Sample, j: usize, rank: usize| {
+            let (rows, ids) = depth_scores(&model, &heads, &projection, states.at(s, 0), s);
+            let col = (0..rows[j].len() as u32)
+                .find(|&c| rank_in_row(&rows[j], None, c) == Some(rank))
+                .unwrap();
+            ids.map_or(col, |ids| ids[col as usize])
+        };
         // Targets that are the head's own guesses, filled depth by depth (each depth reads
         // the target before it): every guess is right.
         let mut right = Sample {
@@ -1008,10 +1182,8 @@ mod tests {
             chosen: 3,
             targets: vec![0; depth],
         };
-        let projection = HeadProjection::new(&model, &heads);
         for j in 0..depth {
-            right.targets[j] =
-                heldout_recurrent(&model, &heads, &projection, states.at(&right, 0), &right)[j][0];
+            right.targets[j] = guess(&right, j, 0);
         }
         let all = score(&model, &heads, &states, std::slice::from_ref(&right));
         assert_eq!(all.top1, vec![1.0; depth]);
@@ -1019,20 +1191,88 @@ mod tests {
             (all.accepted, all.coverage, all.positions),
             (depth as f64, 1.0, 1)
         );
-        // The same guesses from the next row, with the depth-2 target replaced: depth 1 is
-        // still right there, depth 2 is not, and the leading run stops at 1.
+        assert!(all.trees.iter().all(|t| t.accepted == depth as f64));
+        assert_eq!(all.runs, [0.0, 0.0, 0.0, 1.0]);
+        // From the next row, the depth-2 target is the head's second guess: depth 1 is
+        // right, depth 2 is not, and the leading run stops at 1. A tree holding ranks
+        // [0, 1, 0] accepts all three; the small tree stops at [0, 1].
         let mut wrong = Sample {
             row: 1,
             ..right.clone()
         };
-        for j in 0..depth {
-            wrong.targets[j] =
-                heldout_recurrent(&model, &heads, &projection, states.at(&wrong, 0), &wrong)[j][0];
+        for (j, rank) in [0, 1, 0].into_iter().enumerate() {
+            wrong.targets[j] = guess(&wrong, j, rank);
         }
-        wrong.targets[1] = (wrong.targets[1] + 1) % c.vocab_size as u32;
+        let one = score(&model, &heads, &states, std::slice::from_ref(&wrong));
+        let by_tree: Vec<(&str, usize, f64)> = one
+            .trees
+            .iter()
+            .map(|t| (t.tree.as_str(), t.nodes, t.accepted))
+            .collect();
+        assert_eq!(
+            by_tree,
+            [
+                ("chain", 4, 1.0),
+                ("small", 7, 2.0),
+                ("default", 19, 3.0),
+                ("top-2 at every depth", 15, 3.0),
+                ("top-4 at every depth", 85, 3.0),
+                ("top-16 at every depth", 4369, 3.0),
+            ]
+        );
+        assert_eq!(one.runs, [0.0, 1.0, 0.0, 0.0]);
         let both = score(&model, &heads, &states, &[right, wrong]);
-        assert_eq!(both.top1[..2], [1.0, 0.5]);
+        assert_eq!(both.top1, [1.0, 0.5, 1.0]);
         assert_eq!(both.accepted, (depth as f64 + 1.0) / 2.0);
+    }
+
+    #[test]
+    fn the_best_tree_of_each_size_is_the_best_of_every_valid_tree() {
+        let paths: Vec<Vec<usize>> = vec![
+            vec![0, 0, 1],
+            vec![0, 0],
+            vec![0, 1],
+            vec![1],
+            vec![1, 0],
+            vec![1, 0],
+            vec![],
+            vec![2, 0, 0],
+            vec![0],
+        ];
+        let mut prefixes: Vec<Vec<usize>> = paths
+            .iter()
+            .flat_map(|p| (1..=p.len()).map(|d| p[..d].to_vec()))
+            .collect();
+        prefixes.sort();
+        prefixes.dedup();
+        let sizes: Vec<usize> = (1..=prefixes.len() + 1).collect();
+        let fast = best_tree_acceptance(&paths, &sizes);
+        // Every subset of the paths seen that is a tree, scored by greedy acceptance.
+        let mut best = vec![0usize; sizes.len()];
+        for set in 0u32..1 << prefixes.len() {
+            let chosen: Vec<&[usize]> = (0..prefixes.len())
+                .filter(|i| set >> i & 1 == 1)
+                .map(|i| prefixes[i].as_slice())
+                .collect();
+            let Ok(tree) = Tree::from_choices(&chosen, 3) else {
+                continue;
+            };
+            let accepted = paths
+                .iter()
+                .map(|p| {
+                    let ranks: Vec<Option<usize>> = (0..3).map(|d| p.get(d).copied()).collect();
+                    tree.accepted_by_ranks(&ranks)
+                })
+                .sum::<usize>();
+            let b = &mut best[tree.len() - 1];
+            *b = (*b).max(accepted);
+        }
+        let brute: Vec<f64> = best
+            .iter()
+            .map(|&b| b as f64 / paths.len() as f64)
+            .collect();
+        assert_eq!(fast, brute);
+        assert!(fast.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]

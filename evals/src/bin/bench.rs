@@ -7,6 +7,8 @@ use anyhow::Result;
 use burn::prelude::*;
 use clap::Parser;
 use lmq_runtime::checkpoint::Checkpoint;
+use lmq_runtime::model::Llama;
+use lmq_runtime::speculative::pass_cost::measure_pass_costs;
 use lmq_runtime::sysinfo::peak_rss_mib;
 use lmq_runtime::Cpu;
 
@@ -33,6 +35,11 @@ struct Args {
     decode_after_prompt: bool,
     #[arg(long)]
     json: bool,
+    /// Instead: time one Medusa verification pass (the tree's rows and their logits) of each
+    /// of these row counts after the prompt, against one decode step there. What a tree of
+    /// m nodes costs bounds what it can gain: speedup ≤ τ / (pass ÷ step).
+    #[arg(long, value_delimiter = ',')]
+    tree_rows: Vec<usize>,
 }
 
 fn main() {
@@ -62,6 +69,9 @@ fn run(args: Args) -> Result<()> {
         args.prompt
     );
 
+    if !args.tree_rows.is_empty() {
+        return tree_pass_costs(&model, &prompt, &args);
+    }
     let (mut best_prefill, mut best_decode) = (0.0f64, 0.0f64);
     for _ in 0..args.reps {
         let mut cache = model.new_cache(args.prompt + args.decode + 1);
@@ -109,6 +119,23 @@ fn run(args: Args) -> Result<()> {
             best_decode,
             rss
         );
+    }
+    Ok(())
+}
+
+/// Prints, per row count m, the best time of a verification pass over m rows plus their
+/// logits after `prompt`, and that time in decode steps at the same position.
+fn tree_pass_costs(model: &Llama<Cpu>, prompt: &[u32], args: &Args) -> Result<()> {
+    let costs = measure_pass_costs(model, prompt, &args.tree_rows, args.reps)
+        .map_err(|e| anyhow::anyhow!("--tree-rows: {e}"))?;
+    println!(
+        "decode step after {} positions: {:.2} ms\n\n| rows | ms | decode steps |",
+        costs.position,
+        costs.step_seconds * 1e3
+    );
+    println!("|---|---|---|");
+    for &(m, t) in &costs.passes {
+        println!("| {m} | {:.2} | {:.2} |", t * 1e3, t / costs.step_seconds);
     }
     Ok(())
 }

@@ -87,7 +87,7 @@ impl Method {
         opts: &ProposerOptions,
     ) -> Result<Self> {
         if let Some(dir) = spec.strip_prefix("medusa:") {
-            let heads = MedusaHeads::load(Path::new(dir))?;
+            let heads = MedusaHeads::load_for(Path::new(dir), target.config.hidden_size)?;
             let choices = if tree == "default" {
                 DEFAULT_CHOICES
             } else {

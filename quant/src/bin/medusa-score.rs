@@ -1,16 +1,20 @@
 //! `medusa-score --model M --heads DIR`: how often Medusa heads guess right, depth by depth,
 //! on M's own greedy answers to the MT-bench questions `spec-bench` asks. `medusa-train`
 //! scores its held-out distillation answers; this scores the answers served guesses meet,
-//! to tell a head that is weak from one that was trained on other text.
+//! to tell a head that is weak from one that was trained on other text. With
+//! `--pass-costs` it also times verification passes on this machine and prints the ceiling
+//! of each tree size and of a perfectly gated chain (`lmq_quant::medusa_bound`).
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use lmq_quant::medusa_train::score_on_benchmark;
+use lmq_quant::medusa_bound::speedup_bounds;
+use lmq_quant::medusa_train::{benchmark_answers, score_answers};
 use lmq_runtime::checkpoint::Checkpoint;
 use lmq_runtime::medusa::MedusaHeads;
 use lmq_runtime::serve::chat::{chat_stop_ids, checkpoint_template};
+use lmq_runtime::speculative::pass_cost::measure_pass_costs;
 use lmq_runtime::Cpu;
 
 #[derive(Parser, Debug)]
@@ -29,6 +33,13 @@ struct Args {
     depth: Option<usize>,
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Also time verification passes after this many tokens of the answers and print the
+    /// speedup ceilings they and the score give.
+    #[arg(long)]
+    pass_costs: Option<usize>,
+    /// Repetitions per timed pass (the best is kept; machines here are shared and noisy).
+    #[arg(long, default_value_t = 10)]
+    reps: usize,
 }
 
 fn main() {
@@ -48,14 +59,7 @@ fn run(a: Args) -> Result<()> {
     let dir = a
         .heads
         .unwrap_or_else(|| PathBuf::from(&a.model).join("medusa"));
-    let heads = MedusaHeads::load(&dir)?;
-    anyhow::ensure!(
-        heads.config.hidden_size == model.config.hidden_size,
-        "Medusa heads in {} are for hidden size {}, the model's is {}",
-        dir.display(),
-        heads.config.hidden_size,
-        model.config.hidden_size
-    );
+    let heads = MedusaHeads::load_for(&dir, model.config.hidden_size)?;
     let depth = a.depth.unwrap_or(heads.config.num_heads);
     anyhow::ensure!(
         depth >= 1 && (heads.config.recurrent || depth <= heads.config.num_heads),
@@ -64,15 +68,24 @@ fn run(a: Args) -> Result<()> {
         heads.config.num_heads
     );
     let stop = chat_stop_ids(&ckpt);
-    let score = score_on_benchmark(
-        &model,
-        &ckpt.tokenizer,
-        &template,
-        &stop,
-        &heads,
-        a.answer_tokens,
-        depth,
-    )?;
-    println!("{}", serde_json::to_string_pretty(&score)?);
+    let answers = benchmark_answers(&model, &ckpt.tokenizer, &template, &stop, a.answer_tokens)?;
+    let score = score_answers(&model, &heads, &answers, depth);
+    let Some(position) = a.pass_costs else {
+        println!("{}", serde_json::to_string_pretty(&score)?);
+        return Ok(());
+    };
+    // The rows of every best tree and of a chain cut anywhere, after real answer tokens.
+    let mut rows: Vec<usize> = (1..=depth + 1)
+        .chain(score.best_trees.iter().map(|t| t.nodes))
+        .filter(|&m| m <= 64)
+        .collect();
+    rows.sort_unstable();
+    rows.dedup();
+    let text: Vec<u32> = answers.seqs.concat().into_iter().take(position).collect();
+    let costs = measure_pass_costs(&model, &text, &rows, a.reps)
+        .map_err(|e| anyhow::anyhow!("--pass-costs {position}: {e}"))?;
+    let bounds = speedup_bounds(&score, &costs);
+    let out = serde_json::json!({ "score": score, "pass_costs": costs, "bounds": bounds });
+    println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }

@@ -110,11 +110,10 @@ fn complete<B: LinearBackend>(args: &Args, ckpt: &Checkpoint, device: B::Device)
     let mut shown = 0usize;
     let mut so_far = Vec::new();
     let tok = &ckpt.tokenizer;
-    if !args.ids {
-        print!("{}", args.prompt);
-    }
+    // Heads and drafts are read before the prompt is echoed, so bad ones end in the error
+    // line alone.
     let tree_heads = match args.speculative.strip_prefix("medusa-tree") {
-        Some(rest) => Some(medusa_tree(rest, &ckpt.path)?),
+        Some(rest) => Some(medusa_tree(rest, &ckpt.path, model.config.hidden_size)?),
         None => None,
     };
     let mut proposer = match tree_heads {
@@ -127,6 +126,9 @@ fn complete<B: LinearBackend>(args: &Args, ckpt: &Checkpoint, device: B::Device)
             proposer_with(&args.speculative, &opts, &model, &ckpt.path, &device)?
         }
     };
+    if !args.ids {
+        print!("{}", args.prompt);
+    }
     let on_token = |t: u32| {
         if args.ids {
             return;
@@ -208,13 +210,17 @@ fn complete<B: LinearBackend>(args: &Args, ckpt: &Checkpoint, device: B::Device)
 
 /// Heads and the default candidate tree for `--speculative medusa-tree[:DIR]` (`rest` is what
 /// follows `medusa-tree`; DIR defaults to MODEL/medusa).
-fn medusa_tree(rest: &str, model_dir: &std::path::Path) -> Result<(MedusaHeads, Tree)> {
+fn medusa_tree(
+    rest: &str,
+    model_dir: &std::path::Path,
+    hidden_size: usize,
+) -> Result<(MedusaHeads, Tree)> {
     let dir = match rest.strip_prefix(':') {
         Some(d) => std::path::PathBuf::from(d),
         None if rest.is_empty() => model_dir.join("medusa"),
         None => bail!("unknown --speculative `medusa-tree{rest}`: use medusa-tree[:DIR]"),
     };
-    let heads = MedusaHeads::load(&dir)?;
+    let heads = MedusaHeads::load_for(&dir, hidden_size)?;
     let choices = if heads.config.num_heads >= 4 {
         DEFAULT_CHOICES
     } else {

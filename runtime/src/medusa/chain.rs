@@ -79,19 +79,18 @@ impl<B: LinearBackend> Proposer for MedusaChain<B> {
         }
         // The state is the one the context's last token was chosen from.
         let last = *context.last().expect("a context after the prompt");
-        if self.heads.config.recurrent {
-            return self.gates.pass(
-                self.recurrent_guesses(h.clone(), last)
-                    .take(k)
-                    .map(|(t, p)| ((t, point_mass(t)), p)),
-            );
-        }
-        let k = k.min(self.heads.config.num_heads);
-        let guesses = self
-            .projection
-            .best_with_prob(&self.model, &self.heads, h, last, k);
+        // A recurrent head's steps run lazily, so none runs past a gate.
+        let guesses: Box<dyn Iterator<Item = (u32, f64)>> = if self.heads.config.recurrent {
+            Box::new(self.recurrent_guesses(h.clone(), last).take(k))
+        } else {
+            let k = k.min(self.heads.config.num_heads);
+            let best = self
+                .projection
+                .best_with_prob(&self.model, &self.heads, h, last, k);
+            Box::new(best.into_iter())
+        };
         self.gates
-            .pass(guesses.into_iter().map(|(t, p)| ((t, point_mass(t)), p)))
+            .pass(guesses.map(|(t, p)| ((t, point_mass(t)), p)))
     }
 
     fn observe_hidden(&mut self, context_len: usize, hidden: &[f32]) {

@@ -71,6 +71,12 @@ pub enum MedusaError {
     },
     #[error("{path}: {msg}")]
     Format { path: PathBuf, msg: String },
+    #[error("Medusa heads in {dir} are for hidden size {heads}, the model's is {model}")]
+    Shape {
+        dir: PathBuf,
+        heads: usize,
+        model: usize,
+    },
 }
 
 fn silu(x: f32) -> f32 {
@@ -210,6 +216,20 @@ impl MedusaHeads {
         std::fs::rename(&tmp, &config).map_err(io(&config))
     }
 
+    /// Reads heads written by [`MedusaHeads::save`] for a model of `hidden_size`: heads
+    /// trained on another model fail here, naming their directory, not deep in a product.
+    pub fn load_for(dir: &Path, hidden_size: usize) -> Result<Self, MedusaError> {
+        let heads = Self::load(dir)?;
+        if heads.config.hidden_size != hidden_size {
+            return Err(MedusaError::Shape {
+                dir: dir.to_path_buf(),
+                heads: heads.config.hidden_size,
+                model: hidden_size,
+            });
+        }
+        Ok(heads)
+    }
+
     /// Reads heads written by [`MedusaHeads::save`].
     pub fn load(dir: &Path) -> Result<Self, MedusaError> {
         let config_path = dir.join(CONFIG_FILE);
@@ -335,6 +355,15 @@ mod tests {
         m.vocab = Some(vec![7, 3, 11]);
         m.save(dir.path()).unwrap();
         assert_eq!(MedusaHeads::load(dir.path()).unwrap(), m);
+        // For a model of another width they fail at loading, naming their directory.
+        assert_eq!(MedusaHeads::load_for(dir.path(), 3).unwrap(), m);
+        let e = MedusaHeads::load_for(dir.path(), 4)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&dir.path().display().to_string()) && e.contains("hidden size 3"),
+            "{e}"
+        );
         std::fs::write(dir.path().join(WEIGHTS_FILE), b"junk").unwrap();
         let e = MedusaHeads::load(dir.path()).unwrap_err().to_string();
         assert!(e.contains(WEIGHTS_FILE), "{e}");

@@ -64,6 +64,23 @@ fn best_in_row(row: &[f32], ids: Option<&[u32]>) -> (u32, f64) {
     (ids.map_or(best, |ids| ids[best as usize]), p)
 }
 
+/// Where `token` ranks in a row of scores (0 = the best; ties ordered as [`top_k`] orders
+/// them), or `None` where the row is a shortlist without it: the rank a Medusa tree node
+/// needs to hold that token, which bounds what any tree over these guesses can accept.
+pub fn rank_in_row(row: &[f32], ids: Option<&[u32]>, token: u32) -> Option<usize> {
+    let c = match ids {
+        Some(ids) => ids.iter().position(|&i| i == token)?,
+        None => token as usize,
+    };
+    let v = *row.get(c)?;
+    Some(
+        row.iter()
+            .enumerate()
+            .filter(|&(i, &x)| x > v || (x == v && i < c))
+            .count(),
+    )
+}
+
 /// The shortlist's token ids and their lm_head rows `[ids.len(), hidden]` (plus bias).
 struct Shortlist {
     ids: Vec<u32>,
@@ -269,6 +286,20 @@ mod tests {
                 assert_eq!(top[k], by_score[..want_n], "{arch:?} head {k}");
             }
         }
+    }
+
+    #[test]
+    fn a_tokens_rank_is_its_place_in_top_k() {
+        let row = [1.0, 3.0, 3.0, 2.0, 3.0];
+        let order = top_k(&row, row.len());
+        for (place, &col) in order.iter().enumerate() {
+            assert_eq!(rank_in_row(&row, None, col), Some(place));
+        }
+        // Through a shortlist: the token's column, and no rank for a token not on it.
+        let ids = [40, 10, 30, 20, 50];
+        assert_eq!(rank_in_row(&row, Some(&ids), 20), Some(3));
+        assert_eq!(rank_in_row(&row, Some(&ids), 99), None);
+        assert_eq!(rank_in_row(&row, None, 9), None);
     }
 
     #[test]

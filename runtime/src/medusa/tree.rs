@@ -168,6 +168,22 @@ impl Tree {
             }
         }
     }
+
+    /// How deep greedy acceptance goes when the target's token at depth d sits at rank
+    /// `ranks[d - 1]` of its head's guesses (`None`: not among them): the longest path of
+    /// matching ranks. It scores a tree offline from ranks alone, without a verification pass.
+    pub fn accepted_by_ranks(&self, ranks: &[Option<usize>]) -> usize {
+        let mut cur = 0;
+        for &r in ranks {
+            let child = (cur + 1..self.len())
+                .find(|&c| self.nodes[c].parent == Some(cur) && Some(self.nodes[c].rank) == r);
+            match child {
+                Some(c) => cur = c,
+                None => break,
+            }
+        }
+        self.nodes[cur].depth
+    }
 }
 
 /// Medusa's typical acceptance (Cai et al. 2024, §2.3.1) for sampling: a candidate token is
@@ -328,5 +344,34 @@ mod tests {
         assert_eq!((d.len(), d.depth()), (24, 4));
         let s = Tree::from_choices(SMALL_CHOICES, 4).unwrap();
         assert_eq!((s.len(), s.depth()), (8, 4));
+    }
+
+    #[test]
+    fn acceptance_by_ranks_is_greedy_acceptance_of_the_true_tokens() {
+        let tree = Tree::from_choices(DEFAULT_CHOICES, 4).unwrap();
+        // Head d's k-th guess is 100·d + k; a target outside the guesses is 9999.
+        let topk: Vec<Vec<u32>> = (1..=4)
+            .map(|d| (0..5).map(|k| 100 * d + k).collect())
+            .collect();
+        let tokens = tree.tokens(7, &topk);
+        let mut checked_deep = false;
+        for code in 0..7usize.pow(4) {
+            // Each depth's rank is 0–4, or 5–6 for "not among the guesses".
+            let ranks: Vec<Option<usize>> = (0..4)
+                .map(|d| Some(code / 7usize.pow(d) % 7).filter(|&r| r < 5))
+                .collect();
+            let truth: Vec<u32> = ranks
+                .iter()
+                .enumerate()
+                .map(|(d, r)| r.map_or(9999, |r| topk[d][r]))
+                .chain([9999])
+                .collect();
+            // The target's argmax at a node is the true token one deeper than the node.
+            let argmax: Vec<u32> = tree.nodes.iter().map(|n| truth[n.depth]).collect();
+            let (path, _) = tree.accept_greedy(&tokens, &argmax);
+            assert_eq!(tree.accepted_by_ranks(&ranks), path.len() - 1, "{ranks:?}");
+            checked_deep |= path.len() == 5;
+        }
+        assert!(checked_deep);
     }
 }

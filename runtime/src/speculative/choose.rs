@@ -28,12 +28,6 @@ pub enum ProposerError {
     /// The heads' own error names their file.
     #[error(transparent)]
     Medusa(#[from] MedusaError),
-    #[error("Medusa heads in {dir} are for hidden size {heads}, the model's is {model}")]
-    MedusaShape {
-        dir: String,
-        heads: usize,
-        model: usize,
-    },
     #[error("early-exit:{0}: give a layer count between 1 and {1}")]
     Layers(String, usize),
     #[error("draft {draft} has a vocabulary of {draft_vocab} but the target has {target_vocab}")]
@@ -211,14 +205,7 @@ where
             Some(d) => Path::new(d).to_path_buf(),
             None => target_dir.join("medusa"),
         };
-        let heads = MedusaHeads::load(&dir)?;
-        if heads.config.hidden_size != target.config.hidden_size {
-            return Err(ProposerError::MedusaShape {
-                dir: dir.display().to_string(),
-                heads: heads.config.hidden_size,
-                model: target.config.hidden_size,
-            });
-        }
+        let heads = MedusaHeads::load_for(&dir, target.config.hidden_size)?;
         let chain = MedusaChain::new(target.clone(), heads).with_gates(Gates {
             p_min: opts.draft_p_min,
             guess_p_min: opts.guess_p_min.unwrap_or(MEDUSA_GUESS_P_MIN),

@@ -15,6 +15,7 @@ pub mod draft;
 pub mod gate;
 pub mod lookup;
 pub mod mt_bench;
+pub mod pass_cost;
 pub mod verify;
 
 pub use decode::{generate_speculative, SpecStats};
