@@ -860,7 +860,7 @@ fn score(
         positions: samples.len(),
         top1: right.iter().map(|&r| r as f64 / n).collect(),
         coverage: covered as f64 / (samples.len() * k).max(1) as f64,
-        accepted: accepted[0] as f64 / n,
+        accepted: runs.iter().enumerate().map(|(a, &r)| a * r).sum::<usize>() as f64 / n,
         runs: runs.iter().map(|&r| r as f64 / n).collect(),
         trees: trees
             .into_iter()

@@ -156,33 +156,34 @@ impl Tree {
     /// argmax at the current node, as long as one exists. Returns the accepted path (node
     /// indices from the root) and the target's next token after its last node.
     pub fn accept_greedy(&self, tokens: &[u32], argmax: &[u32]) -> (Vec<usize>, u32) {
-        let mut path = vec![0];
-        loop {
-            let cur = *path.last().unwrap();
-            let want = argmax[cur];
-            let next = (cur + 1..self.len())
-                .find(|&c| self.nodes[c].parent == Some(cur) && tokens[c] == want);
-            match next {
-                Some(c) => path.push(c),
-                None => return (path, want),
-            }
-        }
+        let path = self.descend(|cur, c| tokens[c] == argmax[cur]);
+        let last = *path.last().expect("the root");
+        (path, argmax[last])
     }
 
     /// How deep greedy acceptance goes when the target's token at depth d sits at rank
     /// `ranks[d - 1]` of its head's guesses (`None`: not among them): the longest path of
     /// matching ranks. It scores a tree offline from ranks alone, without a verification pass.
     pub fn accepted_by_ranks(&self, ranks: &[Option<usize>]) -> usize {
-        let mut cur = 0;
-        for &r in ranks {
-            let child = (cur + 1..self.len())
-                .find(|&c| self.nodes[c].parent == Some(cur) && Some(self.nodes[c].rank) == r);
-            match child {
-                Some(c) => cur = c,
-                None => break,
+        let path = self
+            .descend(|cur, c| ranks.get(self.nodes[cur].depth) == Some(&Some(self.nodes[c].rank)));
+        path.len() - 1
+    }
+
+    /// The path from the root that steps, while it can, to the first child `c` of the
+    /// current node `cur` with `takes(cur, c)`: greedy acceptance, whichever way a
+    /// child's agreement with the target is known.
+    fn descend(&self, takes: impl Fn(usize, usize) -> bool) -> Vec<usize> {
+        let mut path = vec![0];
+        loop {
+            let cur = *path.last().expect("the root");
+            let next =
+                (cur + 1..self.len()).find(|&c| self.nodes[c].parent == Some(cur) && takes(cur, c));
+            match next {
+                Some(c) => path.push(c),
+                None => return path,
             }
         }
-        self.nodes[cur].depth
     }
 }
 
